@@ -1,0 +1,113 @@
+"""The one small interface every engine implements.
+
+A :class:`ModelEngine` wraps one model (student or teacher) on one backend. It keeps one
+:class:`Session` per sequence: the token ids this model has seen, plus whatever lets it avoid re-reading
+them (a KV cache, or vLLM's prefix cache). :meth:`ModelEngine.run` continues many sessions at once
+and yields the new tokens step by step, so the relay loop can stream them and stop any job early
+(``job.cancel()``) the moment a command or a policy trigger appears.
+
+Contract (relied on by the relay loop and tested for both backends):
+
+* ``run`` appends every token it yields to ``job.session.ids`` before yielding it.
+* A cancelled job gets no more tokens after the step in which it was cancelled.
+* Each job ends with exactly one delta whose ``finish`` is set: ``"eos"`` (the model wrote an end token,
+  which is included in ``token_ids``), ``"length"`` (``max_tokens`` reached) or ``"cancelled"``.
+* ``session.computed`` counts every token position the model actually ran a forward pass on for this
+  session (prefill and decode); it is what FLOPs and the prefill-reuse benchmark are computed from.
+* Between runs the caller may ``session.extend(ids)`` (e.g. teacher tokens appended to the student as
+  ids) or ``session.truncate(n)`` (drop a token a policy refused); the next run prefills only what is new.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings. ``temperature == 0`` is greedy. ``seed`` makes a run reproducible."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not (self.temperature >= 0):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class Session:
+    """One sequence as one model sees it. Backends subclass it to hold their cache."""
+
+    def __init__(self, prompt_ids: list[int]):
+        self.ids: list[int] = list(prompt_ids)
+        self.prompt_len = len(self.ids)
+        self.computed = 0  # token positions this model ran a forward pass on (prefill + decode)
+
+    def extend(self, ids: list[int]) -> None:
+        self.ids.extend(int(i) for i in ids)
+
+    def truncate(self, n: int) -> None:
+        if n < 0 or n > len(self.ids):
+            raise ValueError(f"cannot truncate a session of {len(self.ids)} tokens to {n}")
+        del self.ids[n:]
+
+    def release(self) -> None:
+        """Free what the session holds (cache memory). The session must not be run afterwards."""
+
+
+@dataclass
+class Job:
+    """Continue ``session`` by at most ``max_tokens`` tokens."""
+
+    session: Session
+    max_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
+    stop_strings: tuple[str, ...] = ()  # a hint for engines that stop on strings; the relay re-checks
+    want_top_prob: bool = False  # probability of the most likely token at each sampled position
+    want_hidden: bool = False  # last hidden state that produced each sampled token
+    row: int = 0  # which sequence of a batch this is; seeds differ per row
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class Delta:
+    """New tokens of one job after one engine step."""
+
+    job: int  # index into the ``jobs`` list given to ``run``
+    token_ids: list[int]
+    top_probs: list[float] | None = None
+    hidden: np.ndarray | None = None  # [len(token_ids), hidden_size] float32
+    finish: str | None = None  # None while running; "eos" | "length" | "cancelled"
+
+
+class ModelEngine(ABC):
+    """One model on one backend. Loaded once; sessions are cheap."""
+
+    backend: str = "?"
+    supports_hidden: bool = False
+
+    def __init__(self, name: str, tokenizer, n_params: int, eos_ids: set[int]):
+        self.name = name
+        self.tokenizer = tokenizer
+        self.n_params = n_params
+        self.eos_ids = set(eos_ids)
+
+    @abstractmethod
+    def session(self, prompt_ids: list[int]) -> Session: ...
+
+    @abstractmethod
+    def run(self, jobs: list[Job]) -> Iterator[list[Delta]]:
+        """Continue all jobs together; yield the deltas of each engine step until every job finished."""
+
+    def close(self) -> None:
+        """Release the model (engines hold memory or threads)."""
