@@ -14,6 +14,8 @@ Contract (relied on by the relay loop and tested for both backends):
   which is included in ``token_ids``), ``"length"`` (``max_tokens`` reached) or ``"cancelled"``.
 * ``session.computed`` counts every token position the model actually ran a forward pass on for this
   session (prefill and decode); it is what FLOPs and the prefill-reuse benchmark are computed from.
+* ``session.last_prefill`` is how many prompt positions the latest run had to compute before its first
+  new token (the unseen tail; for vLLM the part the prefix cache missed, rounded to blocks).
 * Between runs the caller may ``session.extend(ids)`` (e.g. teacher tokens appended to the student as
   ids) or ``session.truncate(n)`` (drop a token a policy refused); the next run prefills only what is new.
 """
@@ -49,6 +51,7 @@ class Session:
         self.ids: list[int] = list(prompt_ids)
         self.prompt_len = len(self.ids)
         self.computed = 0  # token positions this model ran a forward pass on (prefill + decode)
+        self.last_prefill = 0  # positions the latest run computed before its first new token
 
     def extend(self, ids: list[int]) -> None:
         self.ids.extend(int(i) for i in ids)

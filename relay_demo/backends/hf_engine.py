@@ -1,0 +1,298 @@
+"""The transformers engine: one model, one KV cache per sequence, kept across handoffs.
+
+Each :class:`HFSession` holds the keys and values of every token it has already run, so a handoff costs
+the other model only the tokens it has not seen (``computed`` counts them). A batch of sessions is run
+together by left-padding their caches into one ``DynamicCache`` with a 2-D attention mask (holes are
+masked, positions are explicit), decoding all rows in lock-step, and splitting the cache back per row.
+A single session runs on its own cache with no copy at all: that is the streaming path of the app.
+
+    engine = HFEngine.load("results/models/tiny-arith/teacher")
+    session = engine.session(prompt_ids)
+    for deltas in engine.run([Job(session, max_tokens=32, sampling=Sampling(0))]):
+        ...
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from .base import Delta, Job, ModelEngine, Session
+
+
+class HFSession(Session):
+    def __init__(self, prompt_ids: list[int]):
+        super().__init__(prompt_ids)
+        self.cache: DynamicCache | None = None  # keys/values of ids[:n_cached]
+        self.n_cached = 0
+        self.generator: torch.Generator | None = None  # per-session stream, so rounds do not repeat draws
+
+    def truncate(self, n: int) -> None:
+        super().truncate(n)
+        if self.n_cached > n:
+            self.cache.crop(n - self.n_cached)  # negative: remove that many positions
+            self.n_cached = n
+
+    def release(self) -> None:
+        self.cache = None
+        self.n_cached = 0
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config, tokenizer):
+        eos = getattr(src, "eos_token_id", None)
+        if eos is None:
+            continue
+        ids.update([eos] if isinstance(eos, int) else list(eos))
+    return ids
+
+
+def _sample(logits: torch.Tensor, job: Job, session: HFSession) -> int:
+    """Sample one token from ``logits`` [vocab] (float32) under the job's settings."""
+    s = job.sampling
+    if s.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    if s.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < s.top_p  # always keeps the top token
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+    if session.generator is None and s.seed is not None:
+        session.generator = torch.Generator().manual_seed(int(s.seed) + job.row)
+    return int(torch.multinomial(probs, 1, generator=session.generator))
+
+
+class HFEngine(ModelEngine):
+    backend = "hf"
+    supports_hidden = True
+
+    def __init__(self, model, tokenizer, name: str = "model"):
+        model.eval()
+        n_params = sum(p.numel() for p in model.parameters())
+        super().__init__(name, tokenizer, n_params, _eos_ids(model, tokenizer))
+        self.model = model
+        self.device = next(model.parameters()).device
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids or {0}))
+        self.wall_s = 0.0  # time spent inside this engine, for the relay's per-model wall clock
+
+    @classmethod
+    def load(cls, path: str, *, dtype: str = "float32", name: str | None = None, device: str = "cpu", **kw):
+        """Load a local folder or a hub id. No remote code is ever trusted."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        tok = AutoTokenizer.from_pretrained(path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kw).to(device)
+        return cls(model, tok, name=name or str(path))
+
+    def session(self, prompt_ids: list[int]) -> HFSession:
+        if not prompt_ids:
+            raise ValueError("a session needs at least one prompt token")
+        return HFSession(prompt_ids)
+
+    # -- forward helpers ---------------------------------------------------------------------------
+
+    def _forward(self, input_ids, cache, attention_mask, position_ids, want_hidden: bool):
+        out = self.model(
+            input_ids=input_ids,
+            past_key_values=cache,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            output_hidden_states=want_hidden,
+            logits_to_keep=1,
+        )
+        hidden = out.hidden_states[-1][:, -1].float() if want_hidden else None
+        return out.logits[:, -1].float(), out.past_key_values, hidden
+
+    def _prefill_single(self, session: HFSession, want_hidden: bool):
+        """Feed what the session's cache has not seen yet; return the last logits (and hidden state)."""
+        if session.n_cached >= len(session.ids):  # everything cached: re-run the last token for its logits
+            session.cache.crop(-1)
+            session.n_cached -= 1
+        new = session.ids[session.n_cached :]
+        if session.cache is None:
+            session.cache = DynamicCache(config=self.model.config)
+        pos = torch.arange(session.n_cached, len(session.ids), device=self.device)[None]
+        ids = torch.tensor([new], device=self.device)
+        logits, session.cache, hidden = self._forward(ids, session.cache, None, pos, want_hidden)
+        session.computed += len(new)
+        session.last_prefill = len(new)
+        session.n_cached = len(session.ids)
+        return logits[0], None if hidden is None else hidden[0]
+
+    # -- the run loop ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def run(self, jobs: list[Job]) -> Iterator[list[Delta]]:
+        if any(j.want_hidden for j in jobs) and not self.supports_hidden:
+            raise NotImplementedError("hidden states are not available on this engine")
+        start = time.perf_counter()
+        try:
+            if len(jobs) == 1:
+                yield from self._run_single(jobs[0])
+            else:
+                yield from self._run_batch(jobs)
+        finally:
+            self.wall_s += time.perf_counter() - start
+
+    def _emit(self, i: int, job: Job, logits, hidden, done: list[bool]) -> Delta:
+        """Sample the next token of job ``i`` from ``logits``, record it, decide whether the job ends."""
+        session = job.session
+        tok = _sample(logits, job, session)
+        session.ids.append(tok)
+        top = None
+        if job.want_top_prob:
+            top = [float(1.0 / torch.exp(logits - logits.max()).sum())]
+        hid = None if hidden is None else hidden.numpy(force=True)[None].astype(np.float32)
+        generated = len(session.ids) - job._start_len
+        finish = "eos" if tok in self.eos_ids else "length" if generated >= job.max_tokens else None
+        done[i] = finish is not None
+        return Delta(i, [tok], top, hid, finish)
+
+    def _run_single(self, job: Job) -> Iterator[list[Delta]]:
+        session: HFSession = job.session
+        job._start_len = len(session.ids)
+        done = [False]
+        if job.max_tokens <= 0 or job.cancelled:
+            yield [Delta(0, [], [] if job.want_top_prob else None, None, "cancelled" if job.cancelled else "length")]
+            return
+        logits, hidden = self._prefill_single(session, job.want_hidden)
+        while True:
+            delta = self._emit(0, job, logits, hidden, done)
+            yield [delta]
+            if done[0]:
+                return
+            if job.cancelled:
+                yield [Delta(0, [], [] if job.want_top_prob else None, None, "cancelled")]
+                return
+            pos = torch.tensor([[session.n_cached]], device=self.device)
+            ids = torch.tensor([[session.ids[-1]]], device=self.device)
+            logits, session.cache, hidden = self._forward(ids, session.cache, None, pos, job.want_hidden)
+            logits, hidden = logits[0], None if hidden is None else hidden[0]
+            session.computed += 1
+            session.n_cached += 1
+
+    def _merge(self, sessions: list[HFSession]):
+        """Left-pad the sessions' caches into one batch cache; return it with its 2-D mask and lengths."""
+        past = [s.n_cached for s in sessions]
+        width = max(past)
+        layers = []
+        n_layers = self.model.config.get_text_config().num_hidden_layers
+        for li in range(n_layers):
+            ks, vs = [], []
+            for s, p in zip(sessions, past, strict=True):
+                if p:
+                    k, v = s.cache.layers[li].keys, s.cache.layers[li].values
+                else:
+                    k = v = None
+                ks.append(k)
+                vs.append(v)
+            ref = next((k for k in ks if k is not None), None)
+            if ref is None:
+                layers = None
+                break
+            shape = (len(sessions), ref.shape[1], width, ref.shape[3])
+            K = ref.new_zeros(shape)
+            V = ref.new_zeros(shape)
+            for r, (k, v, p) in enumerate(zip(ks, vs, past, strict=True)):
+                if p:
+                    K[r, :, width - p :] = k[0]
+                    V[r, :, width - p :] = v[0]
+            layers.append((K, V))
+        cache = DynamicCache(ddp_cache_data=layers, config=self.model.config) if layers else None
+        mask = torch.zeros(len(sessions), width, dtype=torch.long, device=self.device)
+        for r, p in enumerate(past):
+            mask[r, width - p :] = 1
+        return cache, mask
+
+    def _split(self, sessions: list[HFSession], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Give each session back a compact cache of its valid positions."""
+        for r, s in enumerate(sessions):
+            keep = mask[r].nonzero().squeeze(1)
+            data = [(layer.keys[r : r + 1, :, keep], layer.values[r : r + 1, :, keep]) for layer in cache.layers]
+            s.cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
+
+    def _run_batch(self, jobs: list[Job]) -> Iterator[list[Delta]]:
+        sessions: list[HFSession] = [j.session for j in jobs]
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise ValueError("a session can be in only one job of a run")
+        done = [False] * len(jobs)
+        first: list[Delta] = []
+        for i, j in enumerate(jobs):
+            j._start_len = len(j.session.ids)
+            if j.max_tokens <= 0 or j.cancelled:
+                done[i] = True
+                first.append(Delta(i, [], None, None, "cancelled" if j.cancelled else "length"))
+        if first:
+            yield first
+        live = [i for i in range(len(jobs)) if not done[i]]
+        if not live:
+            return
+        for i in live:  # keep the last token out of the cache so that prefill always yields logits
+            s = sessions[i]
+            if s.n_cached >= len(s.ids):
+                s.cache.crop(-1)
+                s.n_cached -= 1
+        act = [sessions[i] for i in live]
+        cache, mask = self._merge(act)
+        # Prefill: each row's unseen tokens, right-aligned in a block of the longest row's width.
+        new = [s.ids[s.n_cached :] for s in act]
+        width = max(len(n) for n in new)
+        ids = torch.full((len(act), width), self.pad_id, dtype=torch.long, device=self.device)
+        nmask = torch.zeros(len(act), width, dtype=torch.long, device=self.device)
+        pos = torch.zeros(len(act), width, dtype=torch.long, device=self.device)
+        for r, (s, n) in enumerate(zip(act, new, strict=True)):
+            ids[r, width - len(n) :] = torch.tensor(n)
+            nmask[r, width - len(n) :] = 1
+            pos[r, width - len(n) :] = torch.arange(s.n_cached, s.n_cached + len(n))
+            s.computed += len(n)
+            s.last_prefill = len(n)
+            s.n_cached += len(n)
+        mask = torch.cat([mask, nmask], dim=1)
+        want_hidden = any(jobs[i].want_hidden for i in live)
+        logits, cache, hidden = self._forward(ids, cache, mask, pos, want_hidden)
+        running = [True] * len(act)
+        while True:
+            deltas = []
+            for r, i in enumerate(live):
+                if not running[r]:
+                    continue
+                deltas.append(self._emit(i, jobs[i], logits[r], None if hidden is None else hidden[r], done))
+                if done[i]:
+                    running[r] = False
+            yield deltas
+            # the consumer may have cancelled jobs while it looked at these tokens
+            stopped = []
+            for r, i in enumerate(live):
+                if running[r] and jobs[i].cancelled:
+                    running[r] = False
+                    done[i] = True
+                    stopped.append(Delta(i, [], None, None, "cancelled"))
+            if stopped:
+                yield stopped
+            if not any(running):
+                break
+            # One decode step for every row; finished rows feed a masked pad so the batch stays rectangular.
+            step_ids = torch.full((len(act), 1), self.pad_id, dtype=torch.long, device=self.device)
+            step_mask = torch.zeros(len(act), 1, dtype=torch.long, device=self.device)
+            step_pos = torch.zeros(len(act), 1, dtype=torch.long, device=self.device)
+            for r, s in enumerate(act):
+                if running[r]:
+                    step_ids[r, 0] = s.ids[-1]
+                    step_mask[r, 0] = 1
+                    step_pos[r, 0] = s.n_cached
+                    s.computed += 1
+                    s.n_cached += 1
+            mask = torch.cat([mask, step_mask], dim=1)
+            logits, cache, hidden = self._forward(step_ids, cache, mask, step_pos, want_hidden)
+        self._split(act, cache, mask)
+        # The last sampled token of each row was never fed: the cache holds ids[:n_cached] exactly.

@@ -1,0 +1,325 @@
+"""vLLM backend of the relay engine (see :mod:`relay_demo.backends.base` for the contract).
+
+Usage::
+
+    from relay_demo.backends.base import Job, Sampling
+    from relay_demo.backends.vllm_engine import VLLMEngine
+
+    eng = VLLMEngine.load("Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16", max_model_len=4096)
+    s = eng.session(eng.tokenizer("Hello")["input_ids"])
+    for deltas in eng.run([Job(s, max_tokens=32, sampling=Sampling(temperature=0))]):
+        ...  # each Delta's tokens are already appended to s.ids
+    eng.close()
+
+How it works: one in-process ``vllm.LLM`` per model, driven step by step through its ``LLMEngine``
+(``add_request`` / ``step`` / ``abort_request``, delta outputs): the synchronous equivalent of AsyncLLM
+streaming, so the relay loop can read every step and cancel jobs between steps. vLLM keeps no per-session
+KV cache; each run sends the whole ``session.ids`` as a token prompt and the automatic prefix cache
+makes the re-read cost only the tokens past the last fully cached block (at most ``block_size - 1``
+old tokens, i.e. 31 with the CPU default of 32, plus what is new).
+
+Conventions:
+
+* ``session.last_prefill`` = prompt tokens vLLM did not find in its prefix cache (``len(ids) -
+  num_cached_tokens``); ``session.computed`` adds that per run + every generated token except the newest one of each job: the last sampled
+  token has not been fed to the model yet (the next run feeds it as part of the prompt).
+* Seeds: ``Sampling.seed`` of ``None`` uses the engine's global RNG; otherwise the job is seeded
+  with ``seed + job.row``, so rows of a batch differ and a rerun with the same seed repeats.
+* ``top_probs``: probability of the most likely token under the raw model distribution (before
+  temperature / top-p), from vLLM's ``logprobs_mode="raw_logprobs"``.
+* Stop strings: passed to vLLM with ``include_stop_str_in_output=True``. vLLM (0.32) keeps exactly
+  the tokens up to and including the one that completes the string and drops any later ones, so
+  ``token_ids`` stay the real model output. Such a job ends with ``finish="cancelled"``: to the relay
+  it is the same as cancelling right after that token, which it does itself when it sees a command.
+* Hidden states: vLLM exposes none per token, so ``want_hidden`` raises ``NotImplementedError``
+  (routers that need them run on the transformers backend).
+
+Environment, set only when not already set and before vLLM is imported:
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (in-process engine; two engines share one process),
+``VLLM_CACHE_ROOT`` (``$XDG_CACHE_HOME/relay_demo/vllm``), ``OMP_NUM_THREADS`` (core count: unset
+makes the CPU backend ~30x slower) and, per engine, ``VLLM_CPU_KVCACHE_SPACE`` (``kv_cache_gib``,
+default 1 GiB, so a student and a teacher fit next to each other on a small CPU box).
+Note: vLLM's CPU worker replaces ``torch.set_num_threads`` by a no-op for the whole process.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from .base import Delta, Job, ModelEngine, Session
+
+DEFAULT_KV_CACHE_GIB = 1.0  # per engine, CPU only; two engines + training fit in 24 GiB
+CPU_BLOCK_SIZE = 32  # the CPU attention backend needs a multiple of 32; smaller = cheaper re-reads
+
+
+def _default_env() -> None:
+    """Environment vLLM reads at import / engine start; the user's own settings win."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(cache_home, "relay_demo", "vllm"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def _count_params(path: str) -> int:
+    """Exact parameter count from the config alone: build the model on the meta device (no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    # parameters() yields tied weights once, matching what a forward pass multiplies by
+    return sum(p.numel() for p in model.parameters())
+
+
+def _eos_ids(path: str, tokenizer) -> set[int]:
+    """All end ids: generation_config's eos_token_id (int or list) plus the tokenizer's."""
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    try:
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's eos is all we know
+        eos = None
+    if eos is not None:
+        ids.update([eos] if isinstance(eos, int) else eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError(f"{path}: neither generation_config nor tokenizer defines an eos token")
+    return ids
+
+
+class VLLMSession(Session):
+    """A sequence for vLLM: only the ids; the KV lives in vLLM's shared prefix cache."""
+
+    def __init__(self, prompt_ids: list[int]):
+        super().__init__(prompt_ids)
+        self.released = False
+
+    def release(self) -> None:
+        # Prefix-cache blocks are shared and evicted by vLLM (LRU); nothing is owned per session.
+        self.released = True
+
+
+class _Live:
+    """Book-keeping of one job while its request runs."""
+
+    def __init__(self, index: int, job: Job, req_id: str):
+        self.index = index
+        self.job = job
+        self.req_id = req_id
+        self.prompt_len = len(job.session.ids)
+        self.n_generated = 0
+        self.prefilled = False
+
+
+class VLLMEngine(ModelEngine):
+    """One model served by an in-process vLLM ``LLM``; see the module docstring."""
+
+    backend = "vllm"
+    supports_hidden = False
+
+    def __init__(self, name: str, llm, tokenizer, n_params: int, eos_ids: set[int]):
+        super().__init__(name, tokenizer, n_params, eos_ids)
+        self.llm = llm
+        self._req_counter = itertools.count()
+
+    @classmethod
+    def load(
+        cls,
+        path_or_hub_id: str,
+        *,
+        dtype: str = "bfloat16",
+        max_model_len: int = 4096,
+        seed: int = 0,
+        kv_cache_gib: float | None = None,
+        block_size: int | None = None,
+        name: str | None = None,
+        **engine_kwargs: Any,
+    ) -> VLLMEngine:
+        """Load a local folder or hub id. ``engine_kwargs`` go to ``vllm.LLM`` (e.g.
+        ``gpu_memory_utilization=0.45`` to fit two engines on one GPU). ``kv_cache_gib`` sizes the CPU
+        KV cache of this engine (default: ``$VLLM_CPU_KVCACHE_SPACE`` or 1 GiB). ``name`` labels the engine
+        (default: the path)."""
+        _default_env()
+        from transformers import AutoTokenizer
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        tokenizer = AutoTokenizer.from_pretrained(path_or_hub_id)
+        on_cpu = current_platform.is_cpu()
+        if block_size is None and on_cpu:
+            block_size = CPU_BLOCK_SIZE
+        if block_size is not None:
+            engine_kwargs["block_size"] = block_size
+        kv_gib = kv_cache_gib or float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or DEFAULT_KV_CACHE_GIB)
+        if on_cpu:
+            engine_kwargs.setdefault("distributed_executor_backend", "uni")
+        saved_kv = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_gib:g}"  # read once, while the engine starts
+        try:
+            llm = LLM(
+                path_or_hub_id,
+                tokenizer=path_or_hub_id,
+                dtype=dtype,
+                max_model_len=max_model_len,
+                seed=seed,
+                enable_prefix_caching=True,  # the whole point: handoffs re-read only new tokens
+                enforce_eager=engine_kwargs.pop("enforce_eager", on_cpu),
+                logprobs_mode="raw_logprobs",  # top probs of the model, not of the temperature-scaled one
+                **engine_kwargs,
+            )
+        finally:
+            if saved_kv is None:
+                os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+            else:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = saved_kv
+        return cls(
+            name=name or path_or_hub_id,
+            llm=llm,
+            tokenizer=tokenizer,
+            n_params=_count_params(path_or_hub_id),
+            eos_ids=_eos_ids(path_or_hub_id, tokenizer),
+        )
+
+    def session(self, prompt_ids: list[int]) -> VLLMSession:
+        return VLLMSession(prompt_ids)
+
+    # ------------------------------------------------------------------ run
+    def _check(self, jobs: list[Job]) -> None:
+        seen: set[int] = set()
+        for i, job in enumerate(jobs):
+            if job.want_hidden:
+                raise NotImplementedError(
+                    "the vLLM backend cannot return per-token hidden states; "
+                    "use the transformers backend for hidden-state routers"
+                )
+            if not isinstance(job.session, VLLMSession):
+                raise TypeError(f"job {i}: session was not made by this vLLM engine")
+            if job.session.released:
+                raise ValueError(f"job {i}: session was released")
+            if not job.session.ids:
+                raise ValueError(f"job {i}: empty session (vLLM needs at least one prompt token)")
+            if id(job.session) in seen:
+                raise ValueError(f"job {i}: the same session appears twice in one run")
+            seen.add(id(job.session))
+
+    def _params(self, job: Job):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = job.sampling
+        return SamplingParams(
+            max_tokens=job.max_tokens,
+            temperature=s.temperature,  # 0 -> greedy in vLLM
+            top_p=s.top_p,
+            seed=None if s.seed is None else s.seed + job.row,
+            ignore_eos=False,
+            stop_token_ids=sorted(self.eos_ids),  # every eos id stops, not just the tokenizer's
+            stop=list(job.stop_strings) or None,
+            include_stop_str_in_output=True,
+            detokenize=bool(job.stop_strings),  # text is only needed to match stop strings
+            logprobs=1 if job.want_top_prob else None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def run(self, jobs: list[Job]) -> Iterator[list[Delta]]:
+        """Add every job as one request, step the engine, yield the deltas of each step."""
+        from vllm.inputs import TokensPrompt
+
+        self._check(jobs)
+        eng = self.llm.llm_engine
+        live: dict[str, _Live] = {}
+        first: list[Delta] = []
+        for i, job in enumerate(jobs):
+            if job.max_tokens <= 0:  # vLLM rejects max_tokens=0; nothing to run
+                first.append(Delta(job=i, token_ids=[], finish="length"))
+                continue
+            req_id = f"relay-{next(self._req_counter)}"
+            eng.add_request(req_id, TokensPrompt(prompt_token_ids=list(job.session.ids)), self._params(job))
+            live[req_id] = _Live(i, job, req_id)
+            job.session.last_prefill = 0  # until vLLM reports its prefix-cache hit
+        try:
+            if first:
+                yield first
+            while live:
+                deltas = self._abort_cancelled(live)
+                if live:
+                    for out in eng.step():
+                        state = live.get(out.request_id)
+                        if state is not None:
+                            deltas.append(self._delta(state, out))
+                            if deltas[-1].finish is not None:
+                                del live[out.request_id]
+                if deltas:
+                    yield deltas
+        finally:
+            # The caller stopped iterating (or an error): leave no request behind in the engine.
+            if live:
+                eng.abort_request(list(live))
+
+    def _abort_cancelled(self, live: dict[str, _Live]) -> list[Delta]:
+        gone = [r for r, st in live.items() if st.job.cancelled]
+        if gone:
+            self.llm.llm_engine.abort_request(gone)
+        return [Delta(job=live.pop(r).index, token_ids=[], finish="cancelled") for r in gone]
+
+    def _delta(self, state: _Live, out) -> Delta:
+        comp = out.outputs[0]
+        session = state.job.session
+        tokens = [int(t) for t in comp.token_ids]
+        if not state.prefilled and (tokens or comp.finish_reason):
+            state.prefilled = True
+            session.last_prefill = state.prompt_len - (out.num_cached_tokens or 0)
+            session.computed += session.last_prefill
+        if tokens:
+            # every new token but the newest has been fed; so has the previous step's newest
+            session.computed += len(tokens) - (1 if state.n_generated == 0 else 0)
+            state.n_generated += len(tokens)
+        session.ids.extend(tokens)
+        top = _top_probs(comp.logprobs, len(tokens)) if state.job.want_top_prob else None
+        return Delta(job=state.index, token_ids=tokens, top_probs=top, finish=self._finish(comp, tokens))
+
+    def _finish(self, comp, tokens: list[int]) -> str | None:
+        reason = comp.finish_reason
+        if reason is None:
+            return None
+        if reason == "length":
+            return "length"
+        if reason == "stop" and isinstance(comp.stop_reason, str):
+            return "cancelled"  # a stop string: as if the relay cancelled right after it
+        if reason == "stop":
+            return "eos"
+        if reason == "abort":
+            return "cancelled"
+        raise RuntimeError(f"vLLM finished a request with an unexpected reason {reason!r}")
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            del llm
+            gc.collect()
+
+
+def _top_probs(logprobs, n: int) -> list[float]:
+    """exp of the rank-1 entry of each position (vLLM returns top-1 plus the sampled token)."""
+    if logprobs is None or len(logprobs) != n:
+        raise RuntimeError(
+            f"vLLM returned {0 if logprobs is None else len(logprobs)} logprobs for {n} tokens"
+        )
+    probs = []
+    for position in logprobs:
+        best = min(position.values(), key=lambda lp: lp.rank)
+        probs.append(math.exp(best.logprob))
+    return probs

@@ -1,0 +1,116 @@
+"""Command line: relay-decode one prompt.
+
+    python -m relay_demo generate --pair tiny-arith --policy learned --prompt "..." [--backend hf|vllm]
+        [--max-new-tokens K] [--temperature T] [--seed S] [--max-n N] [--max-calls C]
+        [--tau 0.5 | --p 0.05 | --every 16 | --router PATH --threshold 0.5] [--n 1] [--json]
+
+Without ``--json`` the answer streams to the terminal, teacher spans in colour. With ``--json`` it prints one
+object: {"text", "spans": [{"source", "text", "tokens"}], "stats": {...}}. Bad arguments: one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+COLOURS = {"student": "", "teacher": "\033[1;36m", "command": "\033[1;33m"}
+RESET = "\033[0m"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, no usage dump
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pairs import PAIRS
+    from .policies import POLICIES
+
+    ap = _Parser(prog="python -m relay_demo", description="RelayLLM collaborative decoding")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    g = sub.add_parser("generate", help="relay-decode one prompt")
+    g.add_argument("--pair", required=True, choices=PAIRS)
+    g.add_argument("--policy", default="learned", choices=list(POLICIES))
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    g.add_argument("--max-new-tokens", type=int, default=None, help="response token budget (default: the pair's)")
+    g.add_argument("--max-n", type=int, default=None, help="cap on tokens per call (default: the pair's)")
+    g.add_argument("--max-calls", type=int, default=None)
+    g.add_argument("--max-wall-s", type=float, default=None)
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--n", type=int, default=None, help="tokens per handoff (confidence, random-token, router, interval)")
+    g.add_argument("--tau", type=float, default=None, help="confidence threshold")
+    g.add_argument("--p", type=float, default=None, help="random-token probability")
+    g.add_argument("--every", type=int, default=None, help="interval policy period")
+    g.add_argument("--router", default=None, help="folder of a trained router")
+    g.add_argument("--threshold", type=float, default=None, help="router threshold")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    return ap
+
+
+def policy_from_args(a):
+    from .policies import make_policy
+
+    given = {k: getattr(a, k) for k in ("n", "tau", "p", "every", "threshold") if getattr(a, k) is not None}
+    if a.router is not None:
+        given["path"] = a.router
+    accepted = {
+        "confidence": {"n", "tau"}, "random-token": {"n", "p"}, "interval": {"n", "every"},
+        "router": {"n", "threshold", "path"},
+    }.get(a.policy, set())
+    extra = set(given) - accepted
+    if extra:
+        raise ValueError(f"policy {a.policy!r} takes no {', '.join('--' + e for e in sorted(extra))}")
+    if a.policy == "router" and "path" not in given:
+        raise ValueError("the router policy needs --router PATH")
+    return make_policy(a.policy, **given)
+
+
+def generate(a) -> int:
+    from dataclasses import replace
+
+    from .backends.base import Sampling
+    from .pairs import load_pair
+    from .relay import relay_stream, validate_prompt
+
+    validate_prompt(a.prompt)
+    policy = policy_from_args(a)
+    sampling = Sampling(temperature=a.temperature, top_p=a.top_p, seed=a.seed)
+    if a.backend == "vllm":
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    pair = load_pair(a.pair, backend=a.backend)
+    overrides = {k: v for k, v in (("max_tokens", a.max_new_tokens), ("max_n", a.max_n),
+                                   ("max_calls", a.max_calls), ("max_wall_s", a.max_wall_s)) if v is not None}
+    limits = replace(pair.limits, **overrides)
+    stream = relay_stream(pair, a.prompt, policy, limits=limits, sampling=sampling)
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    for span in stream:
+        if a.json:
+            continue
+        text = span.text
+        sys.stdout.write(f"{COLOURS[span.source]}{text}{RESET}" if colour and COLOURS[span.source] else text)
+        sys.stdout.flush()
+    result = stream.value
+    if a.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        s = result.stats()
+        print(f"\n--- student {s['student_tokens']} · teacher {s['teacher_tokens']} · command {s['command_tokens']}"
+              f" · calls {s['calls']} · call ratio {s['call_ratio']:.2%} · {s['finish_reason']} · {s['wall_s']:.2f}s",
+              file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return generate(a)
+    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        sys.stderr.write(f"error: {msg}\n")
+        return 2

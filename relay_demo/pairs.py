@@ -1,0 +1,193 @@
+"""The registry of model pairs (``pairs.yaml``) and how to load one.
+
+    pair = load_pair("tiny-arith", backend="hf")       # models load once per process and are shared read-only
+    pair.student, pair.teacher                          # ModelEngine objects
+    pair.limits                                         # relay.Limits from the registry
+
+``tiny-random`` is built on the fly (two tiny random Qwen3 models and a byte-level tokenizer, saved once to
+a cache folder so that both backends load the very same weights).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from .backends.base import ModelEngine
+from .relay import Limits
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class Pair:
+    name: str
+    student: ModelEngine
+    teacher: ModelEngine
+    limits: Limits = field(default_factory=Limits)
+    chat_kwargs: dict = field(default_factory=dict)
+    backend: str = "hf"
+    # one generation at a time per loaded pair: engines keep per-call state (vLLM's step loop is not re-entrant)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def close(self) -> None:
+        self.student.close()
+        self.teacher.close()
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, dict]:
+    return yaml.safe_load((Path(__file__).parent / "pairs.yaml").read_text())
+
+
+PAIRS = tuple(registry())
+
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def _expand(value: str) -> str:
+    return _ENV.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
+
+
+def resolve(ref: str) -> str:
+    """A registry path: expanded, made absolute against the repository root when it names a local folder."""
+    ref = _expand(ref)
+    p = Path(ref)
+    if p.is_absolute():
+        return str(p)
+    local = ROOT / p
+    if local.exists() or ref.startswith(("results/", "models/", "./")):
+        return str(local)
+    return ref  # a hub id such as Qwen/Qwen3-8B
+
+
+def pair_paths(name: str) -> tuple[str, str]:
+    spec = _spec(name)
+    if spec.get("build") == "tiny-random":
+        folder = build_tiny_random()
+        return str(folder / "student"), str(folder / "teacher")
+    return resolve(spec["student"]), resolve(spec["teacher"])
+
+
+def _spec(name: str) -> dict:
+    reg = registry()
+    if name not in reg:
+        raise ValueError(f"unknown pair {name!r}; registered pairs: {', '.join(reg)}")
+    return reg[name]
+
+
+def available(name: str) -> tuple[bool, str]:
+    """Whether a pair's models can be loaded here, and if not, why (for the UI and the slow tests)."""
+    spec = _spec(name)
+    if spec.get("build"):
+        return True, ""
+    for role in ("student", "teacher"):
+        ref = resolve(spec[role])
+        if Path(ref).is_absolute() and not (Path(ref) / "config.json").is_file():
+            return False, f"{role} model not found at {ref}"
+    return True, ""
+
+
+_loaded: dict[tuple[str, str], Pair] = {}
+_load_lock = threading.Lock()
+
+
+def load_pair(name: str, backend: str = "hf", *, fresh: bool = False, **engine_kw) -> Pair:
+    """Load (once per process) the named pair on a backend: ``hf`` (transformers) or ``vllm``."""
+    spec = _spec(name)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in spec.get("backends", BACKENDS):
+        raise ValueError(f"pair {name!r} is registered for {', '.join(spec['backends'])}, not {backend}")
+    key = (name, backend)
+    with _load_lock:
+        if key in _loaded and not fresh:
+            return _loaded[key]
+        ok, why = available(name)
+        if not ok:
+            raise FileNotFoundError(f"pair {name!r}: {why}")
+        s_path, t_path = pair_paths(name)
+        dtype = spec.get("dtype", "float32")
+        if backend == "hf":
+            from .backends.hf_engine import HFEngine
+
+            student = HFEngine.load(s_path, dtype=dtype, name=f"{name}/student", **engine_kw)
+            teacher = HFEngine.load(t_path, dtype=dtype, name=f"{name}/teacher", **engine_kw)
+        else:
+            from .backends.vllm_engine import VLLMEngine
+
+            student = VLLMEngine.load(s_path, dtype=dtype, **engine_kw)
+            teacher = VLLMEngine.load(t_path, dtype=dtype, **engine_kw)
+        pair = Pair(name, student, teacher, Limits(**spec.get("limits", {})), dict(spec.get("chat_kwargs", {})),
+                    backend)
+        if not fresh:
+            _loaded[key] = pair
+        return pair
+
+
+# -- tiny-random ------------------------------------------------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer with no merges: 256 byte tokens plus chat specials. Built in milliseconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=specials[1:])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_qwen3(vocab_size: int, hidden: int, layers: int, seed: int, eos_id: int, pad_id: int):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    # initializer_range 0.2 (not 0.02): a random model then writes varied tokens instead of one token forever
+    cfg = Qwen3Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32, head_dim=32,
+        max_position_embeddings=4096, tie_word_embeddings=True, initializer_range=0.2, eos_token_id=eos_id, pad_token_id=pad_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(cfg)
+
+
+def build_tiny_random(folder: str | Path | None = None) -> Path:
+    """Build (once) the tiny-random pair: student hidden 64 x 2 layers, teacher hidden 128 x 2 layers."""
+    folder = Path(folder or os.environ.get("RELAY_CACHE_DIR", Path.home() / ".cache" / "relay_demo")) / "tiny-random-v2"
+    if (folder / "teacher" / "config.json").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + f".partial{os.getpid()}")
+    tok = byte_tokenizer()
+    for role, hidden, seed in (("student", 64, 1), ("teacher", 128, 2)):
+        model = tiny_qwen3(len(tok), hidden, 2, seed, tok.eos_token_id, tok.pad_token_id)
+        model.save_pretrained(tmp / role)
+        tok.save_pretrained(tmp / role)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

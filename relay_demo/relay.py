@@ -1,0 +1,504 @@
+"""The relay loop: a student writes, the teacher takes over for N tokens when asked, the student resumes.
+
+    pair = load_pair("tiny-arith")
+    gen = relay_stream(pair, "What is 17 * 23?", make_policy("learned"))
+    for span in gen: ...                     # Span deltas as they are decoded (streaming)
+    result = gen.value                       # RelayResult, see StreamResult below
+    results = relay_batch(pair, prompts, policy)   # many sequences at once
+
+How a sequence moves (``_Seq.phase``):
+
+* ``student``: the student continues its own session. Each new token is first shown to the policy
+  (``trigger``: the teacher should write this position) and, if kept, to the command detector.
+  When ``</call>`` completes a command (``protocol.find_command``), or a policy triggers, the student's job
+  is cancelled and the sequence moves to ``teacher`` with the number of tokens to hand over.
+* ``teacher``: the teacher's session first receives what is new since its last turn: the student's
+  segment *with commands removed* (``protocol.strip_commands``; ids are reused when the command sits on token
+  boundaries, otherwise the cleaned text is re-tokenized). The teacher writes at most N tokens; they are
+  appended to the student's session as ids, and the student resumes seeing its command and those tokens.
+* ``done``: an end token from either model, the token budget, or the wall-clock limit.
+
+Rounds: all sequences in the student phase run as one batch until each has stopped; then all sequences
+in the teacher phase run as one batch; repeat. With KV caches (transformers) or prefix caching (vLLM) a
+round costs each model only the tokens it has not seen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import asdict, dataclass, field
+
+from .backends.base import Job, ModelEngine, Sampling, Session
+from .policies import Policy
+from .protocol import CLOSE, OPEN, find_command, strip_commands
+
+STUDENT, TEACHER, COMMAND = "student", "teacher", "command"
+HARD_MAX_TOKENS = 1 << 20  # no configuration may ask for more response tokens than this
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every bound that ends a generation. The official code: 5 calls, 8192 tokens."""
+
+    max_n: int = 256  # tokens per call, at most
+    max_calls: int = 5
+    max_tokens: int = 8192  # response tokens: student + command + teacher
+    max_wall_s: float | None = None
+    max_prompt_tokens: int = 32768
+
+    def __post_init__(self):
+        for name in ("max_n", "max_tokens", "max_prompt_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.max_calls, bool) or not isinstance(self.max_calls, int) or self.max_calls < 0:
+            raise ValueError(f"max_calls must be a non-negative integer, got {self.max_calls!r}")
+        if self.max_tokens > HARD_MAX_TOKENS:
+            raise ValueError(f"max_tokens must be at most {HARD_MAX_TOKENS}, got {self.max_tokens}")
+        if self.max_wall_s is not None and not (self.max_wall_s > 0):
+            raise ValueError(f"max_wall_s must be positive, got {self.max_wall_s!r}")
+
+
+@dataclass
+class Span:
+    source: str  # "student" | "teacher" | "command"
+    token_ids: list[int]
+    text: str
+
+
+@dataclass
+class RelayResult:
+    prompt_ids: list[int]
+    token_ids: list[int]  # the response as the student sees it
+    source_mask: list[int]  # per response token: 1 = student wrote it (text or command), 0 = teacher
+    text: str
+    spans: list[Span]
+    finish_reason: str  # "eos" | "max_tokens" | "timeout" | "stalled"
+    student_tokens: int
+    teacher_tokens: int
+    command_tokens: int
+    calls: int
+    call_ratio: float
+    flops: float  # 2 * params per token each model ran a forward pass on (prefill included)
+    wall_s: float
+    wall_student_s: float
+    wall_teacher_s: float
+    student_computed: int  # token positions the student ran (prefill + decode)
+    teacher_computed: int
+    teacher_prefill: list[int] = field(default_factory=list)  # per handoff: tokens the teacher ran to catch up
+    teacher_new: list[int] = field(default_factory=list)  # per handoff: tokens it had never seen
+
+    def stats(self) -> dict:
+        keys = ("student_tokens", "teacher_tokens", "command_tokens", "calls", "call_ratio", "finish_reason")
+        out = {k: getattr(self, k) for k in keys}
+        out["wall_s"] = round(self.wall_s, 4)
+        out["flops"] = self.flops
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "text": self.text,
+            "spans": [{"source": s.source, "text": s.text, "tokens": len(s.token_ids)} for s in self.spans],
+            "stats": self.stats(),
+        }
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Detok:
+    """Incremental detokenizer: the text each new token adds, robust to multi-byte characters."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def push(self, tid: int) -> str:
+        self.ids.append(tid)
+        dec = self.tok.decode
+        before = dec(self.ids[self.prefix : self.read], skip_special_tokens=False)
+        after = dec(self.ids[self.prefix :], skip_special_tokens=False)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+
+class _Seq:
+    """One sequence's state across rounds."""
+
+    def __init__(self, row: int, s_prompt: list[int], t_prompt: list[int], policy: Policy, tokenizer, seed: int):
+        self.row = row
+        self.s_prompt, self.t_prompt = s_prompt, t_prompt
+        self.student: Session | None = None
+        self.teacher: Session | None = None
+        self.detok = _Detok(tokenizer)
+        self.tokenizer = tokenizer
+        self.pstate = policy.new_state(seed)
+        self.phase = TEACHER if policy.teacher_only else STUDENT
+        self.handoff_n = 0
+        self.finish: str | None = None
+        self.ids: list[int] = []
+        self.mask: list[int] = []
+        self.text_parts: list[str] = []
+        self.spans: list[Span] = []
+        # the student's current segment: tokens since the last handoff, their text and char offsets
+        self.seg_ids: list[int] = []
+        self.seg_text = ""
+        self.seg_ends: list[int] = []
+        self.emitted = 0  # segment tokens already streamed
+        self.counts = {STUDENT: 0, TEACHER: 0, COMMAND: 0}
+        self.calls = 0
+        self.wall = {STUDENT: 0.0, TEACHER: 0.0}
+        self.teacher_prefill: list[int] = []  # per handoff: tokens the teacher ran to catch up
+        self.teacher_new: list[int] = []  # per handoff: tokens of its view it had never run
+        self.teacher_known = 0  # teacher view tokens already run through the teacher
+        self.cmd = None  # (first token index, Command) of the command that ended the segment
+
+    @property
+    def n_response(self) -> int:
+        return len(self.ids) + len(self.seg_ids) - self.emitted  # held-back tokens count too
+
+    def add(self, source: str, tids: list[int], text: str) -> Span:
+        """Record tokens in the response; merge into the last span of the same source."""
+        self.ids.extend(tids)
+        self.mask.extend([0 if source == TEACHER else 1] * len(tids))
+        self.text_parts.append(text)
+        self.counts[source] += len(tids)
+        if self.spans and self.spans[-1].source == source and source != COMMAND:
+            self.spans[-1].token_ids.extend(tids)
+            self.spans[-1].text += text
+        else:
+            self.spans.append(Span(source, list(tids), text))
+        return Span(source, list(tids), text)
+
+
+def _chat_ids(engine: ModelEngine, prompt, chat_kwargs: dict) -> list[int]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    tok = engine.tokenizer
+    if getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                      **chat_kwargs)
+        return [int(i) for i in ids]
+    text = "\n".join(m["content"] for m in messages)
+    return [int(i) for i in tok(text, add_special_tokens=True)["input_ids"]]
+
+
+def validate_prompt(prompt) -> None:
+    """Empty or malformed prompts get a clear error before any model runs."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        messages = prompt
+    else:
+        raise ValueError("a prompt is a string or a list of {'role', 'content'} messages")
+    if not messages or not all(isinstance(m.get("content"), str) for m in messages):
+        raise ValueError("every message needs text content")
+    if not messages[-1]["content"].strip():
+        raise ValueError("the prompt is empty")
+
+
+class _Relay:
+    def __init__(self, pair, policy: Policy, limits: Limits, sampling: Sampling):
+        if policy.needs_hidden and not pair.student.supports_hidden:
+            raise NotImplementedError(
+                f"policy {policy.name!r} needs the student's hidden states, which the {pair.student.backend} "
+                "backend does not expose; use the transformers backend (hf)"
+            )
+        self.pair, self.policy, self.limits, self.sampling = pair, policy, limits, sampling
+        self.tok = pair.student.tokenizer
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def start(self, prompts: list) -> list[_Seq]:
+        seqs = []
+        for row, prompt in enumerate(prompts):
+            validate_prompt(prompt)
+            s_ids = _chat_ids(self.pair.student, prompt, self.pair.chat_kwargs)
+            t_ids = _chat_ids(self.pair.teacher, prompt, self.pair.chat_kwargs)
+            longest = max(len(s_ids), len(t_ids))
+            if longest > self.limits.max_prompt_tokens:
+                raise ValueError(
+                    f"prompt {row} is {longest} tokens; this pair accepts at most {self.limits.max_prompt_tokens}"
+                )
+            seed = (self.sampling.seed or 0) * 7919 + row
+            seqs.append(_Seq(row, s_ids, t_ids, self.policy, self.tok, seed))
+        return seqs
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def drive(self, seqs: list[_Seq]) -> Iterator[tuple[int, Span]]:
+        self.t0 = time.perf_counter()
+        while True:
+            moved = False
+            for phase, engine in ((STUDENT, self.pair.student), (TEACHER, self.pair.teacher)):
+                rows = [s for s in seqs if s.phase == phase]
+                if rows:
+                    moved = True
+                    yield from self.round(engine, phase, rows)
+            if not moved:
+                return
+
+    def remaining(self, s: _Seq) -> int:
+        return self.limits.max_tokens - s.n_response
+
+    def timed_out(self) -> bool:
+        lim = self.limits.max_wall_s
+        return lim is not None and time.perf_counter() - self.t0 > lim
+
+    def round(self, engine: ModelEngine, phase: str, rows: list[_Seq]) -> Iterator[tuple[int, Span]]:
+        """Run one model on every sequence of this phase until each stops, streaming what it writes."""
+        jobs = [self.make_job(s, phase) for s in rows]
+        produced = [0] * len(rows)
+        start = time.perf_counter()
+        for deltas in engine.run(jobs):
+            for d in deltas:
+                s, job = rows[d.job], jobs[d.job]
+                produced[d.job] += len(d.token_ids)
+                if phase == STUDENT:
+                    yield from self.on_student(s, job, d)
+                else:
+                    yield from self.on_teacher(s, job, d)
+            if self.timed_out():
+                for s, job in zip(rows, jobs, strict=True):
+                    job.cancel()
+                    s.finish = s.finish or "timeout"
+        elapsed = time.perf_counter() - start
+        for s, n in zip(rows, produced, strict=True):
+            s.wall[phase] += elapsed
+            self.after_round(s, phase, n)
+            if s.phase == "done":
+                yield from self.flush(s, STUDENT)
+
+    def make_job(self, s: _Seq, phase: str) -> Job:
+        budget = self.remaining(s)
+        if phase == STUDENT:
+            if s.student is None:
+                s.student = self.pair.student.session(s.s_prompt)
+            honour = self.policy.honours_commands and s.calls < self.limits.max_calls
+            stop = (CLOSE,) if honour else ()
+            triggers = self.policy.uses_trigger and s.calls < self.limits.max_calls
+            return Job(s.student, budget, self.sampling, stop, want_top_prob=triggers and self.policy.needs_top_prob,
+                       want_hidden=triggers and self.policy.needs_hidden, row=s.row)
+        # teacher: catch up on what the student wrote since the teacher's last turn, commands removed
+        if s.teacher is None:
+            s.teacher = self.pair.teacher.session(s.t_prompt)
+        s.teacher.extend(self.teacher_view(s))
+        s.seg_ids, s.seg_text, s.seg_ends, s.emitted = [], "", [], 0
+        s.teacher_new.append(len(s.teacher.ids) - s.teacher_known)
+        n = budget if self.policy.teacher_only else min(s.handoff_n, budget)
+        return Job(s.teacher, n, self.sampling, row=s.row)
+
+    # -- student side ------------------------------------------------------------------------------
+
+    def on_student(self, s: _Seq, job: Job, d) -> Iterator[tuple[int, Span]]:
+        if job.cancelled and d.finish is None and not d.token_ids:
+            return
+        for i, tid in enumerate(d.token_ids):
+            if job.cancelled:  # tokens after a handoff decision in the same step are dropped
+                s.student.truncate(len(s.student.ids) - (len(d.token_ids) - i))
+                break
+            top = d.top_probs[i] if d.top_probs else None
+            hid = d.hidden[i] if d.hidden is not None else None
+            if (
+                self.policy.uses_trigger
+                and s.calls < self.limits.max_calls
+                and self.policy.trigger(s.pstate, top, hid)
+            ):
+                # the teacher writes this position: drop the student's token, hand over
+                s.student.truncate(len(s.student.ids) - (len(d.token_ids) - i))
+                yield from self.flush(s, STUDENT)
+                self.handoff(s, self.policy.n, job)
+                break
+            if tid in self.pair.student.eos_ids:
+                yield from self.flush(s, STUDENT)
+                yield s.row, s.add(STUDENT, [tid], "")
+                s.finish = "eos"
+                break
+            yield from self.push_student_token(s, tid, job)
+        if d.finish == "eos" and s.finish is None and s.phase == STUDENT and not job.cancelled:
+            s.finish = "eos"
+
+    def push_student_token(self, s: _Seq, tid: int, job: Job) -> Iterator[tuple[int, Span]]:
+        piece = s.detok.push(tid)
+        s.seg_ids.append(tid)
+        s.seg_text += piece
+        s.seg_ends.append(len(s.seg_text))
+        if not self.policy.honours_commands:
+            yield from self.flush(s, STUDENT)
+            return
+        # a command can only end in the characters this token added (plus the 6 before them)
+        window = s.seg_text[max(0, len(s.seg_text) - len(piece) - len(CLOSE) + 1) :]
+        at = window.find(CLOSE)
+        if at >= 0:
+            end = len(s.seg_text) - len(window) + at + len(CLOSE)
+            cmd = find_command(s.seg_text[:end], self.limits.max_n)
+            if cmd is not None:
+                yield from self.command(s, cmd, job)
+                return
+        yield from self.flush(s, STUDENT, hold=self.held_from(s))
+
+    def held_from(self, s: _Seq) -> int:
+        """Char index from which the segment might still become a command: those tokens are held back."""
+        text = s.seg_text
+        lo = text.rfind(OPEN)
+        if lo >= 0 and text.find(CLOSE, lo) < 0:
+            return lo
+        for k in range(min(len(OPEN) - 1, len(text)), 0, -1):  # a suffix that could grow into "<call>"
+            if OPEN.startswith(text[-k:]):
+                return len(text) - k
+        return len(text)
+
+    def flush(self, s: _Seq, source: str, hold: int | None = None) -> Iterator[tuple[int, Span]]:
+        """Stream the segment's tokens whose text ends before char ``hold`` (all of them by default)."""
+        upto = len(s.seg_ids)
+        if hold is not None:
+            while upto > s.emitted and s.seg_ends[upto - 1] > hold:
+                upto -= 1
+        if upto > s.emitted:
+            start_char = s.seg_ends[s.emitted - 1] if s.emitted else 0
+            text = s.seg_text[start_char : s.seg_ends[upto - 1]]
+            tids = s.seg_ids[s.emitted : upto]
+            s.emitted = upto
+            yield s.row, s.add(source, tids, text)
+
+    def command(self, s: _Seq, cmd, job: Job) -> Iterator[tuple[int, Span]]:
+        """A complete command ends the segment: stream it as a command span and hand over if allowed."""
+        first = next(i for i, e in enumerate(s.seg_ends) if e > cmd.start)
+        first = max(first, s.emitted)
+        start_char = s.seg_ends[first - 1] if first else 0
+        yield from self.flush(s, STUDENT, hold=start_char)
+        s.emitted = first
+        tids = s.seg_ids[first:]
+        yield s.row, s.add(COMMAND, tids, s.seg_text[start_char:])
+        s.emitted = len(s.seg_ids)
+        if s.calls < self.limits.max_calls:
+            s.cmd = (first, cmd)
+            self.handoff(s, cmd.n, job)
+
+    def handoff(self, s: _Seq, n: int, job: Job) -> None:
+        job.cancel()
+        s.calls += 1
+        s.handoff_n = max(1, min(n, self.limits.max_n))
+        s.phase = TEACHER
+
+    def teacher_view(self, s: _Seq) -> list[int]:
+        """The segment as the teacher sees it: commands removed, ids reused when they line up."""
+        ids, text = s.seg_ids, s.seg_text
+        cmd_info, s.cmd = s.cmd, None
+        clean = strip_commands(text)
+        if cmd_info is not None:
+            first, cmd = cmd_info
+            aligned = (s.seg_ends[first - 1] if first else 0) == cmd.start and s.seg_ends[-1] == cmd.end
+            if aligned and clean == text[: cmd.start] and len(s.seg_ends) and cmd.end == len(text):
+                return ids[:first]
+        elif clean == text:
+            return list(ids)
+        return self.tok.encode(clean, add_special_tokens=False) if clean else []
+
+    # -- teacher side ------------------------------------------------------------------------------
+
+    def on_teacher(self, s: _Seq, job: Job, d) -> Iterator[tuple[int, Span]]:
+        for tid in d.token_ids:
+            s.student.extend([tid]) if s.student is not None else None
+            if tid in self.pair.teacher.eos_ids:
+                yield s.row, s.add(TEACHER, [tid], "")
+                s.finish = "eos"
+                job.cancel()
+                break
+            yield s.row, s.add(TEACHER, [tid], s.detok.push(tid))
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+
+    def after_round(self, s: _Seq, phase: str, produced: int) -> None:
+        if phase == TEACHER:
+            s.teacher_prefill.append(s.teacher.last_prefill)
+            s.teacher_known = len(s.teacher.ids) - 1  # its last sampled token was never run
+        if s.finish is None and self.remaining(s) <= 0:
+            s.finish = "max_tokens"
+        if s.finish is None and self.timed_out():
+            s.finish = "timeout"
+        if s.finish is not None:
+            s.phase = "done"
+            return
+        if phase == TEACHER:
+            s.phase = STUDENT
+        elif s.phase == STUDENT and produced == 0:
+            s.finish, s.phase = "stalled", "done"  # a student round that wrote nothing would loop forever
+
+    def result(self, s: _Seq) -> RelayResult:
+        total = len(s.ids)
+        ps, pt = self.pair.student.n_params, self.pair.teacher.n_params
+        sc = s.student.computed if s.student else 0
+        tc = s.teacher.computed if s.teacher else 0
+        for sess in (s.student, s.teacher):
+            if sess is not None:
+                sess.release()
+        return RelayResult(
+            prompt_ids=list(s.s_prompt if not self.policy.teacher_only else s.t_prompt),
+            token_ids=list(s.ids),
+            source_mask=list(s.mask),
+            text="".join(s.text_parts),
+            spans=s.spans,
+            finish_reason=s.finish or "max_tokens",
+            student_tokens=s.counts[STUDENT],
+            teacher_tokens=s.counts[TEACHER],
+            command_tokens=s.counts[COMMAND],
+            calls=s.calls,
+            call_ratio=s.counts[TEACHER] / total if total else 0.0,
+            flops=2.0 * (ps * sc + pt * tc),
+            wall_s=s.wall[STUDENT] + s.wall[TEACHER],
+            wall_student_s=s.wall[STUDENT],
+            wall_teacher_s=s.wall[TEACHER],
+            student_computed=sc,
+            teacher_computed=tc,
+            teacher_prefill=s.teacher_prefill,
+            teacher_new=s.teacher_new,
+        )
+
+
+class StreamResult:
+    """Iterate for Span deltas; ``.value`` holds the RelayResult once the iteration is over."""
+
+    def __init__(self, gen: Generator[Span, None, RelayResult]):
+        self._gen = gen
+        self.value: RelayResult | None = None
+
+    def __iter__(self):
+        self.value = yield from self._gen
+        return self.value
+
+
+def relay_batch(pair, prompts: list, policy: Policy, *, limits: Limits | None = None,
+                sampling: Sampling | None = None, on_span=None) -> list[RelayResult]:
+    """Relay-decode many prompts at once. ``on_span(row, span)`` sees every delta as it happens."""
+    relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
+    seqs = relay.start(list(prompts))
+    for row, span in relay.drive(seqs):
+        if on_span is not None:
+            on_span(row, span)
+    return [relay.result(s) for s in seqs]
+
+
+def _stream(pair, prompt, policy, limits, sampling) -> Generator[Span, None, RelayResult]:
+    relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
+    (seq,) = relay.start([prompt])
+    for _, span in relay.drive([seq]):
+        yield span
+    return relay.result(seq)
+
+
+def relay_stream(pair, prompt, policy: Policy, *, limits: Limits | None = None,
+                 sampling: Sampling | None = None) -> StreamResult:
+    """Relay-decode one prompt, yielding Span deltas; the RelayResult is ``.value`` afterwards."""
+    relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
+    relay.start([prompt])  # validate now, so bad input fails at the call and not at the first next()
+    return StreamResult(_stream(pair, prompt, policy, limits, sampling))
+
+
+def relay(pair, prompt, policy: Policy, **kw) -> RelayResult:
+    """Relay-decode one prompt and return the result."""
+    return relay_batch(pair, [prompt], policy, **kw)[0]

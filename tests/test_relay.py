@@ -1,0 +1,214 @@
+"""The relay loop on real tiny transformers models: KV reuse, commands over BPE tokens, limits, streaming."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from relay_demo.backends.base import Delta, Sampling
+from relay_demo.backends.hf_engine import HFEngine
+from relay_demo.pairs import Pair
+from relay_demo.policies import make_policy
+from relay_demo.relay import Limits, relay, relay_batch, relay_stream
+
+from .models import chain, chain_model, links, qwen_tokenizer, random_qwen2
+
+GREEDY = Sampling(temperature=0)
+
+
+class NaiveEngine(HFEngine):
+    """The reference: no cache, no batching; every step re-reads the whole sequence."""
+
+    @torch.inference_mode()
+    def run(self, jobs):
+        for i, job in enumerate(jobs):
+            s, start = job.session, len(job.session.ids)
+            while True:
+                logits = self.model(input_ids=torch.tensor([s.ids])).logits[0, -1].float()
+                s.computed += len(s.ids)
+                tok = int(torch.argmax(logits))
+                s.ids.append(tok)
+                top = [float(torch.softmax(logits, -1).max())] if job.want_top_prob else None
+                fin = "eos" if tok in self.eos_ids else "length" if len(s.ids) - start >= job.max_tokens else None
+                yield [Delta(i, [tok], top, None, fin)]
+                if fin:
+                    break
+                if job.cancelled:
+                    yield [Delta(i, [], None, None, "cancelled")]
+                    break
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return qwen_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def random_models(tok):
+    return random_qwen2(tok, hidden=64, seed=1), random_qwen2(tok, hidden=128, seed=2)
+
+
+def _pair(student, teacher, tok, engine=HFEngine, **limits):
+    return Pair("test", engine(student, tok, "student"), engine(teacher, tok, "teacher"), Limits(**limits))
+
+
+PROMPTS = ["What is 2 + 2?", "Write one short sentence about the sea, please.", "x"]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [make_policy("interval", every=5, n=3), make_policy("interval", every=1, n=1),
+     make_policy("confidence", tau=0.9, n=2), make_policy("teacher-only"), make_policy("student-only")],
+    ids=lambda p: p.describe(),
+)
+def test_kv_reuse_matches_naive_reference(random_models, tok, policy):
+    """Cached, batched relay == a reference that re-reads everything at every step (forced handoffs)."""
+    s, t = random_models
+    limits = {"max_tokens": 40, "max_calls": 5, "max_n": 8}
+    fast = relay_batch(_pair(s, t, tok, **limits), PROMPTS, policy, sampling=GREEDY)
+    ref = [relay(_pair(s, t, tok, NaiveEngine, **limits), p, policy, sampling=GREEDY) for p in PROMPTS]
+    for a, b in zip(fast, ref, strict=True):
+        assert a.token_ids == b.token_ids
+        assert a.source_mask == b.source_mask
+        assert [(x.source, x.token_ids) for x in a.spans] == [(x.source, x.token_ids) for x in b.spans]
+        assert (a.calls, a.finish_reason) == (b.calls, b.finish_reason)
+    if policy.name == "interval":
+        assert all(r.calls == 5 for r in fast)  # the handoffs really happened
+    # caching: each model ran every position once (plus the re-fed last token after a cut), the reference far more
+    assert sum(r.student_computed + r.teacher_computed for r in fast) < sum(
+        r.student_computed + r.teacher_computed for r in ref
+    ) or policy.name in ("teacher-only", "student-only")
+
+
+def test_teacher_reads_only_unseen_tokens(random_models, tok):
+    s, t = random_models
+    r = relay(_pair(s, t, tok, max_tokens=60), PROMPTS[1], make_policy("interval", every=6, n=4), sampling=GREEDY)
+    assert r.calls == 5
+    assert r.teacher_prefill == r.teacher_new  # exactly the unseen tokens, never a re-read of the context
+    assert r.teacher_new[1:] == [6 + 1] * 4  # six student tokens plus the teacher's own last token
+
+
+# -- commands over real BPE tokens -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bpe_pair(tok):
+    """Student: ' Let me think:<call>3</call>.' as 8 BPE pieces glued to ':' and '.', then ' Done'."""
+    student = chain(tok, ["\n", " Let", " me", " think", ":<", "call", ">", "3", "</", "cal", "l", ">."])
+    after = chain(tok, [" is", " Done"]) + [tok.eos_token_id]
+    # the teacher sees ' Let me think:.' (command stripped): its last token is ':.'
+    teacher = chain(tok, [":.", " The", " answer", " is", " The"])
+    return chain_model(tok, links(student) | links(after), seed=3), chain_model(tok, links(teacher), seed=4)
+
+
+def test_command_split_over_bpe_tokens_is_found_stopped_and_stripped(bpe_pair, tok):
+    s, t = bpe_pair
+    r = relay(_pair(s, t, tok, max_tokens=64, max_n=16), "hi", make_policy("learned"), sampling=GREEDY)
+    assert r.text == " Let me think:<call>3</call>. The answer is Done"
+    assert [(x.source, x.text) for x in r.spans] == [
+        ("student", " Let me think"),
+        ("command", ":<call>3</call>."),
+        ("teacher", " The answer is"),
+        ("student", " Done"),
+    ]
+    assert (r.calls, r.command_tokens, r.teacher_tokens, r.student_tokens) == (1, 8, 3, 3 + 2)
+    assert r.finish_reason == "eos"
+    assert r.source_mask == [1] * 11 + [0] * 3 + [1] * 2
+    assert r.call_ratio == pytest.approx(3 / 16)
+    # the teacher could only have written ' The answer is' after seeing the stripped ':.' (a chain model)
+    assert r.teacher_new[0] == len(tok.apply_chat_template([{"role": "user", "content": "hi"}],
+                                                           add_generation_prompt=True, return_dict=False)) + 4
+
+
+def test_streamed_spans_rebuild_the_result(bpe_pair, tok):
+    s, t = bpe_pair
+    stream = relay_stream(_pair(s, t, tok, max_tokens=64), "hi", make_policy("learned"), sampling=GREEDY)
+    deltas = list(stream)
+    assert "".join(d.text for d in deltas) == stream.value.text
+    assert [i for d in deltas for i in d.token_ids] == stream.value.token_ids
+    # the command is never streamed as student text: it is held back until it completes
+    assert not any(d.source == "student" and "<" in d.text for d in deltas)
+
+
+# -- limits always end a generation -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def looping_pair(tok):
+    """A student that writes <call>9</call> forever, a teacher that never stops writing ' The'."""
+    cmd = chain(tok, ["<", "call", ">", "9", "</", "cal", "l", ">."])
+    student = links(chain(tok, ["\n"]) + cmd) | {cmd[-1]: cmd[0]} | {chain(tok, [" The"])[0]: cmd[0]}
+    teacher = {chain(tok, ["."])[0]: chain(tok, [" The"])[0], chain(tok, [" The"])[0]: chain(tok, [" The"])[0]}
+    return chain_model(tok, student, seed=5), chain_model(tok, teacher, seed=6)
+
+
+def test_student_that_calls_forever_ends_at_limits(looping_pair, tok):
+    s, t = looping_pair
+    r = relay(_pair(s, t, tok, max_tokens=120, max_calls=5, max_n=4), "q", make_policy("learned"), sampling=GREEDY)
+    assert r.finish_reason == "max_tokens"
+    assert len(r.token_ids) == 120
+    assert r.calls == 5
+    assert r.teacher_tokens == 5 * 4  # N=9 clamped to max_n=4 each time
+
+
+def test_teacher_that_never_stops_is_bounded_by_budget(looping_pair, tok):
+    s, t = looping_pair
+    r = relay(_pair(s, t, tok, max_tokens=30, max_n=1000), "q", make_policy("learned"), sampling=GREEDY)
+    assert r.finish_reason == "max_tokens" and len(r.token_ids) == 30
+    r = relay(_pair(s, t, tok, max_tokens=50), "q", make_policy("teacher-only"), sampling=GREEDY)
+    assert (r.teacher_tokens, r.finish_reason, r.call_ratio) == (50, "max_tokens", 1.0)
+
+
+def test_wall_clock_limit(random_models, tok):
+    s, t = random_models
+    r = relay(_pair(s, t, tok, max_tokens=100_000, max_wall_s=0.2), "q", make_policy("random-token", p=0.1),
+              sampling=Sampling(0.7, seed=1))
+    assert r.finish_reason == "timeout"
+    assert 0 < len(r.token_ids) < 100_000
+
+
+def test_seeded_sampling_is_reproducible(random_models, tok):
+    s, t = random_models
+    pair = _pair(s, t, tok, max_tokens=30)
+    pol = make_policy("random-token", p=0.2, n=2)
+    a = relay_batch(pair, PROMPTS, pol, sampling=Sampling(0.9, seed=7))
+    b = relay_batch(pair, PROMPTS, pol, sampling=Sampling(0.9, seed=7))
+    c = relay_batch(pair, PROMPTS, pol, sampling=Sampling(0.9, seed=8))
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert [r.token_ids for r in a] != [r.token_ids for r in c]
+
+
+@pytest.mark.parametrize("bad", ["", "   ", [], [{"role": "user"}], 42])
+def test_bad_prompts_are_refused_clearly(random_models, tok, bad):
+    s, t = random_models
+    with pytest.raises(ValueError):
+        relay(_pair(s, t, tok), bad, make_policy("learned"))
+
+
+def test_huge_prompt_is_refused_before_running(random_models, tok):
+    s, t = random_models
+    with pytest.raises(ValueError, match="at most"):
+        relay(_pair(s, t, tok, max_prompt_tokens=1000), "word " * 5000, make_policy("learned"))
+
+
+@pytest.mark.parametrize("kw", [{"max_n": 0}, {"max_tokens": -1}, {"max_calls": -1}, {"max_tokens": 10**9},
+                                {"max_wall_s": 0}])
+def test_absurd_limits_are_refused(kw):
+    with pytest.raises(ValueError):
+        Limits(**kw)
+
+
+def test_router_policy_needs_hidden_states(random_models, tok, tmp_path):
+    """The router reads the student's hidden state; a router that always fires hands every token over."""
+    import numpy as np
+
+    from relay_demo.policies import RouterMLP
+
+    h = 64
+    always = RouterMLP({"w1": np.zeros((h, 4), np.float32), "b1": np.ones(4, np.float32),
+                        "w2": np.ones((4, 1), np.float32), "b2": np.zeros(1, np.float32)}, {"hidden_size": h})
+    always.save(tmp_path / "router")
+    s, t = random_models
+    r = relay(_pair(s, t, tok, max_tokens=12, max_calls=100), "q",
+              make_policy("router", path=str(tmp_path / "router"), threshold=0.5, n=1), sampling=GREEDY)
+    assert r.teacher_tokens == 12 and r.calls == 12
