@@ -21,8 +21,11 @@ old tokens, i.e. 31 with the CPU default of 32, plus what is new).
 Conventions:
 
 * ``session.last_prefill`` = prompt tokens vLLM did not find in its prefix cache (``len(ids) -
-  num_cached_tokens``); ``session.computed`` adds that per run + every generated token except the newest one of each job: the last sampled
-  token has not been fed to the model yet (the next run feeds it as part of the prompt).
+  num_cached_tokens``). ``session.computed`` adds, per run, that prefill plus every generated token
+  except the newest: the last sampled token has not been fed to the model yet (the next run feeds it
+  as part of its prompt). Same convention as the transformers engine: positions a forward ran on.
+* Finish: ``"eos"`` for any id in ``eos_ids`` (all of them are vLLM stop ids; the token is kept),
+  ``"length"`` at ``max_tokens`` or when the sequence reaches ``max_model_len``.
 * Seeds: ``Sampling.seed`` of ``None`` uses the engine's global RNG; otherwise the job is seeded
   with ``seed + job.row``, so rows of a batch differ and a rerun with the same seed repeats.
 * ``top_probs``: probability of the most likely token under the raw model distribution (before
@@ -48,6 +51,7 @@ import gc
 import itertools
 import math
 import os
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +59,8 @@ from .base import Delta, Job, ModelEngine, Session
 
 DEFAULT_KV_CACHE_GIB = 1.0  # per engine, CPU only; two engines + training fit in 24 GiB
 CPU_BLOCK_SIZE = 32  # the CPU attention backend needs a multiple of 32; smaller = cheaper re-reads
+# In-process engines alive in this process: they share vLLM's global distributed state (see _shutdown_core).
+_open_engines = 0
 
 
 def _default_env() -> None:
@@ -110,10 +116,9 @@ class VLLMSession(Session):
 class _Live:
     """Book-keeping of one job while its request runs."""
 
-    def __init__(self, index: int, job: Job, req_id: str):
+    def __init__(self, index: int, job: Job):
         self.index = index
         self.job = job
-        self.req_id = req_id
         self.prompt_len = len(job.session.ids)
         self.n_generated = 0
         self.prefilled = False
@@ -129,6 +134,16 @@ class VLLMEngine(ModelEngine):
         super().__init__(name, tokenizer, n_params, eos_ids)
         self.llm = llm
         self._req_counter = itertools.count()
+        self._running = False  # run() shares one vLLM engine: a second concurrent run would steal its outputs
+        # vLLM's own finalizer tears down the process-wide distributed state, which would break the
+        # other engine of the pair; ours does that only when the last engine goes.
+        client = llm.llm_engine.engine_core
+        if hasattr(client, "_finalizer") and client._finalizer.detach() is not None:
+            global _open_engines
+            _open_engines += 1
+            self._finalizer = weakref.finalize(self, _shutdown_core, client)
+        else:  # multiprocess client: each engine core lives in its own process; its shutdown is local
+            self._finalizer = weakref.finalize(self, client.shutdown)
 
     @classmethod
     def load(
@@ -162,7 +177,8 @@ class VLLMEngine(ModelEngine):
         if on_cpu:
             engine_kwargs.setdefault("distributed_executor_backend", "uni")
         saved_kv = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_gib:g}"  # read once, while the engine starts
+        # read once, while the engine starts; vLLM accepts whole GiB only
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(kv_gib)))
         try:
             llm = LLM(
                 path_or_hub_id,
@@ -188,6 +204,11 @@ class VLLMEngine(ModelEngine):
             eos_ids=_eos_ids(path_or_hub_id, tokenizer),
         )
 
+    @property
+    def max_model_len(self) -> int:
+        """Prompt + generated tokens of one sequence; a job reaching it ends with ``"length"``."""
+        return self.llm.llm_engine.model_config.max_model_len
+
     def session(self, prompt_ids: list[int]) -> VLLMSession:
         return VLLMSession(prompt_ids)
 
@@ -206,6 +227,11 @@ class VLLMEngine(ModelEngine):
                 raise ValueError(f"job {i}: session was released")
             if not job.session.ids:
                 raise ValueError(f"job {i}: empty session (vLLM needs at least one prompt token)")
+            if len(job.session.ids) >= self.max_model_len:
+                raise ValueError(
+                    f"job {i}: {len(job.session.ids)} tokens leave no room to generate "
+                    f"(max_model_len={self.max_model_len})"
+                )
             if id(job.session) in seen:
                 raise ValueError(f"job {i}: the same session appears twice in one run")
             seen.add(id(job.session))
@@ -220,7 +246,7 @@ class VLLMEngine(ModelEngine):
             temperature=s.temperature,  # 0 -> greedy in vLLM
             top_p=s.top_p,
             seed=None if s.seed is None else s.seed + job.row,
-            ignore_eos=False,
+            ignore_eos=not self.eos_ids,  # an engine with no end ids (benchmarks) never stops early
             stop_token_ids=sorted(self.eos_ids),  # every eos id stops, not just the tokenizer's
             stop=list(job.stop_strings) or None,
             include_stop_str_in_output=True,
@@ -233,19 +259,28 @@ class VLLMEngine(ModelEngine):
         """Add every job as one request, step the engine, yield the deltas of each step."""
         from vllm.inputs import TokensPrompt
 
+        if self.llm is None:
+            raise RuntimeError(f"engine {self.name} is closed")
+        if self._running:
+            raise RuntimeError("VLLMEngine.run is not re-entrant: exhaust or close the previous run first")
         self._check(jobs)
         eng = self.llm.llm_engine
         live: dict[str, _Live] = {}
         first: list[Delta] = []
-        for i, job in enumerate(jobs):
-            if job.max_tokens <= 0:  # vLLM rejects max_tokens=0; nothing to run
-                first.append(Delta(job=i, token_ids=[], finish="length"))
-                continue
-            req_id = f"relay-{next(self._req_counter)}"
-            eng.add_request(req_id, TokensPrompt(prompt_token_ids=list(job.session.ids)), self._params(job))
-            live[req_id] = _Live(i, job, req_id)
-            job.session.last_prefill = 0  # until vLLM reports its prefix-cache hit
+        self._running = True
         try:
+            for i, job in enumerate(jobs):
+                job.session.last_prefill = 0  # until vLLM reports its prefix-cache hit
+                if job.cancelled or job.max_tokens <= 0:  # nothing to run (vLLM rejects max_tokens=0)
+                    first.append(
+                        Delta(job=i, token_ids=[], finish="cancelled" if job.cancelled else "length")
+                    )
+                    continue
+                req_id = f"relay-{next(self._req_counter)}"
+                eng.add_request(
+                    req_id, TokensPrompt(prompt_token_ids=list(job.session.ids)), self._params(job)
+                )
+                live[req_id] = _Live(i, job)
             if first:
                 yield first
             while live:
@@ -263,6 +298,7 @@ class VLLMEngine(ModelEngine):
             # The caller stopped iterating (or an error): leave no request behind in the engine.
             if live:
                 eng.abort_request(list(live))
+            self._running = False
 
     def _abort_cancelled(self, live: dict[str, _Live]) -> list[Delta]:
         gone = [r for r, st in live.items() if st.job.cancelled]
@@ -284,9 +320,9 @@ class VLLMEngine(ModelEngine):
             state.n_generated += len(tokens)
         session.ids.extend(tokens)
         top = _top_probs(comp.logprobs, len(tokens)) if state.job.want_top_prob else None
-        return Delta(job=state.index, token_ids=tokens, top_probs=top, finish=self._finish(comp, tokens))
+        return Delta(job=state.index, token_ids=tokens, top_probs=top, finish=self._finish(comp))
 
-    def _finish(self, comp, tokens: list[int]) -> str | None:
+    def _finish(self, comp) -> str | None:
         reason = comp.finish_reason
         if reason is None:
             return None
@@ -301,15 +337,23 @@ class VLLMEngine(ModelEngine):
         raise RuntimeError(f"vLLM finished a request with an unexpected reason {reason!r}")
 
     def close(self) -> None:
-        llm = getattr(self, "llm", None)
-        if llm is None:
-            return
+        """Free the model and its KV cache now (also runs when the engine is garbage-collected)."""
+        self._finalizer()
         self.llm = None
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        finally:
-            del llm
-            gc.collect()
+        gc.collect()
+
+
+def _shutdown_core(client) -> None:
+    """Free one in-process engine core; tear down vLLM's process-wide state only with the last one."""
+    global _open_engines
+    _open_engines -= 1
+    core = client.engine_core
+    if _open_engines > 0:
+        core.model_executor.shutdown()
+        core.scheduler.shutdown()
+        gc.unfreeze()  # EngineCore froze its startup objects (weights) out of the collector's reach
+    else:
+        core.shutdown()
 
 
 def _top_probs(logprobs, n: int) -> list[float]:

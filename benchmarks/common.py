@@ -1,0 +1,69 @@
+"""Shared plumbing for the benchmark scripts: argument parsing, timing, table and JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--pair", default="tiny-random")
+    ap.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
+    ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (a few minutes)")
+    ap.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+    return ap
+
+
+def load(pair_name: str, backend: str):
+    """Load a pair with end-of-sequence disabled, so every run decodes exactly the tokens asked for."""
+    from relay_demo.pairs import load_pair
+
+    pair = load_pair(pair_name, backend=backend)
+    for engine in (pair.student, pair.teacher):
+        engine.eos_ids = set()
+    return pair
+
+
+def timed(fn, *a, **kw):
+    t = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t
+
+
+def drain(engine, jobs) -> int:
+    n = 0
+    for deltas in engine.run(jobs):
+        n += sum(len(d.token_ids) for d in deltas)
+    return n
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    fmt = {c: max(len(c), *(len(_cell(r.get(c))) for r in rows)) for c in cols}
+    lines = ["  ".join(c.rjust(fmt[c]) for c in cols)]
+    lines += ["  ".join(_cell(r.get(c)).rjust(fmt[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return "" if v is None else str(v)
+
+
+def finish(figures: dict, as_json: bool) -> None:
+    figures["machine"] = machine()
+    if as_json:
+        print(json.dumps(figures))

@@ -1,0 +1,56 @@
+"""Tokens per second, single-stream and batched, relay against student-only, per backend.
+
+    .venv/bin/python benchmarks/throughput.py [--quick] [--json] [--pair tiny-random] [--backends hf,vllm]
+
+The relay hands one token to the teacher every ``--every`` student tokens (default 19: a 5% call ratio),
+so the figure shows what the handoffs cost a batch: ``relay_vs_student`` = relay tok/s / student-only tok/s.
+Response tokens of both models count; end-of-sequence is disabled so every run writes the same number.
+"""
+
+from __future__ import annotations
+
+from common import finish, load, parser, table, timed
+
+from relay_demo.backends.base import Sampling
+from relay_demo.policies import make_policy
+from relay_demo.relay import Limits, relay_batch
+
+GREEDY = Sampling(temperature=0)
+
+
+def tok_per_s(pair, policy, prompts, max_tokens) -> tuple[float, float]:
+    limits = Limits(max_tokens=max_tokens, max_calls=10**6, max_n=max(1, policy.n))
+    relay_batch(pair, prompts[:1], policy, limits=Limits(max_tokens=8, max_calls=10**6), sampling=GREEDY)  # warm
+    results, dt = timed(relay_batch, pair, prompts, policy, limits=limits, sampling=GREEDY)
+    tokens = sum(len(r.token_ids) for r in results)
+    teacher = sum(r.teacher_tokens for r in results)
+    return tokens / dt, teacher / tokens
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--every", type=int, default=19)
+    ap.add_argument("--batch", type=int, default=32)
+    a = ap.parse_args()
+    max_tokens = 128 if a.quick else 256
+    figures, rows = {"pair": a.pair, "every": a.every, "batch": a.batch, "max_tokens": max_tokens}, []
+    for backend in a.backends.split(","):
+        pair = load(a.pair, backend)
+        for label, n in (("single", 1), (f"batch{a.batch}", a.batch)):
+            prompts = [f"Prompt number {i}: continue the list." for i in range(n)]
+            s, _ = tok_per_s(pair, make_policy("student-only"), prompts, max_tokens)
+            r, ratio = tok_per_s(pair, make_policy("interval", every=a.every, n=1), prompts, max_tokens)
+            rows.append({"backend": backend, "mode": label, "student_tok_s": s, "relay_tok_s": r,
+                         "call_ratio": ratio, "relay_vs_student": r / s})
+            key = f"{backend}_{'single' if n == 1 else 'batched'}"
+            figures[f"{key}_student_tok_s"] = round(s, 1)
+            figures[f"{key}_relay_tok_s"] = round(r, 1)
+            figures[f"{key}_relay_vs_student"] = round(r / s, 4)
+            figures[f"{key}_call_ratio"] = round(ratio, 4)
+        pair.close()
+    print(table(rows, ["backend", "mode", "student_tok_s", "relay_tok_s", "call_ratio", "relay_vs_student"]))
+    finish(figures, a.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Both backends run the same relay: greedy parity on tiny models, and commands over BPE tokens on vLLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from relay_demo.backends.base import Sampling
+from relay_demo.backends.hf_engine import HFEngine
+from relay_demo.pairs import Pair, build_tiny_random
+from relay_demo.policies import make_policy
+from relay_demo.relay import Limits, _chat_ids, relay_batch
+
+from .models import chain, chain_model, links, qwen_tokenizer, save
+
+pytest.importorskip("vllm")
+from relay_demo.backends import vllm_engine  # noqa: E402
+GREEDY = Sampling(temperature=0)
+PROMPTS = ["What is 2 + 2?", "Write one short sentence about the sea, please.", "x", "Count: 1, 2, 3,"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return qwen_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def folders(tok, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    tiny = build_tiny_random(root)  # byte-level vocabulary: fast on both backends
+    student = [" Let", " me", " think", ":<", "call", ">", "3", "</", "cal", "l", ">."]
+    cs = save(chain_model(tok, links(chain(tok, ["\n", *student])) | links(chain(tok, [" is", " Done"]) +
+                                                                           [tok.eos_token_id]), seed=3), tok,
+              root / "chain-student")
+    ct = save(chain_model(tok, links(chain(tok, [":.", " The", " answer", " is", " The"])), seed=4), tok,
+              root / "chain-teacher")
+    return {"random": (str(tiny / "student"), str(tiny / "teacher")), "chain": (cs, ct)}
+
+
+def _load(paths, backend, **limits):
+    if backend == "hf":
+        s, t = (HFEngine.load(p, dtype="float32") for p in paths)
+    else:
+        s, t = (vllm_engine.VLLMEngine.load(p, dtype="float32", max_model_len=1024, kv_cache_gib=1) for p in paths)
+    return Pair("parity", s, t, Limits(**limits), backend=backend)
+
+
+@pytest.fixture(scope="module")
+def pairs(folders):
+    out = {b: _load(folders["random"], b, max_tokens=48, max_n=8, max_calls=6) for b in ("hf", "vllm")}
+    yield out
+    out["vllm"].close()
+
+
+def _top3(engine, ids) -> list[int]:
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([ids])).logits[0, -1]
+    return torch.topk(logits, 3).indices.tolist()
+
+
+@pytest.mark.parametrize("policy", [make_policy("interval", every=7, n=3), make_policy("teacher-only"),
+                                    make_policy("random-token", p=0.15, n=2)], ids=lambda p: p.name)
+def test_greedy_relay_parity(pairs, policy):
+    """Same relay token ids on both backends; where they diverge, each token is in the other's top 3."""
+    hf = relay_batch(pairs["hf"], PROMPTS, policy, sampling=GREEDY)
+    vl = relay_batch(pairs["vllm"], PROMPTS, policy, sampling=GREEDY)
+    exact = 0
+    for p, a, b in zip(PROMPTS, hf, vl, strict=True):
+        if a.token_ids == b.token_ids:
+            exact += 1
+            assert (a.source_mask, a.calls) == (b.source_mask, b.calls)
+            continue
+        i = next(k for k, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y)
+        assert a.source_mask[:i + 1] == b.source_mask[:i + 1]  # the same model wrote the diverging token
+        engine = pairs["hf"].student if a.source_mask[i] else pairs["hf"].teacher
+        prompt = _chat_ids(engine, p, {})
+        top = _top3(engine, prompt + a.token_ids[:i])  # interval/teacher-only: no commands, same view
+        assert a.token_ids[i] in top and b.token_ids[i] in top, f"prompt {p!r}: diverged at {i}"
+    assert exact >= len(PROMPTS) - 1, "more than one prompt diverged"
+
+
+def test_prefix_cache_bounds_teacher_rereads(pairs):
+    """vLLM re-reads at most one partial block per handoff; transformers reads exactly the new tokens."""
+    policy = make_policy("interval", every=40, n=4)
+    limits = Limits(max_tokens=300, max_n=4, max_calls=100)
+    for backend, slack in (("hf", 0), ("vllm", 31)):
+        (r,) = relay_batch(pairs[backend], ["Tell me a story."], policy, limits=limits, sampling=GREEDY)
+        assert r.calls >= 5
+        for pre, new in zip(r.teacher_prefill[1:], r.teacher_new[1:], strict=True):
+            assert new <= pre <= new + slack, (backend, pre, new)
+
+
+def test_command_over_bpe_tokens_on_vllm(folders, tok):
+    pair = _load(folders["chain"], "vllm", max_tokens=64, max_n=16)
+    try:
+        (r,) = relay_batch(pair, ["hi"], make_policy("learned"), sampling=GREEDY)
+    finally:
+        pair.close()
+    assert r.text == " Let me think:<call>3</call>. The answer is Done"
+    assert [(x.source, x.text) for x in r.spans] == [
+        ("student", " Let me think"), ("command", ":<call>3</call>."), ("teacher", " The answer is"),
+        ("student", " Done"),
+    ]
+    assert (r.calls, r.command_tokens, r.teacher_tokens, r.finish_reason) == (1, 8, 3, "eos")

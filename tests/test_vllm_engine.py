@@ -1,0 +1,288 @@
+"""Tests of the vLLM engine on a tiny random Qwen2 built from config (real Qwen2.5 tokenizer).
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_vllm_engine.py -q
+One float32 engine is loaded per session (~20-40 s on 2 shared cores); each test then takes ~1 s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+pytest.importorskip("vllm")
+
+from relay_demo.backends.base import Delta, Job, Sampling
+from relay_demo.backends.vllm_engine import VLLMEngine
+
+TOKENIZER = Path("/work/shared/fixtures/qwen2.5-tokenizer")
+EOS = [151645, 151643]
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory) -> Path:
+    """2 layers, hidden 64, 2 heads of 32 (vLLM CPU needs head size 32k). Weights drawn wide
+    (initializer_range 0.5) so the model has peaked, varied next-token distributions."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-qwen2")
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        initializer_range=0.5,
+        bos_token_id=EOS[1],
+        eos_token_id=EOS,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg)
+    model.generation_config = GenerationConfig(eos_token_id=EOS, bos_token_id=EOS[1])
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_path):
+    eng = VLLMEngine.load(str(tiny_path), dtype="float32", max_model_len=1024, seed=0)
+    yield eng
+    eng.close()
+
+
+def prompt(start: int, n: int) -> list[int]:
+    """Distinct ids per test so one test's prefix cache never serves another."""
+    return list(range(start, start + n))
+
+
+def drain(engine, jobs: list[Job]) -> list[list[Delta]]:
+    return list(engine.run(jobs))
+
+
+def tokens_of(steps: list[list[Delta]], job: int) -> list[int]:
+    return [t for step in steps for d in step if d.job == job for t in d.token_ids]
+
+
+def finishes(steps: list[list[Delta]], job: int) -> list[str]:
+    return [d.finish for step in steps for d in step if d.job == job and d.finish]
+
+
+def reference_greedy(engine, ids: list[int], n: int) -> list[int]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    out = engine.llm.generate(
+        [TokensPrompt(prompt_token_ids=ids)],
+        SamplingParams(max_tokens=n, temperature=0, ignore_eos=True),
+        use_tqdm=False,
+    )
+    return list(out[0].outputs[0].token_ids)
+
+
+def test_import_is_light():
+    code = "import sys, relay_demo.backends.vllm_engine as m; assert not {'vllm', 'torch'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_load_facts(engine, tiny_path):
+    assert engine.backend == "vllm" and not engine.supports_hidden
+    assert engine.eos_ids == set(EOS)
+    assert engine.tokenizer.eos_token_id == 151645
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    assert engine.n_params == sum(p.numel() for p in model.parameters())
+
+
+def test_greedy_matches_generate_and_session_grows(engine):
+    ids = prompt(1000, 40)
+    ref = reference_greedy(engine, ids, 12)
+    s = engine.session(ids)
+    steps = drain(engine, [Job(s, max_tokens=12, sampling=Sampling(temperature=0))])
+    assert tokens_of(steps, 0) == ref
+    assert s.ids == ids + ref
+    assert finishes(steps, 0) == ["length"]
+    assert steps[-1][-1].finish == "length"  # the finish comes with (or after) the last token
+
+
+def test_eos_stops_and_is_kept(engine, monkeypatch):
+    ids = prompt(3000, 20)
+    ref = reference_greedy(engine, ids, 10)
+    stop_at = next(k for k, t in enumerate(ref) if t not in ref[:k] and k >= 3)  # first new token from 3 on
+    monkeypatch.setattr(engine, "eos_ids", {ref[stop_at]})  # any id the model writes can play eos
+    s = engine.session(ids)
+    steps = drain(engine, [Job(s, max_tokens=10, sampling=Sampling(temperature=0))])
+    assert tokens_of(steps, 0) == ref[: stop_at + 1]
+    assert finishes(steps, 0) == ["eos"]
+
+
+def test_cancel_stops_only_that_job(engine):
+    sessions = [engine.session(prompt(5000 + 100 * i, 10 + 7 * i)) for i in range(3)]
+    jobs = [Job(s, max_tokens=8, sampling=Sampling(temperature=0), row=i) for i, s in enumerate(sessions)]
+    steps = []
+    for step in engine.run(jobs):
+        steps.append(step)
+        if len(tokens_of(steps, 1)) >= 2:
+            jobs[1].cancel()
+    assert len(tokens_of(steps, 1)) == 2
+    assert finishes(steps, 1) == ["cancelled"]
+    for j in (0, 2):
+        assert len(tokens_of(steps, j)) == 8 and finishes(steps, j) == ["length"]
+        assert sessions[j].ids[-8:] == tokens_of(steps, j)
+    assert len(sessions[1].ids) == 17 + 2
+
+
+def test_cancel_before_first_step(engine):
+    s = engine.session(prompt(5500, 10))
+    job = Job(s, max_tokens=5)
+    job.cancel()
+    steps = drain(engine, [job])
+    assert steps == [[Delta(job=0, token_ids=[], finish="cancelled")]]
+    assert s.ids == prompt(5500, 10) and s.computed == 0
+
+
+def test_batch_matches_single_and_seeds_repeat(engine):
+    lengths = [3, 17, 33, 64, 5, 90, 41, 8]
+    prompts = [prompt(7000 + 200 * i, n) for i, n in enumerate(lengths)]
+    refs = [reference_greedy(engine, p, 6) for p in prompts]
+    sessions = [engine.session(p) for p in prompts]
+    steps = drain(engine, [Job(s, 6, Sampling(temperature=0), row=i) for i, s in enumerate(sessions)])
+    assert [tokens_of(steps, i) for i in range(8)] == refs
+
+    def sampled(seed: int) -> list[list[int]]:
+        same = prompt(9000, 12)
+        jobs = [Job(engine.session(same), 8, Sampling(temperature=1.0, seed=seed), row=i) for i in range(4)]
+        out = drain(engine, jobs)
+        return [tokens_of(out, i) for i in range(4)]
+
+    first, again, other = sampled(7), sampled(7), sampled(8)
+    assert first == again
+    assert len({tuple(t) for t in first}) > 1  # rows get different seeds (seed + row)
+    assert first != other
+
+
+def test_computed_and_prefix_cache(engine):
+    ids = prompt(11000, 100)
+    s = engine.session(ids)
+    drain(engine, [Job(s, max_tokens=4, sampling=Sampling(temperature=0))])
+    assert s.last_prefill == 100
+    assert s.computed == 100 + 3  # whole prompt + generated tokens but the last (not fed yet)
+    before = s.computed
+    s.extend(prompt(12000, 5))  # e.g. teacher tokens, 109 ids now
+    drain(engine, [Job(s, max_tokens=1, sampling=Sampling(temperature=0))])
+    # 103 positions were computed -> 3 full blocks of 32 cached; the re-read is 109 - 96 = 13,
+    # i.e. the 5 new ids + the unfed last token + 7 old ones, never the whole prompt.
+    assert s.computed - before == 109 - 96 == s.last_prefill
+    assert s.computed - before <= 5 + 1 + 31
+
+
+def test_truncate_then_rerun_reuses_cache(engine):
+    s = engine.session(prompt(13000, 70))
+    drain(engine, [Job(s, max_tokens=3, sampling=Sampling(temperature=0))])
+    s.truncate(71)  # a policy refused the last two tokens
+    before = s.computed
+    steps = drain(engine, [Job(s, max_tokens=2, sampling=Sampling(temperature=0))])
+    assert s.computed - before == (71 - 64) + 1
+    assert len(s.ids) == 73 and len(tokens_of(steps, 0)) == 2
+
+
+def test_top_probs_are_raw_model_probs(engine, tiny_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = prompt(15000, 30)
+    greedy = engine.session(ids)
+    hot = engine.session(ids)
+    jobs = [
+        Job(greedy, 10, Sampling(temperature=0), want_top_prob=True),
+        Job(hot, 10, Sampling(temperature=2.0, top_p=0.9, seed=3), want_top_prob=True, row=1),
+    ]
+    steps = drain(engine, jobs)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32).eval()
+    for j, s in enumerate((greedy, hot)):
+        got = [p for step in steps for d in step if d.job == j for p in d.top_probs]
+        assert len(got) == 10 and all(0 < p <= 1 for p in got)
+        with torch.no_grad():
+            logits = model(torch.tensor([s.ids])).logits[0, len(ids) - 1 : -1]
+        want = torch.softmax(logits.float(), -1).max(-1).values.tolist()
+        assert got == pytest.approx(want, abs=2e-3)  # raw distribution, not temperature 2.0
+
+
+def test_stop_strings_keep_exact_tokens(engine):
+    ids = prompt(17000, 15)
+    ref = reference_greedy(engine, ids, 20)
+    tok = engine.tokenizer
+    texts = [tok.decode(ref[:k]) for k in range(21)]
+    # a string that starts in token k-1 and ends inside token k (k 0-based: the completing token)
+    for k in range(2, 20):
+        prev, cur = texts[k], texts[k + 1]
+        if cur.startswith(prev) and len(prev) - len(texts[k - 1]) >= 2 and len(cur) - len(prev) >= 3:
+            stop = cur[len(prev) - 2 : len(prev) + 1]
+            if stop not in texts[k] and "\ufffd" not in cur:
+                break
+    else:
+        pytest.fail("no token pair with clean text in the greedy output")
+    s = engine.session(ids)
+    steps = drain(engine, [Job(s, 20, Sampling(temperature=0), stop_strings=(stop,))])
+    assert tokens_of(steps, 0) == ref[: k + 1]
+    assert finishes(steps, 0) == ["cancelled"]
+    assert s.ids == ids + ref[: k + 1]
+
+
+def test_want_hidden_refused(engine):
+    with pytest.raises(NotImplementedError, match="hidden"):
+        drain(engine, [Job(engine.session([1, 2, 3]), 2, want_hidden=True)])
+
+
+def test_bad_input(engine):
+    with pytest.raises(ValueError, match="empty"):
+        drain(engine, [Job(engine.session([]), 2)])
+    s = engine.session([1, 2])
+    with pytest.raises(ValueError, match="twice"):
+        drain(engine, [Job(s, 2), Job(s, 2)])
+    with pytest.raises(ValueError, match="max_model_len"):
+        drain(engine, [Job(s, 2), Job(engine.session([5] * 1024), 2)])
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    assert drain(engine, [Job(s, 0)]) == [[Delta(job=0, token_ids=[], finish="length")]]
+
+
+def test_second_engine_bf16_and_close(engine, tiny_path):
+    """Student + teacher in one process; closing one leaves the other working."""
+    ids = prompt(25000, 100)
+    before = reference_greedy(engine, ids, 4)
+    other = VLLMEngine.load(str(tiny_path), dtype="bfloat16", max_model_len=128, name="teacher")
+    assert other.name == "teacher" and other.max_model_len == 128
+    s = other.session(ids)
+    steps = drain(other, [Job(s, 50, Sampling(temperature=0))])
+    assert len(tokens_of(steps, 0)) == 28 and finishes(steps, 0) == ["length"]  # stopped at max_model_len
+    other.close()
+    assert reference_greedy(engine, ids, 4) == before
+    with pytest.raises(RuntimeError, match="closed"):
+        drain(other, [Job(engine.session([1, 2, 3]), 2)])
+
+
+def test_many_runs_and_early_close_leave_nothing(engine):
+    core = engine.llm.llm_engine
+    for r in range(20):
+        drain(
+            engine,
+            [Job(engine.session(prompt(20000 + 10 * r, 5)), 3, Sampling(0.7, seed=r)) for _ in range(2)],
+        )
+    gen = engine.run([Job(engine.session(prompt(21000, 5)), 50, Sampling(temperature=0))])
+    next(gen)
+    with pytest.raises(RuntimeError, match="re-entrant"):
+        drain(engine, [Job(engine.session([1, 2, 3]), 2)])
+    gen.close()  # the caller walks away mid-run: the request is aborted
+    assert not core.has_unfinished_requests()
+    assert not core.output_processor.request_states
