@@ -19,7 +19,9 @@ def parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--pair", default="tiny-random")
     ap.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (a few minutes)")
-    ap.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+    ap.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object on the last line"
+    )
     return ap
 
 
@@ -47,7 +49,9 @@ def drain(engine, jobs) -> int:
 
 
 def machine() -> str:
-    return f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+    threads = os.environ.get("OMP_NUM_THREADS")
+    python = platform.python_version()
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {python}, OMP_NUM_THREADS={threads}"
 
 
 def table(rows: list[dict], cols: list[str]) -> str:

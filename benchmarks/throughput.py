@@ -20,7 +20,9 @@ GREEDY = Sampling(temperature=0)
 
 def tok_per_s(pair, policy, prompts, max_tokens) -> tuple[float, float]:
     limits = Limits(max_tokens=max_tokens, max_calls=10**6, max_n=max(1, policy.n))
-    relay_batch(pair, prompts[:1], policy, limits=Limits(max_tokens=8, max_calls=10**6), sampling=GREEDY)  # warm
+    relay_batch(
+        pair, prompts[:1], policy, limits=Limits(max_tokens=8, max_calls=10**6), sampling=GREEDY
+    )  # warm
     results, dt = timed(relay_batch, pair, prompts, policy, limits=limits, sampling=GREEDY)
     tokens = sum(len(r.token_ids) for r in results)
     teacher = sum(r.teacher_tokens for r in results)
@@ -40,8 +42,16 @@ def main() -> None:
             prompts = [f"Prompt number {i}: continue the list." for i in range(n)]
             s, _ = tok_per_s(pair, make_policy("student-only"), prompts, max_tokens)
             r, ratio = tok_per_s(pair, make_policy("interval", every=a.every, n=1), prompts, max_tokens)
-            rows.append({"backend": backend, "mode": label, "student_tok_s": s, "relay_tok_s": r,
-                         "call_ratio": ratio, "relay_vs_student": r / s})
+            rows.append(
+                {
+                    "backend": backend,
+                    "mode": label,
+                    "student_tok_s": s,
+                    "relay_tok_s": r,
+                    "call_ratio": ratio,
+                    "relay_vs_student": r / s,
+                }
+            )
             key = f"{backend}_{'single' if n == 1 else 'batched'}"
             figures[f"{key}_student_tok_s"] = round(s, 1)
             figures[f"{key}_relay_tok_s"] = round(r, 1)

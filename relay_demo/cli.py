@@ -36,14 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--policy", default="learned", choices=list(POLICIES))
     g.add_argument("--prompt", required=True)
     g.add_argument("--backend", default="hf", choices=["hf", "vllm"])
-    g.add_argument("--max-new-tokens", type=int, default=None, help="response token budget (default: the pair's)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=None, help="response token budget (default: the pair's)"
+    )
     g.add_argument("--max-n", type=int, default=None, help="cap on tokens per call (default: the pair's)")
     g.add_argument("--max-calls", type=int, default=None)
     g.add_argument("--max-wall-s", type=float, default=None)
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--n", type=int, default=None, help="tokens per handoff (confidence, random-token, router, interval)")
+    g.add_argument(
+        "--n", type=int, default=None, help="tokens per handoff (confidence, random-token, router, interval)"
+    )
     g.add_argument("--tau", type=float, default=None, help="confidence threshold")
     g.add_argument("--p", type=float, default=None, help="random-token probability")
     g.add_argument("--every", type=int, default=None, help="interval policy period")
@@ -60,7 +64,9 @@ def policy_from_args(a):
     if a.router is not None:
         given["path"] = a.router
     accepted = {
-        "confidence": {"n", "tau"}, "random-token": {"n", "p"}, "interval": {"n", "every"},
+        "confidence": {"n", "tau"},
+        "random-token": {"n", "p"},
+        "interval": {"n", "every"},
         "router": {"n", "threshold", "path"},
     }.get(a.policy, set())
     extra = set(given) - accepted
@@ -84,8 +90,16 @@ def generate(a) -> int:
     if a.backend == "vllm":
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     pair = load_pair(a.pair, backend=a.backend)
-    overrides = {k: v for k, v in (("max_tokens", a.max_new_tokens), ("max_n", a.max_n),
-                                   ("max_calls", a.max_calls), ("max_wall_s", a.max_wall_s)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("max_tokens", a.max_new_tokens),
+            ("max_n", a.max_n),
+            ("max_calls", a.max_calls),
+            ("max_wall_s", a.max_wall_s),
+        )
+        if v is not None
+    }
     limits = replace(pair.limits, **overrides)
     stream = relay_stream(pair, a.prompt, policy, limits=limits, sampling=sampling)
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -100,9 +114,12 @@ def generate(a) -> int:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
         s = result.stats()
-        print(f"\n--- student {s['student_tokens']} · teacher {s['teacher_tokens']} · command {s['command_tokens']}"
-              f" · calls {s['calls']} · call ratio {s['call_ratio']:.2%} · {s['finish_reason']} · {s['wall_s']:.2f}s",
-              file=sys.stderr)
+        print(
+            f"\n--- student {s['student_tokens']} · teacher {s['teacher_tokens']}"
+            f" · command {s['command_tokens']} · calls {s['calls']} · call ratio {s['call_ratio']:.2%}"
+            f" · {s['finish_reason']} · {s['wall_s']:.2f}s",
+            file=sys.stderr,
+        )
     return 0
 
 

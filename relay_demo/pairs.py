@@ -34,7 +34,7 @@ class Pair:
     limits: Limits = field(default_factory=Limits)
     chat_kwargs: dict = field(default_factory=dict)
     backend: str = "hf"
-    # one generation at a time per loaded pair: engines keep per-call state (vLLM's step loop is not re-entrant)
+    # one generation at a time per loaded pair: vLLM's step loop is not re-entrant
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def close(self) -> None:
@@ -125,8 +125,14 @@ def load_pair(name: str, backend: str = "hf", *, fresh: bool = False, **engine_k
 
             student = VLLMEngine.load(s_path, dtype=dtype, **engine_kw)
             teacher = VLLMEngine.load(t_path, dtype=dtype, **engine_kw)
-        pair = Pair(name, student, teacher, Limits(**spec.get("limits", {})), dict(spec.get("chat_kwargs", {})),
-                    backend)
+        pair = Pair(
+            name,
+            student,
+            teacher,
+            Limits(**spec.get("limits", {})),
+            dict(spec.get("chat_kwargs", {})),
+            backend,
+        )
         if not fresh:
             _loaded[key] = pair
         return pair
@@ -151,8 +157,12 @@ def byte_tokenizer():
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tk.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  additional_special_tokens=specials[1:])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -163,9 +173,18 @@ def tiny_qwen3(vocab_size: int, hidden: int, layers: int, seed: int, eos_id: int
 
     # initializer_range 0.2 (not 0.02): a random model then writes varied tokens instead of one token forever
     cfg = Qwen3Config(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32, head_dim=32,
-        max_position_embeddings=4096, tie_word_embeddings=True, initializer_range=0.2, eos_token_id=eos_id, pad_token_id=pad_id,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=hidden // 32,
+        head_dim=32,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
         bos_token_id=None,
     )
     torch.manual_seed(seed)
@@ -174,7 +193,10 @@ def tiny_qwen3(vocab_size: int, hidden: int, layers: int, seed: int, eos_id: int
 
 def build_tiny_random(folder: str | Path | None = None) -> Path:
     """Build (once) the tiny-random pair: student hidden 64 x 2 layers, teacher hidden 128 x 2 layers."""
-    folder = Path(folder or os.environ.get("RELAY_CACHE_DIR", Path.home() / ".cache" / "relay_demo")) / "tiny-random-v2"
+    folder = (
+        Path(folder or os.environ.get("RELAY_CACHE_DIR", Path.home() / ".cache" / "relay_demo"))
+        / "tiny-random-v2"
+    )
     if (folder / "teacher" / "config.json").is_file():
         return folder
     tmp = folder.with_name(folder.name + f".partial{os.getpid()}")

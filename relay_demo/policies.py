@@ -180,7 +180,9 @@ class RouterMLP:
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({"w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2}, str(path / "model.safetensors"))
+        save_file(
+            {"w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2}, str(path / "model.safetensors")
+        )
         (path / "config.json").write_text(json.dumps(self.config, indent=1))
 
     def score(self, hidden: np.ndarray) -> float:
@@ -195,7 +197,9 @@ class Router(Policy):
     uses_trigger = True
     needs_hidden = True
 
-    def __init__(self, path: str | None = None, threshold: float = 0.5, n: int = 1, router: RouterMLP | None = None):
+    def __init__(
+        self, path: str | None = None, threshold: float = 0.5, n: int = 1, router: RouterMLP | None = None
+    ):
         if router is None:
             if not path:
                 raise ValueError("the router policy needs path=<folder of a trained router>")

@@ -86,7 +86,9 @@ class RelayResult:
     wall_teacher_s: float
     student_computed: int  # token positions the student ran (prefill + decode)
     teacher_computed: int
-    teacher_prefill: list[int] = field(default_factory=list)  # per handoff: tokens the teacher ran to catch up
+    teacher_prefill: list[int] = field(
+        default_factory=list
+    )  # per handoff: tokens the teacher ran to catch up
     teacher_new: list[int] = field(default_factory=list)  # per handoff: tokens it had never seen
 
     def stats(self) -> dict:
@@ -130,7 +132,9 @@ class _Detok:
 class _Seq:
     """One sequence's state across rounds."""
 
-    def __init__(self, row: int, s_prompt: list[int], t_prompt: list[int], policy: Policy, tokenizer, seed: int):
+    def __init__(
+        self, row: int, s_prompt: list[int], t_prompt: list[int], policy: Policy, tokenizer, seed: int
+    ):
         self.row = row
         self.s_prompt, self.t_prompt = s_prompt, t_prompt
         self.student: Session | None = None
@@ -180,8 +184,9 @@ def _chat_ids(engine: ModelEngine, prompt, chat_kwargs: dict) -> list[int]:
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     tok = engine.tokenizer
     if getattr(tok, "chat_template", None):
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False,
-                                      **chat_kwargs)
+        ids = tok.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False, **chat_kwargs
+        )
         return [int(i) for i in ids]
     text = "\n".join(m["content"] for m in messages)
     return [int(i) for i in tok(text, add_special_tokens=True)["input_ids"]]
@@ -222,7 +227,8 @@ class _Relay:
             longest = max(len(s_ids), len(t_ids))
             if longest > self.limits.max_prompt_tokens:
                 raise ValueError(
-                    f"prompt {row} is {longest} tokens; this pair accepts at most {self.limits.max_prompt_tokens}"
+                    f"prompt {row} is {longest} tokens; this pair accepts at most "
+                    f"{self.limits.max_prompt_tokens}"
                 )
             seed = (self.sampling.seed or 0) * 7919 + row
             seqs.append(_Seq(row, s_ids, t_ids, self.policy, self.tok, seed))
@@ -281,8 +287,15 @@ class _Relay:
             honour = self.policy.honours_commands and s.calls < self.limits.max_calls
             stop = (CLOSE,) if honour else ()
             triggers = self.policy.uses_trigger and s.calls < self.limits.max_calls
-            return Job(s.student, budget, self.sampling, stop, want_top_prob=triggers and self.policy.needs_top_prob,
-                       want_hidden=triggers and self.policy.needs_hidden, row=s.row)
+            return Job(
+                s.student,
+                budget,
+                self.sampling,
+                stop,
+                want_top_prob=triggers and self.policy.needs_top_prob,
+                want_hidden=triggers and self.policy.needs_hidden,
+                row=s.row,
+            )
         # teacher: catch up on what the student wrote since the teacher's last turn, commands removed
         if s.teacher is None:
             s.teacher = self.pair.teacher.session(s.t_prompt)
@@ -472,8 +485,15 @@ class StreamResult:
         return self.value
 
 
-def relay_batch(pair, prompts: list, policy: Policy, *, limits: Limits | None = None,
-                sampling: Sampling | None = None, on_span=None) -> list[RelayResult]:
+def relay_batch(
+    pair,
+    prompts: list,
+    policy: Policy,
+    *,
+    limits: Limits | None = None,
+    sampling: Sampling | None = None,
+    on_span=None,
+) -> list[RelayResult]:
     """Relay-decode many prompts at once. ``on_span(row, span)`` sees every delta as it happens."""
     relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
     seqs = relay.start(list(prompts))
@@ -491,8 +511,9 @@ def _stream(pair, prompt, policy, limits, sampling) -> Generator[Span, None, Rel
     return relay.result(seq)
 
 
-def relay_stream(pair, prompt, policy: Policy, *, limits: Limits | None = None,
-                 sampling: Sampling | None = None) -> StreamResult:
+def relay_stream(
+    pair, prompt, policy: Policy, *, limits: Limits | None = None, sampling: Sampling | None = None
+) -> StreamResult:
     """Relay-decode one prompt, yielding Span deltas; the RelayResult is ``.value`` afterwards."""
     relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
     relay.start([prompt])  # validate now, so bad input fails at the call and not at the first next()

@@ -15,6 +15,7 @@ from .models import chain, chain_model, links, qwen_tokenizer, save
 
 pytest.importorskip("vllm")
 from relay_demo.backends import vllm_engine  # noqa: E402
+
 GREEDY = Sampling(temperature=0)
 PROMPTS = ["What is 2 + 2?", "Write one short sentence about the sea, please.", "x", "Count: 1, 2, 3,"]
 
@@ -29,11 +30,20 @@ def folders(tok, tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
     tiny = build_tiny_random(root)  # byte-level vocabulary: fast on both backends
     student = [" Let", " me", " think", ":<", "call", ">", "3", "</", "cal", "l", ">."]
-    cs = save(chain_model(tok, links(chain(tok, ["\n", *student])) | links(chain(tok, [" is", " Done"]) +
-                                                                           [tok.eos_token_id]), seed=3), tok,
-              root / "chain-student")
-    ct = save(chain_model(tok, links(chain(tok, [":.", " The", " answer", " is", " The"])), seed=4), tok,
-              root / "chain-teacher")
+    cs = save(
+        chain_model(
+            tok,
+            links(chain(tok, ["\n", *student])) | links(chain(tok, [" is", " Done"]) + [tok.eos_token_id]),
+            seed=3,
+        ),
+        tok,
+        root / "chain-student",
+    )
+    ct = save(
+        chain_model(tok, links(chain(tok, [":.", " The", " answer", " is", " The"])), seed=4),
+        tok,
+        root / "chain-teacher",
+    )
     return {"random": (str(tiny / "student"), str(tiny / "teacher")), "chain": (cs, ct)}
 
 
@@ -41,7 +51,9 @@ def _load(paths, backend, **limits):
     if backend == "hf":
         s, t = (HFEngine.load(p, dtype="float32") for p in paths)
     else:
-        s, t = (vllm_engine.VLLMEngine.load(p, dtype="float32", max_model_len=1024, kv_cache_gib=1) for p in paths)
+        s, t = (
+            vllm_engine.VLLMEngine.load(p, dtype="float32", max_model_len=1024, kv_cache_gib=1) for p in paths
+        )
     return Pair("parity", s, t, Limits(**limits), backend=backend)
 
 
@@ -58,8 +70,15 @@ def _top3(engine, ids) -> list[int]:
     return torch.topk(logits, 3).indices.tolist()
 
 
-@pytest.mark.parametrize("policy", [make_policy("interval", every=7, n=3), make_policy("teacher-only"),
-                                    make_policy("random-token", p=0.15, n=2)], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "policy",
+    [
+        make_policy("interval", every=7, n=3),
+        make_policy("teacher-only"),
+        make_policy("random-token", p=0.15, n=2),
+    ],
+    ids=lambda p: p.name,
+)
 def test_greedy_relay_parity(pairs, policy):
     """Same relay token ids on both backends; where they diverge, each token is in the other's top 3."""
     hf = relay_batch(pairs["hf"], PROMPTS, policy, sampling=GREEDY)
@@ -70,8 +89,8 @@ def test_greedy_relay_parity(pairs, policy):
             exact += 1
             assert (a.source_mask, a.calls) == (b.source_mask, b.calls)
             continue
-        i = next(k for k, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y)
-        assert a.source_mask[:i + 1] == b.source_mask[:i + 1]  # the same model wrote the diverging token
+        i = next(k for k, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=False)) if x != y)
+        assert a.source_mask[: i + 1] == b.source_mask[: i + 1]  # the same model wrote the diverging token
         engine = pairs["hf"].student if a.source_mask[i] else pairs["hf"].teacher
         prompt = _chat_ids(engine, p, {})
         top = _top3(engine, prompt + a.token_ids[:i])  # interval/teacher-only: no commands, same view
@@ -98,7 +117,9 @@ def test_command_over_bpe_tokens_on_vllm(folders, tok):
         pair.close()
     assert r.text == " Let me think:<call>3</call>. The answer is Done"
     assert [(x.source, x.text) for x in r.spans] == [
-        ("student", " Let me think"), ("command", ":<call>3</call>."), ("teacher", " The answer is"),
+        ("student", " Let me think"),
+        ("command", ":<call>3</call>."),
+        ("teacher", " The answer is"),
         ("student", " Done"),
     ]
     assert (r.calls, r.command_tokens, r.teacher_tokens, r.finish_reason) == (1, 8, 3, "eos")

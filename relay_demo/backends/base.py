@@ -112,5 +112,5 @@ class ModelEngine(ABC):
     def run(self, jobs: list[Job]) -> Iterator[list[Delta]]:
         """Continue all jobs together; yield the deltas of each engine step until every job finished."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most engines need nothing
         """Release the model (engines hold memory or threads)."""

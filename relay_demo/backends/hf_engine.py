@@ -163,7 +163,11 @@ class HFEngine(ModelEngine):
         job._start_len = len(session.ids)
         done = [False]
         if job.max_tokens <= 0 or job.cancelled:
-            yield [Delta(0, [], [] if job.want_top_prob else None, None, "cancelled" if job.cancelled else "length")]
+            yield [
+                Delta(
+                    0, [], [] if job.want_top_prob else None, None, "cancelled" if job.cancelled else "length"
+                )
+            ]
             return
         logits, hidden = self._prefill_single(session, job.want_hidden)
         while True:
@@ -218,7 +222,9 @@ class HFEngine(ModelEngine):
         """Give each session back a compact cache of its valid positions."""
         for r, s in enumerate(sessions):
             keep = mask[r].nonzero().squeeze(1)
-            data = [(layer.keys[r : r + 1, :, keep], layer.values[r : r + 1, :, keep]) for layer in cache.layers]
+            data = [
+                (layer.keys[r : r + 1, :, keep], layer.values[r : r + 1, :, keep]) for layer in cache.layers
+            ]
             s.cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
 
     def _run_batch(self, jobs: list[Job]) -> Iterator[list[Delta]]:

@@ -1,0 +1,392 @@
+"""Evaluation job: pair x methods (and their sweeps) x benchmarks, batched through ``relay_batch``.
+
+    python -m offline.evaluate --config offline/recipes/tiny-arith/eval.yaml
+    python -m offline.evaluate --config offline/recipes/tiny-arith/eval.yaml --limit 20     # a quick subset
+    python -m offline.evaluate --config offline/recipes/qwen2.5-coder-0.5b-1.5b/eval.yaml \\
+        --problems gsm8k/0,gsm8k/1 backend=hf batch_size=4                             # key=value overrides
+
+Writes ``results/runs/<run_id>/{manifest.json, samples.parquet/}`` (``offline/results_io.py``). Rerunning the
+same command resumes: every (method, param, benchmark, problem) already written is skipped, so a job killed at
+any moment loses at most the batch in flight. The manifest records the whole config, the sampling settings,
+the resolved limits, the git commit, package versions and the machine.
+
+Methods (``methods:`` in the recipe; ``policy`` defaults from the name):
+
+=====================  ==================  ===========================================================
+name                   policy              notes
+=====================  ==================  ===========================================================
+student / teacher      student-only / ...  one model alone
+relay                  learned             the student's own ``<call>N</call>`` commands (the paper)
+relay-teacher-free     learned             ``limits: {max_calls: 0}``: commands are written, never served
+random-token           random-token        ``sweep: {p: [...]}``
+confidence             confidence          ``sweep: {tau: [...]}``
+router                 router              ``params: {path: ...}``, ``sweep: {threshold: [...]}``
+random-query           (none)              computed from this run's student and teacher rows per problem
+                                           (the exact expectation at each ``p``), never generated
+=====================  ==================  ===========================================================
+
+Batches are fixed slices of each benchmark's problem list and batch ``k`` is sampled with seed
+``sampling.seed + k``, so a resumed run draws what an uninterrupted one would have (given a deterministic
+engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from offline import config as cfglib
+from offline import results_io as rio
+from offline.tasks import BENCHMARKS, grade_response, load_benchmark
+from offline.tasks.base import Problem
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_POLICY = {
+    "student": "student-only",
+    "teacher": "teacher-only",
+    "relay": "learned",
+    "relay-teacher-free": "learned",
+    "random-token": "random-token",
+    "confidence": "confidence",
+    "router": "router",
+}
+DEFAULT_LIMITS = {"relay-teacher-free": {"max_calls": 0}}
+RANDOM_QUERY = "random-query"
+
+
+@dataclass
+class MethodCfg:
+    name: str
+    policy: str | None = None  # relay_demo.policies registry name; default from DEFAULT_POLICY
+    params: dict = field(default_factory=dict)  # fixed policy keyword arguments
+    sweep: dict = field(default_factory=dict)  # {knob: [values]}: one run per value, value -> `param` column
+    limits: dict = field(default_factory=dict)  # overrides of the run's limits for this method
+    ps: list[float] = field(default_factory=list)  # random-query only: shares of queries sent to the teacher
+
+    def validate(self) -> None:
+        if self.name == RANDOM_QUERY:
+            if not self.ps or any(not 0 <= p <= 1 for p in self.ps):
+                raise ValueError("random-query needs ps: a list of probabilities in [0, 1]")
+            if self.policy or self.sweep:
+                raise ValueError("random-query is computed from student and teacher rows: no policy, sweep")
+            return
+        if self.ps:
+            raise ValueError(f"{self.name}: ps is for random-query only")
+        if self.policy is None and self.name not in DEFAULT_POLICY:
+            known = sorted(DEFAULT_POLICY)
+            raise ValueError(f"method {self.name!r} needs a policy (defaults exist for {known})")
+        if len(self.sweep) > 1:
+            raise ValueError(f"{self.name}: sweep one knob at a time, got {sorted(self.sweep)}")
+        for knob, values in self.sweep.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{self.name}: sweep.{knob} must be a non-empty list")
+
+    def settings(self) -> list[tuple[float | None, dict]]:
+        """(param, policy kwargs) for each point of the sweep; one (None, params) without a sweep."""
+        if not self.sweep:
+            return [(None, dict(self.params))]
+        ((knob, values),) = self.sweep.items()
+        return [(float(v), {**self.params, knob: v}) for v in values]
+
+
+@dataclass
+class SamplingCfg:
+    temperature: float = 0.0  # greedy by default: evaluation is then reproducible
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class EvalCfg:
+    pair: str
+    run_id: str
+    benchmarks: list[str]
+    methods: list[MethodCfg]
+    backend: str = "hf"
+    split: str = "test"
+    n: int | None = None  # problems per benchmark (a seeded sample); None: the whole split
+    sizes: dict = field(default_factory=dict)  # per-benchmark n, e.g. {gsm8k: 200, math500: 100}
+    data_seed: int = 0
+    limit: int | None = None  # --limit: at most this many of them (nested in larger runs)
+    problems: list[str] | None = None  # --problems: only these problem ids
+    sampling: SamplingCfg = field(default_factory=SamplingCfg)
+    limits: dict = field(default_factory=dict)  # overrides of the pair's registered limits
+    batch_size: int = 32
+    engine: dict = field(default_factory=dict)  # engines' load keywords (vLLM: tensor_parallel_size)
+    grading_time_limit: float = 5.0
+    results_dir: str = "results"
+    chunk_rows: int = 256
+    description: str = ""
+
+    def validate(self) -> None:
+        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if unknown or not self.benchmarks:
+            raise ValueError(f"unknown benchmarks {unknown}; known: {list(BENCHMARKS)}")
+        names = [m.name for m in self.methods]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"methods must be a non-empty list of distinct names, got {names}")
+        if RANDOM_QUERY in names and not {"student", "teacher"} <= set(names):
+            raise ValueError("random-query is computed from the student and teacher methods: list both")
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 0):
+            raise ValueError("batch_size must be >= 1 and limit >= 0")
+        stray = sorted(set(self.sizes) - set(self.benchmarks))
+        if stray or any(not isinstance(v, int) or v < 0 for v in self.sizes.values()):
+            raise ValueError(f"sizes must map listed benchmarks to counts >= 0, got {self.sizes}")
+
+    def identity(self) -> dict:
+        """What must not change within one run: rows made under other settings would not be comparable."""
+        return {
+            "pair": self.pair,
+            "backend": self.backend,
+            "split": self.split,
+            "data_seed": self.data_seed,
+            "sampling": dataclasses.asdict(self.sampling),
+            "limits": self.limits,
+        }
+
+
+# ---------------------------------------------------------------- problems and rows
+
+
+def select_problems(cfg: EvalCfg, benchmark: str) -> list[Problem]:
+    n = cfg.sizes.get(benchmark, cfg.n)
+    if cfg.limit is not None:
+        n = cfg.limit if n is None else min(n, cfg.limit)
+    problems = load_benchmark(benchmark, split=cfg.split, n=n, seed=cfg.data_seed)
+    if cfg.problems is not None:
+        wanted = set(cfg.problems)
+        problems = [p for p in problems if p.id in wanted]
+    return problems
+
+
+def result_row(cfg: EvalCfg, method: str, param: float | None, problem: Problem, result) -> dict:
+    """One samples row from a RelayResult, graded with the benchmark's own extraction."""
+    g = grade_response(problem.benchmark, result.text, problem, time_limit=cfg.grading_time_limit)
+    spans = [{"source": s.source, "text": s.text, "tokens": len(s.token_ids)} for s in result.spans]
+    return {
+        "run_id": cfg.run_id,
+        "pair": cfg.pair,
+        "method": method,
+        "param": param,
+        "benchmark": problem.benchmark,
+        "problem_id": problem.id,
+        "correct": float(g.correct),
+        "student_tokens": float(result.student_tokens),
+        "teacher_tokens": float(result.teacher_tokens),
+        "command_tokens": float(result.command_tokens),
+        "calls": float(result.calls),
+        "flops": float(result.flops),
+        "wall_s": float(result.wall_s),
+        "response": result.text,
+        "spans": json.dumps(spans),
+        "extracted": g.extracted,
+        "finish_reason": result.finish_reason,
+    }
+
+
+EXPECTED = ("correct", "student_tokens", "teacher_tokens", "command_tokens", "calls", "flops", "wall_s")
+
+
+def random_query_rows(cfg: EvalCfg, samples, benchmark: str, ps: list[float]) -> list[dict]:
+    """Per-problem expectations of the random-query router from this run's student and teacher rows."""
+    sel = samples[(samples["benchmark"] == benchmark) & samples["param"].isna()]
+    s = sel[sel["method"] == "student"].set_index("problem_id")
+    t = sel[sel["method"] == "teacher"].set_index("problem_id")
+    common = sorted(set(s.index) & set(t.index))
+    rows = []
+    for p in ps:
+        for pid in common:
+            row = {c: (1 - p) * float(s.at[pid, c]) + p * float(t.at[pid, c]) for c in EXPECTED}
+            rows.append(
+                {
+                    **row,
+                    "run_id": cfg.run_id,
+                    "pair": cfg.pair,
+                    "method": RANDOM_QUERY,
+                    "param": float(p),
+                    "benchmark": benchmark,
+                    "problem_id": pid,
+                    "response": "",
+                    "spans": json.dumps({"expectation_of": ["student", "teacher"], "p": p}),
+                    "extracted": None,
+                    "finish_reason": "computed",
+                }
+            )
+    return rows
+
+
+# ---------------------------------------------------------------- the job
+
+
+@dataclass
+class Cell:
+    """One (method, setting, benchmark) to generate."""
+
+    method: MethodCfg
+    param: float | None
+    policy_kwargs: dict
+    benchmark: str
+    problems: list[Problem]
+
+
+def cells(cfg: EvalCfg, problems: dict[str, list[Problem]]) -> Iterator[Cell]:
+    for m in cfg.methods:
+        if m.name == RANDOM_QUERY:
+            continue
+        for param, kwargs in m.settings():
+            for b in cfg.benchmarks:
+                yield Cell(m, param, kwargs, b, problems[b])
+
+
+def _batches(problems: list[Problem], size: int) -> Iterator[tuple[int, list[Problem]]]:
+    for k in range(0, len(problems), size):
+        yield k // size, problems[k : k + size]
+
+
+Generate = Callable[[Cell, list[Problem], int], list]  # (cell, problems, batch index) -> RelayResults
+
+
+def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
+    """The real generator: ``relay_batch`` with the cell's policy, limits and the batch's seed.
+
+    ``get_pair`` is called at the first batch, so a resumed run with nothing left loads no model.
+    """
+    from relay_demo.backends.base import Sampling
+    from relay_demo.policies import make_policy
+    from relay_demo.relay import relay_batch
+
+    def policy_of(method: MethodCfg, kwargs: dict):
+        return make_policy(method.policy or DEFAULT_POLICY[method.name], **kwargs)
+
+    for m in cfg.methods:  # a bad knob or a missing router fails now, not hours into the run
+        for _, kwargs in [] if m.name == RANDOM_QUERY else m.settings():
+            policy_of(m, kwargs)
+
+    def generate(cell: Cell, problems: list[Problem], k: int) -> list:
+        pair = get_pair()
+        policy = policy_of(cell.method, cell.policy_kwargs)
+        limits = dataclasses.replace(
+            pair.limits, **{**cfg.limits, **DEFAULT_LIMITS.get(cell.method.name, {}), **cell.method.limits}
+        )
+        sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.seed + k)
+        return relay_batch(pair, [p.prompt for p in problems], policy, limits=limits, sampling=sampling)
+
+    return generate
+
+
+def _method_identity(m: dict) -> dict:
+    return {k: m.get(k) for k in ("policy", "params", "limits")}
+
+
+def check_methods(run_dir: Path, cfg: EvalCfg) -> None:
+    """A method already in the run must keep its policy, params and limits (its sweep may grow)."""
+    if not (run_dir / rio.MANIFEST).is_file():
+        return
+    now = {m.name: _method_identity(dataclasses.asdict(m)) for m in cfg.methods}
+    for session in rio.read_manifest(run_dir).get("sessions", []):
+        for m in (session.get("config") or {}).get("methods", []):
+            if m["name"] in now and _method_identity(m) != now[m["name"]]:
+                raise ValueError(
+                    f"{run_dir}: method {m['name']!r} was run with {_method_identity(m)}, "
+                    f"now {now[m['name']]}; give it another name or use another run_id"
+                )
+
+
+def results_path(cfg: EvalCfg) -> Path:
+    path = Path(cfg.results_dir)
+    return path if path.is_absolute() else ROOT / path
+
+
+def run(cfg: EvalCfg, generate: Generate, *, progress: bool = True, extra_config: dict | None = None) -> Path:
+    """Generate every pending row, then the random-query rows; returns the run folder."""
+    from tqdm import tqdm
+
+    problems = {b: select_problems(cfg, b) for b in cfg.benchmarks}
+    config = {**cfglib.to_dict(cfg), **(extra_config or {})}
+    check_methods(results_path(cfg) / "runs" / cfg.run_id, cfg)
+    writer = rio.open_run(
+        results_path(cfg), cfg.run_id, config, identity=cfg.identity(), chunk_rows=cfg.chunk_rows
+    )
+    try:
+        todo = [
+            (c, k, [p for p in batch if not writer.is_done(c.method.name, c.param, c.benchmark, p.id)])
+            for c in cells(cfg, problems)
+            for k, batch in _batches(c.problems, cfg.batch_size)
+        ]
+        todo = [(c, k, batch) for c, k, batch in todo if batch]
+        total = sum(len(b) for _, _, b in todo)
+        bar = tqdm(total=total, disable=not progress, unit="problem", dynamic_ncols=True)
+        for cell, k, batch in todo:
+            bar.set_description(
+                f"{cell.method.name}{'' if cell.param is None else f'={cell.param:g}'} {cell.benchmark}"
+            )
+            results = generate(cell, batch, k)
+            if len(results) != len(batch):
+                raise RuntimeError(f"generator returned {len(results)} results for {len(batch)} prompts")
+            pairs = zip(batch, results, strict=True)
+            writer.add(result_row(cfg, cell.method.name, cell.param, p, r) for p, r in pairs)
+            writer.flush()  # one part per batch: a kill loses at most the batch in flight
+            bar.update(len(batch))
+        bar.close()
+        rq = next((m for m in cfg.methods if m.name == RANDOM_QUERY), None)
+        if rq is not None:
+            samples = rio.read_samples(writer.run_dir)
+            for b in cfg.benchmarks:
+                writer.add(random_query_rows(cfg, samples, b, rq.ps))
+    except BaseException:
+        writer.close(finished=False)
+        raise
+    writer.close()
+    return writer.run_dir
+
+
+def parse_args(argv: list[str] | None) -> EvalCfg:
+    parser = argparse.ArgumentParser(prog="python -m offline.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="YAML recipe (offline/recipes/<pair>/eval*.yaml)")
+    parser.add_argument("--limit", type=int, help="at most this many problems per benchmark")
+    parser.add_argument("--problems", help="comma-separated problem ids (e.g. gsm8k/0,gsm8k/7)")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        parser.error(f"unexpected arguments {bad}; overrides look like key=value")
+    if args.limit is not None:
+        overrides.append(f"limit={args.limit}")
+    if args.problems:
+        ids = [p.strip() for p in args.problems.split(",") if p.strip()]
+        overrides.append(f"problems={json.dumps(ids)}")
+    return cfglib.load(EvalCfg, args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    from relay_demo.pairs import available, load_pair, registry, resolve
+    from relay_demo.relay import Limits
+
+    spec = registry().get(cfg.pair)
+    if spec is None:  # fail now, before any work
+        raise SystemExit(f"unknown pair {cfg.pair!r}; registered: {', '.join(registry())}")
+    ok, why = available(cfg.pair)
+    if not ok:
+        raise SystemExit(f"pair {cfg.pair!r} cannot be loaded here: {why}")
+    models = {r: resolve(spec[r]) for r in ("student", "teacher") if r in spec}
+    models = models or {"build": spec.get("build")}
+    limits = dataclasses.asdict(Limits(**{**spec.get("limits", {}), **cfg.limits}))
+    extra = {
+        "pair_spec": spec,
+        "models": models,
+        "resolved_limits": limits,
+        "argv": sys.argv if argv is None else argv,
+    }
+    generate = engine_generate(cfg, lambda: load_pair(cfg.pair, backend=cfg.backend, **cfg.engine))
+    run_dir = run(cfg, generate, extra_config=extra)
+    print(f"results in {run_dir}; summary: python -m relay_demo.store summary --pair {cfg.pair}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

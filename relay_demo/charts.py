@@ -1,0 +1,165 @@
+"""Pure functions DataFrame -> plotly Figure for the cost-accuracy explorer.
+
+Input: rows shaped like ``relay_demo.store.Store.summary()`` (one pair and one benchmark at a time):
+``method, param, accuracy, call_ratio, flops`` (accuracy and call ratio as fractions; ``acc_lo``/``acc_hi``
+optional, drawn as the random-query band). ``reported``: rows like ``relay_demo.reported.points()``, drawn
+as hollow markers labelled "reported in the paper".
+
+    fig = accuracy_vs_call_ratio(store.summary("tiny-arith", "arith"), log_x=True)
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from relay_demo.reported import LABEL as REPORTED_LABEL
+from relay_demo.store import METHOD_ORDER
+
+COLORS = {
+    "relay": "#d62728",
+    "relay-teacher-free": "#ff9896",
+    "random-query": "#7f7f7f",
+    "random-token": "#1f77b4",
+    "confidence": "#2ca02c",
+    "router": "#9467bd",
+    "student": "#8c564b",
+    "teacher": "#17becf",
+}
+REQUIRED = ("method", "param", "accuracy", "call_ratio")
+LOG_FLOOR = 1e-4  # call ratio 0 cannot be drawn on a log axis: student-only points sit here
+
+
+def _check(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> None:
+    missing = [c for c in (*REQUIRED, *extra) if c not in df.columns]
+    if missing:
+        raise ValueError(f"chart data lacks columns {missing}")
+
+
+def _methods(df: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(df["method"]))
+    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
+
+
+def _label(row) -> str:
+    return row["method"] if pd.isna(row["param"]) else f"{row['method']} {row['param']:g}"
+
+
+def _baseline(df: pd.DataFrame, method: str) -> float | None:
+    rows = df[(df["method"] == method) & df["param"].isna()]
+    return float(rows["accuracy"].iloc[0]) if len(rows) else None
+
+
+def _reference_lines(fig: go.Figure, df: pd.DataFrame) -> None:
+    for method, dash in (("student", "dot"), ("teacher", "dash")):
+        acc = _baseline(df, method)
+        if acc is not None:
+            fig.add_hline(
+                y=100 * acc,
+                line_dash=dash,
+                line_color=COLORS[method],
+                opacity=0.7,
+                annotation_text=f"{method} {100 * acc:.1f}%",
+                annotation_position="bottom right",
+            )
+
+
+def _band(fig: go.Figure, rows: pd.DataFrame, x: str, log_x: bool) -> None:
+    if not {"acc_lo", "acc_hi"} <= set(rows.columns) or rows["acc_lo"].isna().all():
+        return
+    rows = rows.dropna(subset=["acc_lo", "acc_hi"])
+    xs = rows[x].clip(lower=LOG_FLOOR) if log_x else rows[x]
+    xs = 100 * xs if x == "call_ratio" else xs
+    upper, lower = list(100 * rows["acc_hi"]), list(100 * rows["acc_lo"])
+    fig.add_trace(
+        go.Scatter(
+            x=list(xs) + list(xs)[::-1],
+            y=upper + lower[::-1],
+            fill="toself",
+            fillcolor="rgba(127,127,127,0.15)",
+            line={"width": 0},
+            hoverinfo="skip",
+            name="random-query 95% band",
+            showlegend=True,
+        )
+    )
+
+
+def _series(fig: go.Figure, df: pd.DataFrame, x: str, log_x: bool) -> None:
+    """One trace per method: sweeps as lines through their points sorted by x, single settings as markers."""
+    for method in _methods(df):
+        if method in ("student", "teacher") and x == "call_ratio":
+            continue  # drawn as reference lines
+        rows = df[df["method"] == method].sort_values(x)
+        if method == "random-query":
+            _band(fig, rows, x, log_x)
+        xs = rows[x].clip(lower=LOG_FLOOR) if log_x else rows[x]
+        fig.add_trace(
+            go.Scatter(
+                x=100 * xs if x == "call_ratio" else xs,
+                y=100 * rows["accuracy"],
+                mode="lines+markers" if len(rows) > 1 else "markers",
+                name=method,
+                marker={"size": 9 if method.startswith("relay") else 7, "color": COLORS.get(method)},
+                line={"color": COLORS.get(method)},
+                text=[_label(r) for _, r in rows.iterrows()],
+                hovertemplate="%{text}<br>x=%{x:.3g}<br>accuracy=%{y:.2f}%<extra></extra>",
+            )
+        )
+
+
+def _reported(fig: go.Figure, reported: pd.DataFrame | None, log_x: bool) -> None:
+    if reported is None or len(reported) == 0:
+        return
+    _check(reported)
+    xs = reported["call_ratio"].clip(lower=LOG_FLOOR) if log_x else reported["call_ratio"]
+    fig.add_trace(
+        go.Scatter(
+            x=100 * xs,
+            y=100 * reported["accuracy"],
+            mode="markers+text",
+            name=REPORTED_LABEL,
+            text=[f"{m} ({REPORTED_LABEL})" for m in reported["method"]],
+            textposition="top center",
+            marker={"symbol": "diamond-open", "size": 11, "color": "black"},
+            hovertemplate="%{text}<br>call ratio=%{x:.3g}%<br>accuracy=%{y:.2f}%<extra></extra>",
+        )
+    )
+
+
+def accuracy_vs_call_ratio(
+    df: pd.DataFrame, *, log_x: bool = False, reported: pd.DataFrame | None = None, title: str | None = None
+) -> go.Figure:
+    """Accuracy (%) against call ratio (% of response tokens the teacher wrote), one series per method."""
+    _check(df)
+    fig = go.Figure()
+    _reference_lines(fig, df)
+    _series(fig, df, "call_ratio", log_x)
+    _reported(fig, reported, log_x)
+    fig.update_layout(
+        title=title or "Accuracy vs call ratio",
+        xaxis_title="call ratio (% teacher tokens)",
+        yaxis_title="accuracy (%)",
+        legend_title="method",
+        template="plotly_white",
+    )
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def flops_vs_accuracy(df: pd.DataFrame, *, log_x: bool = True, title: str | None = None) -> go.Figure:
+    """Accuracy (%) against mean FLOPs per problem (teacher prefill included), one series per method."""
+    _check(df, ("flops",))
+    fig = go.Figure()
+    _series(fig, df, "flops", log_x=False)
+    fig.update_layout(
+        title=title or "Accuracy vs FLOPs per problem",
+        xaxis_title="FLOPs per problem",
+        yaxis_title="accuracy (%)",
+        legend_title="method",
+        template="plotly_white",
+    )
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig

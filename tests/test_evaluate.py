@@ -1,0 +1,241 @@
+"""The evaluation job (offline/evaluate.py): recipes, cells, resume, random-query rows, and one real tiny run.
+
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_evaluate.py -q
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from offline import evaluate as E
+from offline import results_io as rio
+from offline.config import ConfigError
+from relay_demo.relay import RelayResult, Span
+from relay_demo.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "eval.yaml"
+    path.write_text(f"results_dir: {tmp_path / 'results'}\n" + body)
+    return path
+
+
+TOY = """
+pair: toy
+run_id: toy
+benchmarks: [arith]
+n: 6
+batch_size: 4
+methods:
+  - {name: student}
+  - {name: teacher}
+  - {name: confidence, sweep: {tau: [0.5, 0.9]}}
+  - {name: random-query, ps: [0.0, 0.25, 1.0]}
+"""
+
+
+class Scripted:
+    """Answers arith problems by a fixed rule: the teacher is right, the student only on even ids."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, float | None, int, list[str]]] = []
+
+    def __call__(self, cell, problems, k):
+        self.calls.append((cell.method.name, cell.param, k, [p.id for p in problems]))
+        out = []
+        for p in problems:
+            teacher = cell.method.name == "teacher"
+            right = teacher or int(p.id.rsplit("-", 1)[1]) % 2 == 0
+            text = f"#### {p.answer if right else -1}"
+            s_tok, t_tok = (0, 10) if teacher else (10, 0)
+            spans = [Span("teacher" if teacher else "student", [2] * 10, text)]
+            flops = 5e6 if teacher else 1e6
+            out.append(
+                RelayResult(
+                    [1],
+                    [2] * 10,
+                    [0 if teacher else 1] * 10,
+                    text,
+                    spans,
+                    "eos",
+                    s_tok,
+                    t_tok,
+                    0,
+                    0,
+                    t_tok / 10,
+                    flops,
+                    0.01,
+                    0.0,
+                    0.0,
+                    0,
+                    0,
+                )
+            )
+        return out
+
+
+def test_run_resume_and_random_query(tmp_path):
+    cfg = E.parse_args(["--config", str(_recipe(tmp_path, TOY))])
+    gen = Scripted()
+    run_dir = E.run(cfg, gen, progress=False)
+    df = rio.read_samples(run_dir)
+    assert len(df) == 6 * 4 + 6 * 3  # 4 generated settings + 3 computed random-query points
+    # batches are fixed slices of the problem list, numbered for their seeds
+    student_calls = [(k, len(ids)) for m, _, k, ids in gen.calls if m == "student"]
+    assert student_calls == [(0, 4), (1, 2)]
+    rq = df[(df["method"] == "random-query") & (df["param"] == 0.25)]
+    assert rq["correct"].mean() == pytest.approx(0.75 * 0.5 + 0.25 * 1.0)
+    share = rq["teacher_tokens"].sum() / (rq["student_tokens"] + rq["teacher_tokens"]).sum()
+    assert share == pytest.approx(0.25)
+    assert set(rq["finish_reason"]) == {"computed"}
+    # the same command again: nothing generated, nothing duplicated
+    gen2 = Scripted()
+    E.run(cfg, gen2, progress=False)
+    assert gen2.calls == [] and len(rio.read_samples(run_dir)) == len(df)
+    # more problems: only the new ones are generated, batch 1 runs just its missing problems
+    cfg.n = 8
+    gen3 = Scripted()
+    E.run(cfg, gen3, progress=False)
+    assert {(k, len(ids)) for m, _, k, ids in gen3.calls if m == "student"} == {(1, 2)}
+    summary = Store(tmp_path / "results").summary("toy", "arith", n_seeds=100)
+    assert set(summary["method"]) == {"student", "teacher", "confidence", "random-query"}
+
+
+def test_limit_and_problems_select_a_subset(tmp_path):
+    cfg = E.parse_args(["--config", str(_recipe(tmp_path, TOY)), "--limit", "3", "batch_size=2"])
+    assert cfg.limit == 3 and cfg.batch_size == 2
+    assert [p.id for p in E.select_problems(cfg, "arith")] == [f"arith-test-0-{i}" for i in range(3)]
+    recipe = str(_recipe(tmp_path, TOY))
+    cfg = E.parse_args(["--config", recipe, "--problems", "arith-test-0-4,arith-test-0-1"])
+    assert [p.id for p in E.select_problems(cfg, "arith")] == ["arith-test-0-1", "arith-test-0-4"]
+
+
+def test_bad_recipes_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="list both"):
+        E.parse_args(["--config", str(_recipe(tmp_path, TOY.replace("  - {name: teacher}\n", "")))])
+    with pytest.raises(ConfigError, match="unknown benchmarks"):
+        E.parse_args(["--config", str(_recipe(tmp_path, TOY.replace("[arith]", "[arithm]")))])
+    with pytest.raises(ConfigError, match="unknown keys"):
+        E.parse_args(["--config", str(_recipe(tmp_path, TOY)), "batchsize=3"])
+    with pytest.raises(ConfigError, match="one knob"):
+        two_knobs = TOY.replace("{tau: [0.5, 0.9]}", "{tau: [0.5], n: [1]}")
+        E.parse_args(["--config", str(_recipe(tmp_path, two_knobs))])
+
+
+def test_a_method_cannot_change_its_settings_within_a_run(tmp_path):
+    cfg = E.parse_args(["--config", str(_recipe(tmp_path, TOY)), "--limit", "2"])
+    E.run(cfg, Scripted(), progress=False)
+    other_n = TOY.replace("{name: confidence,", "{name: confidence, params: {n: 4},")
+    changed = E.parse_args(["--config", str(_recipe(tmp_path, other_n))])
+    with pytest.raises(ValueError, match="confidence"):
+        E.run(changed, Scripted(), progress=False)
+    other_sampling = E.parse_args(["--config", str(_recipe(tmp_path, TOY)), "sampling.temperature=0.7"])
+    with pytest.raises(ValueError, match="other settings"):
+        E.run(other_sampling, Scripted(), progress=False)
+
+
+def test_bad_policy_settings_fail_before_any_model_loads(tmp_path):
+    cfg = E.parse_args(["--config", str(_recipe(tmp_path, TOY.replace("[0.5, 0.9]", "[0.5, 1.5]")))])
+    with pytest.raises(ValueError, match="tau"):
+        E.engine_generate(cfg, lambda: pytest.fail("a model was loaded"))
+
+
+def test_checked_in_recipes_parse():
+    recipes = sorted((ROOT / "offline" / "recipes").glob("*/eval*.yaml"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        cfg = E.parse_args(["--config", str(path)])
+        assert cfg.methods and cfg.benchmarks, path
+
+
+def test_real_relay_on_the_tiny_random_pair(tmp_path):
+    """The job end to end on the engine: tiny random models built on the fly (a few seconds)."""
+    recipe = _recipe(
+        tmp_path,
+        """
+pair: tiny-random
+run_id: tiny
+benchmarks: [arith]
+batch_size: 2
+limits: {max_tokens: 12}
+methods:
+  - {name: student}
+  - {name: teacher}
+  - {name: relay-teacher-free}
+  - {name: random-token, sweep: {p: [0.5]}}
+  - {name: random-query, ps: [0.5]}
+""",
+    )
+    assert E.main(["--config", str(recipe), "--limit", "3"]) == 0
+    df = rio.read_samples(tmp_path / "results" / "runs" / "tiny")
+    assert len(df) == 3 * 5
+    teacher = df[df["method"] == "teacher"]
+    assert (teacher["student_tokens"] == 0).all() and (teacher["teacher_tokens"] > 0).all()
+    rt = df[df["method"] == "random-token"]
+    assert (rt["teacher_tokens"] > 0).any() and (rt["student_tokens"] > 0).any()
+    free = df[df["method"] == "relay-teacher-free"]
+    assert (free["teacher_tokens"] == 0).all() and (free["calls"] == 0).all()
+    manifest = rio.read_manifest(tmp_path / "results" / "runs" / "tiny")
+    assert manifest["config"]["resolved_limits"]["max_tokens"] == 12 and manifest["finished_at"]
+
+
+@pytest.mark.slow
+def test_the_real_job_killed_three_times_resumes_to_the_same_rows(tmp_path):
+    """SIGKILL the evaluation job itself (tiny random pair, greedy) at random moments once it writes."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    body = """
+pair: tiny-random
+run_id: killed
+benchmarks: [arith]
+n: 24
+batch_size: 3
+limits: {max_tokens: 24}
+methods:
+  - {name: student}
+  - {name: teacher}
+  - {name: random-token, sweep: {p: [0.2]}}
+  - {name: random-query, ps: [0.5]}
+"""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def job(results: Path) -> subprocess.Popen:
+        recipe = tmp_path / f"{results.name}.yaml"
+        recipe.write_text(f"results_dir: {results}\n{body}")
+        return subprocess.Popen(
+            [sys.executable, "-m", "offline.evaluate", "--config", str(recipe)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    assert job(tmp_path / "ref").wait(timeout=600) == 0
+    rng = random.Random(7)
+    samples = tmp_path / "kill" / "runs" / "killed" / rio.SAMPLES
+    for _ in range(3):
+        proc = job(tmp_path / "kill")
+        seen = len(list(samples.glob("part-*"))) if samples.is_dir() else 0
+        while proc.poll() is None and (len(list(samples.glob("part-*"))) if samples.is_dir() else 0) <= seen:
+            time.sleep(0.05)  # wait until this session wrote something, then kill at a random moment
+        time.sleep(rng.uniform(0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, "the job ended before the kill"
+    assert job(tmp_path / "kill").wait(timeout=600) == 0
+
+    def rows(results: Path) -> pd.DataFrame:
+        df = rio.read_samples(results / "runs" / "killed").drop(columns=["wall_s"])
+        return df.sort_values(["method", "param", "problem_id"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(rows(tmp_path / "kill"), rows(tmp_path / "ref"))

@@ -1,0 +1,214 @@
+"""The DuckDB store over a toy results folder built here through results_io, its CLI, and the charts.
+
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_store.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from offline import metrics as M
+from offline import results_io as rio
+from offline.evaluate import EvalCfg, MethodCfg, random_query_rows
+from relay_demo import charts, reported, store
+
+N = 10
+# per problem: (student correct, teacher correct); student 4/10, teacher 8/10
+S_OK = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+T_OK = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+
+
+def _row(method, param, i, correct, st, tt, flops=1e9, calls=0.0, pair="toy", bench="arith"):
+    return {
+        "run_id": "toy-run",
+        "pair": pair,
+        "method": method,
+        "param": param,
+        "benchmark": bench,
+        "problem_id": f"p{i}",
+        "correct": float(correct),
+        "student_tokens": float(st),
+        "teacher_tokens": float(tt),
+        "command_tokens": 0.0,
+        "calls": calls,
+        "flops": flops,
+        "wall_s": 0.1,
+        "response": "#### 1",
+        "spans": "[]",
+        "extracted": "1",
+        "finish_reason": "eos",
+    }
+
+
+def _build(results):
+    rows = []
+    for i in range(N):
+        rows.append(_row("student", None, i, S_OK[i], 100, 0, flops=1e9))
+        rows.append(_row("teacher", None, i, T_OK[i], 0, 100, flops=5e9))
+        rows.append(_row("relay", None, i, S_OK[i] or (i < 6), 95, 5, flops=1.3e9, calls=1))  # 6/10 at 5%
+        for tau, k in ((0.3, 5), (0.6, 7), (0.9, 8)):  # confidence: 5/10, 7/10, 8/10
+            rows.append(_row("confidence", tau, i, T_OK[i] if i < k else 0, 90, 10 * k, flops=2e9))
+    with rio.open_run(results, "toy-run", {"pair": "toy"}) as w:
+        w.add(rows)
+        w.flush()
+        cfg = EvalCfg(pair="toy", run_id="toy-run", benchmarks=["arith"], methods=[MethodCfg("student")])
+        w.add(random_query_rows(cfg, rio.read_samples(w.run_dir), "arith", [0.0, 0.5, 1.0]))
+    # a second pair in its own run, to check the filters
+    with rio.open_run(results, "other-run", {"pair": "other"}) as w:
+        w.add([_row("student", None, i, 1, 10, 0, pair="other", bench="gsm8k") for i in range(3)])
+
+
+@pytest.fixture
+def results(tmp_path):
+    _build(tmp_path)
+    return tmp_path
+
+
+def _one(df, method, param=None):
+    sel = df[(df["method"] == method) & (df["param"].isna() if param is None else df["param"] == param)]
+    assert len(sel) == 1, (method, param, sel)
+    return sel.iloc[0]
+
+
+def test_points_and_filters(results):
+    st = store.Store(results)
+    assert st.skipped == [] and st.pairs() == ["other", "toy"]
+    assert st.benchmarks("toy") == ["arith"]
+    pts = st.points("toy", "arith")
+    assert _one(pts, "student")["accuracy"] == pytest.approx(0.4)
+    assert _one(pts, "teacher")["call_ratio"] == pytest.approx(1.0)
+    relay = _one(pts, "relay")
+    assert relay["n"] == N
+    assert (relay["accuracy"], relay["call_ratio"]) == (pytest.approx(0.6), pytest.approx(0.05))
+    assert _one(pts, "confidence", 0.6)["accuracy"] == pytest.approx(0.7)
+    rq = _one(pts, "random-query", 0.5)
+    assert rq["accuracy"] == pytest.approx(0.6) and rq["call_ratio"] == pytest.approx(0.5)
+    assert rq["flops"] == pytest.approx(3e9)
+    assert len(st.samples(pair="other")) == 3
+    assert set(st.runs()["run_id"]) == {"toy-run", "other-run"}
+
+
+def test_summary_metrics(results):
+    df = store.Store(results).summary("toy", "arith", n_seeds=500)
+    relay = _one(df, "relay")
+    assert relay["apgr"] == pytest.approx(0.5)  # (0.6 - 0.4) / (0.8 - 0.4)
+    assert relay["p_star"] == pytest.approx(0.5)
+    assert relay["saving_query"] == pytest.approx(1 - 0.05 / 0.5)
+    assert relay["saving_call"] == pytest.approx(1 - 0.05 / 0.5)  # equal lengths: token share = query share
+    assert relay["saving_flops"] == pytest.approx(1 - 1.3e9 / 3e9)
+    assert relay["cpt50"] == pytest.approx(0.05)  # the single point reaches exactly 50% of the gap
+    conf = _one(df, "confidence", 0.3)
+    curve = [(0.5 / 1.4, 0.5), (0.7 / 1.6, 0.7), (0.8 / 1.7, 0.8)]
+    assert conf["cpt80"] == pytest.approx(M.cpt(curve, 0.4, 0.8, 0.8))
+    rq = _one(df, "random-query", 0.5)
+    assert rq["acc_lo"] < 0.6 < rq["acc_hi"] and pd.isna(rq["saving_call"])
+    assert pd.isna(_one(df, "student")["saving_call"])
+
+
+def test_summary_cli_json(results, capsys):
+    assert store.main(["summary", "--json", "--results", str(results)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    keys = {"pair", "benchmark", "method", "param", "n", "accuracy", "call_ratio", "flops", "apgr"}
+    assert keys <= set(rows[0])
+    toy = {(r["method"], r["param"]) for r in rows if r["pair"] == "toy"}
+    want = {("student", None), ("teacher", None), ("relay", None), ("confidence", 0.9), ("random-query", 0.5)}
+    assert want <= toy
+    other = [r for r in rows if r["pair"] == "other"]
+    assert len(other) == 1 and other[0]["apgr"] is None  # no teacher: no APGR, and valid JSON (no NaN)
+    assert store.main(["summary", "--pair", "other", "--benchmark", "gsm8k", "--results", str(results)]) == 0
+    table = capsys.readouterr().out
+    assert "other" in table and "toy" not in table and "100.00%" in table
+
+
+def test_corrupt_and_foreign_files_are_named_and_skipped(results):
+    samples = results / "runs" / "toy-run" / rio.SAMPLES
+    good = sorted(samples.glob("part-*.parquet"))
+    assert len(good) == 1
+    (samples / "part-900000.parquet").write_bytes(b"PAR1 this is not parquet at all")
+    truncated = good[0].read_bytes()[:-100]
+    (samples / "part-900001.parquet").write_bytes(truncated)
+    pq.write_table(pa.table({"x": [1, 2]}), samples / "part-900002.parquet")
+    pq.write_table(pa.table({"x": [1, 2]}), samples / "extra.parquet")  # foreign: not a part name
+    pq.write_table(pa.table({"x": [1, 2]}), samples.parent / "scores.parquet")
+    with pytest.warns(UserWarning) as caught:
+        st = store.Store(results)
+    text = " ".join(str(w.message) for w in caught)
+    names = {
+        "part-900000.parquet",
+        "part-900001.parquet",
+        "part-900002.parquet",
+        "extra.parquet",
+        "scores.parquet",
+    }
+    for name in names:
+        assert name in text
+    assert "missing columns" in text
+    assert {p.name for p, _ in st.skipped} == names
+    assert len(st.samples("toy")) == N * 9  # the good part still loads
+
+
+def test_cli_names_a_corrupt_file_on_stderr(results, capsys):
+    bad = results / "runs" / "toy-run" / rio.SAMPLES / "part-900000.parquet"
+    bad.write_bytes(b"garbage")
+    assert store.main(["summary", "--results", str(results)]) == 0
+    captured = capsys.readouterr()
+    assert "part-900000.parquet" in captured.err and "relay" in captured.out
+
+
+def test_empty_results_folder(tmp_path):
+    st = store.Store(tmp_path)
+    assert st.summary().empty and st.pairs() == []
+
+
+def test_charts(results):
+    df = store.Store(results).summary("toy", "arith", n_seeds=200)
+    fig = charts.accuracy_vs_call_ratio(df, log_x=True, reported=pd.DataFrame(reported.points()))
+    names = [t.name for t in fig.data]
+    assert {"relay", "confidence", "random-query", reported.LABEL, "random-query 95% band"} <= set(names)
+    conf = next(t for t in fig.data if t.name == "confidence")
+    assert conf.mode == "lines+markers" and list(conf.x) == sorted(conf.x)  # a sweep is a line along x
+    assert fig.layout.xaxis.type == "log"
+    assert any("student" in (a.text or "") for a in fig.layout.annotations)  # reference lines
+    fl = charts.flops_vs_accuracy(df)
+    assert {"student", "teacher", "relay"} <= {t.name for t in fl.data}
+    with pytest.raises(ValueError, match="lacks columns"):
+        charts.accuracy_vs_call_ratio(df.drop(columns=["call_ratio"]))
+
+
+def test_mean_rows_over_benchmarks(tmp_path):
+    rows = []
+    for bench, (s_acc, t_acc, r_acc) in {"a": (2, 6, 4), "b": (4, 8, 4)}.items():  # out of 10 problems each
+        for i in range(N):
+            rows.append(_row("student", None, i, i < s_acc, 100, 0, bench=bench))
+            rows.append(_row("teacher", None, i, i < t_acc, 0, 100, bench=bench))
+            rows.append(_row("relay", None, i, i < r_acc, 98, 2, bench=bench))
+        rows.append(_row("confidence", 0.5, 0, 1, 50, 50, bench=bench))
+    rows.append(_row("router", 0.5, 0, 1, 50, 50, bench="a"))  # on one benchmark only: no mean row
+    with rio.open_run(tmp_path, "m", {}) as w:
+        w.add(rows)
+    df = store.Store(tmp_path).summary("toy", mean=True)
+    mean = df[df["benchmark"] == store.MEAN]
+    # in METHOD_ORDER; the router, on one benchmark only, has no mean
+    assert list(mean["method"]) == ["student", "teacher", "relay", "confidence"]
+    relay = _one(mean, "relay")
+    assert relay["accuracy"] == pytest.approx(0.4) and relay["call_ratio"] == pytest.approx(0.02)
+    assert relay["apgr"] == pytest.approx((0.4 - 0.3) / (0.7 - 0.3))
+    assert relay["saving_query"] == pytest.approx(1 - 0.02 / 0.25)
+    assert relay["n"] == 2 * N
+
+
+def test_a_problem_evaluated_by_two_runs_counts_once(results):
+    import time
+
+    time.sleep(1.1)  # manifests record seconds: the rerun must be strictly later
+    with rio.open_run(results, "rerun", {"pair": "toy"}) as w:
+        w.add([{**_row("student", None, i, 1, 100, 0), "run_id": "rerun"} for i in range(N)])
+    st = store.Store(results)
+    assert len(st.query("SELECT * FROM all_samples WHERE pair = 'toy' AND method = 'student'")) == 2 * N
+    student = _one(st.points("toy", "arith"), "student")
+    assert (student["n"], student["accuracy"]) == (N, 1.0)  # the later run's rows
