@@ -7,7 +7,7 @@ import torch
 
 from relay_demo.backends.base import Delta, Sampling
 from relay_demo.backends.hf_engine import HFEngine
-from relay_demo.pairs import Pair
+from relay_demo.pairs import Pair, byte_tokenizer
 from relay_demo.policies import make_policy
 from relay_demo.relay import Limits, relay, relay_batch, relay_stream
 
@@ -24,7 +24,7 @@ class NaiveEngine(HFEngine):
         for i, job in enumerate(jobs):
             s, start = job.session, len(job.session.ids)
             while True:
-                logits = self.model(input_ids=torch.tensor([s.ids])).logits[0, -1].float()
+                logits = self.model(input_ids=torch.tensor([s.ids]), logits_to_keep=1).logits[0, -1].float()
                 s.computed += len(s.ids)
                 tok = int(torch.argmax(logits))
                 s.ids.append(tok)
@@ -50,8 +50,14 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def random_models(tok):
-    return random_qwen2(tok, hidden=64, seed=1), random_qwen2(tok, hidden=128, seed=2)
+def byte_tok():
+    return byte_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def random_models(byte_tok):
+    """Random models over a byte vocabulary: real transformers models, small enough to re-read often."""
+    return random_qwen2(byte_tok, hidden=64, seed=1), random_qwen2(byte_tok, hidden=128, seed=2)
 
 
 def _pair(student, teacher, tok, engine=HFEngine, **limits):
@@ -72,12 +78,12 @@ PROMPTS = ["What is 2 + 2?", "Write one short sentence about the sea, please.", 
     ],
     ids=lambda p: p.describe(),
 )
-def test_kv_reuse_matches_naive_reference(random_models, tok, policy):
+def test_kv_reuse_matches_naive_reference(random_models, byte_tok, policy):
     """Cached, batched relay == a reference that re-reads everything at every step (forced handoffs)."""
     s, t = random_models
     limits = {"max_tokens": 40, "max_calls": 5, "max_n": 8}
-    fast = relay_batch(_pair(s, t, tok, **limits), PROMPTS, policy, sampling=GREEDY)
-    ref = [relay(_pair(s, t, tok, NaiveEngine, **limits), p, policy, sampling=GREEDY) for p in PROMPTS]
+    fast = relay_batch(_pair(s, t, byte_tok, **limits), PROMPTS, policy, sampling=GREEDY)
+    ref = [relay(_pair(s, t, byte_tok, NaiveEngine, **limits), p, policy, sampling=GREEDY) for p in PROMPTS]
     for a, b in zip(fast, ref, strict=True):
         assert a.token_ids == b.token_ids
         assert a.source_mask == b.source_mask
@@ -91,10 +97,13 @@ def test_kv_reuse_matches_naive_reference(random_models, tok, policy):
     ) or policy.name in ("teacher-only", "student-only")
 
 
-def test_teacher_reads_only_unseen_tokens(random_models, tok):
+def test_teacher_reads_only_unseen_tokens(random_models, byte_tok):
     s, t = random_models
     r = relay(
-        _pair(s, t, tok, max_tokens=60), PROMPTS[1], make_policy("interval", every=6, n=4), sampling=GREEDY
+        _pair(s, t, byte_tok, max_tokens=60),
+        PROMPTS[1],
+        make_policy("interval", every=6, n=4),
+        sampling=GREEDY,
     )
     assert r.calls == 5
     assert r.teacher_prefill == r.teacher_new  # exactly the unseen tokens, never a re-read of the context
@@ -184,10 +193,10 @@ def test_teacher_that_never_stops_is_bounded_by_budget(looping_pair, tok):
     assert (r.teacher_tokens, r.finish_reason, r.call_ratio) == (50, "max_tokens", 1.0)
 
 
-def test_wall_clock_limit(random_models, tok):
+def test_wall_clock_limit(random_models, byte_tok):
     s, t = random_models
     r = relay(
-        _pair(s, t, tok, max_tokens=100_000, max_wall_s=0.2),
+        _pair(s, t, byte_tok, max_tokens=100_000, max_wall_s=0.2),
         "q",
         make_policy("random-token", p=0.1),
         sampling=Sampling(0.7, seed=1),
@@ -196,9 +205,9 @@ def test_wall_clock_limit(random_models, tok):
     assert 0 < len(r.token_ids) < 100_000
 
 
-def test_seeded_sampling_is_reproducible(random_models, tok):
+def test_seeded_sampling_is_reproducible(random_models, byte_tok):
     s, t = random_models
-    pair = _pair(s, t, tok, max_tokens=30)
+    pair = _pair(s, t, byte_tok, max_tokens=30)
     pol = make_policy("random-token", p=0.2, n=2)
     a = relay_batch(pair, PROMPTS, pol, sampling=Sampling(0.9, seed=7))
     b = relay_batch(pair, PROMPTS, pol, sampling=Sampling(0.9, seed=7))
@@ -208,16 +217,16 @@ def test_seeded_sampling_is_reproducible(random_models, tok):
 
 
 @pytest.mark.parametrize("bad", ["", "   ", [], [{"role": "user"}], 42])
-def test_bad_prompts_are_refused_clearly(random_models, tok, bad):
+def test_bad_prompts_are_refused_clearly(random_models, byte_tok, bad):
     s, t = random_models
     with pytest.raises(ValueError):
-        relay(_pair(s, t, tok), bad, make_policy("learned"))
+        relay(_pair(s, t, byte_tok), bad, make_policy("learned"))
 
 
-def test_huge_prompt_is_refused_before_running(random_models, tok):
+def test_huge_prompt_is_refused_before_running(random_models, byte_tok):
     s, t = random_models
     with pytest.raises(ValueError, match="at most"):
-        relay(_pair(s, t, tok, max_prompt_tokens=1000), "word " * 5000, make_policy("learned"))
+        relay(_pair(s, t, byte_tok, max_prompt_tokens=1000), "word " * 5000, make_policy("learned"))
 
 
 @pytest.mark.parametrize(
@@ -228,7 +237,7 @@ def test_absurd_limits_are_refused(kw):
         Limits(**kw)
 
 
-def test_router_policy_needs_hidden_states(random_models, tok, tmp_path):
+def test_router_policy_needs_hidden_states(random_models, byte_tok, tmp_path):
     """The router reads the student's hidden state; a router that always fires hands every token over."""
     import numpy as np
 
@@ -247,7 +256,7 @@ def test_router_policy_needs_hidden_states(random_models, tok, tmp_path):
     always.save(tmp_path / "router")
     s, t = random_models
     r = relay(
-        _pair(s, t, tok, max_tokens=12, max_calls=100),
+        _pair(s, t, byte_tok, max_tokens=12, max_calls=100),
         "q",
         make_policy("router", path=str(tmp_path / "router"), threshold=0.5, n=1),
         sampling=GREEDY,
