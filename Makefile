@@ -16,12 +16,12 @@ PIP_RETRIES ?= $(shell timeout 5 $(PYTHON) -c "import socket; socket.getaddrinfo
 	>/dev/null 2>&1 && echo 5 || echo 0)
 THREADS ?= 2
 
-.PHONY: help venv app test lint
+.PHONY: help venv browser app test lint
 
 help:
 	@echo "make venv   create .venv from the pinned requirements (a no-op when nothing changed)"
 	@echo "make app    run the Gradio demo on the embedded model pair"
-	@echo "make test   run the fast tests (slow ones: make test ARGS='-m slow')"
+	@echo "make test   run the fast tests, the browser test included (slow ones: make test ARGS='-m slow')"
 	@echo "make lint   ruff check + ruff format --check"
 
 venv: $(STAMP)
@@ -36,10 +36,17 @@ $(STAMP): $(REQS)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# The browser test drives Debian's chromium through Playwright (never `playwright install`: no browser download).
+# Installing it needs root; without it the browser test skips and says why.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed (needs root): the browser test will skip"
+
 app: venv
 	$(PY) app.py
 
-test: venv
+test: venv browser
 	OMP_NUM_THREADS=$(THREADS) TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q $(ARGS)
 
 # Both checks always run, so one report shows every problem; either failing fails the target.

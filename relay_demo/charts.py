@@ -120,7 +120,9 @@ def _reported(fig: go.Figure, reported: pd.DataFrame | None, log_x: bool) -> Non
             mode="markers+text",
             name=REPORTED_LABEL,
             text=[f"{m} ({REPORTED_LABEL})" for m in reported["method"]],
-            textposition="top center",
+            # labels on the side away from the nearest edge, drawn past the axes rather than clipped
+            textposition=["middle right" if x < 50 else "middle left" for x in 100 * xs],
+            cliponaxis=False,
             marker={"symbol": "diamond-open", "size": 11, "color": "black"},
             hovertemplate="%{text}<br>call ratio=%{x:.3g}%<br>accuracy=%{y:.2f}%<extra></extra>",
         )

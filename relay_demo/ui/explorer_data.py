@@ -1,0 +1,211 @@
+"""The Explorer's logic as plain functions over a results folder (``relay_demo.store``, ``.charts``).
+
+Each call opens a fresh read-only :class:`relay_demo.store.Store`: results written while the app runs show
+up on the next refresh, and no DuckDB connection is shared between users' threads.
+
+    view = explorer_view("results", "tiny-arith", "arith", ["relay", "confidence"], log_x=True, reported=True)
+    view.accuracy_fig, view.flops_fig, view.table, view.samples
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .. import charts, reported
+from ..store import MEAN, Store
+from . import render
+
+MAX_SAMPLES = 400  # drill-down choices listed at once (the filters narrow them)
+PCT = ("accuracy", "call_ratio", "apgr", "cpt50", "cpt80", "saving_call", "saving_query", "saving_flops")
+TABLE_COLUMNS = {
+    "method": "method",
+    "param": "param",
+    "n": "n",
+    "accuracy": "accuracy",
+    "call_ratio": "call ratio",
+    "flops": "FLOPs / problem",
+    "apgr": "APGR",
+    "cpt50": "CPT 50%",
+    "cpt80": "CPT 80%",
+    "saving_call": "saving: calls",
+    "saving_query": "saving: queries (paper)",
+    "saving_flops": "saving: FLOPs",
+}
+
+
+@dataclass
+class ExplorerView:
+    accuracy_fig: object | None = None
+    flops_fig: object | None = None
+    table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(TABLE_COLUMNS.values())))
+    samples: list[tuple[str, str]] = field(default_factory=list)  # (label, key) for the drill-down
+    note: str = ""
+
+
+def open_store(results_dir: str | Path) -> tuple[Store, list[str]]:
+    """A store over ``results_dir`` and the warnings it raised (skipped files), as text for the UI."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = Store(results_dir)
+    return store, [str(w.message) for w in caught]
+
+
+def filters(results_dir: str | Path, pair: str | None = None) -> dict:
+    """Choices for the filters: pairs, the benchmarks of ``pair`` (default: the first), methods present."""
+    store, _ = open_store(results_dir)
+    pairs = store.pairs()
+    pair = pair if pair in pairs else (pairs[0] if pairs else None)
+    benchmarks = store.benchmarks(pair) if pair else []
+    if len(benchmarks) > 1:
+        benchmarks = [*benchmarks, MEAN]
+    methods = sorted(set(store.points(pair)["method"])) if pair else []
+    return {
+        "pairs": pairs,
+        "pair": pair,
+        "benchmarks": benchmarks,
+        "benchmark": benchmarks[0] if benchmarks else None,
+        "methods": methods,
+    }
+
+
+def _fmt(col: str, v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if col in PCT:
+        return f"{100 * v:.2f}%"
+    if col == "flops":
+        return render.fmt_flops(float(v))
+    if col == "param":
+        return f"{v:g}"
+    return str(int(v)) if col == "n" else str(v)
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Summary rows formatted for display (percentages, FLOPs with units, empty cells for n/a)."""
+    shown = pd.DataFrame(
+        {label: [_fmt(col, v) for v in df[col]] if col in df else [] for col, label in TABLE_COLUMNS.items()}
+    )
+    return shown
+
+
+def _sample_key(method: str, param, problem_id: str) -> str:
+    return json.dumps([method, None if param is None or pd.isna(param) else float(param), problem_id])
+
+
+def explorer_view(
+    results_dir: str | Path,
+    pair: str | None,
+    benchmark: str | None,
+    methods: list[str] | None,
+    *,
+    log_x: bool = False,
+    show_reported: bool = True,
+) -> ExplorerView:
+    """Charts, summary table and drill-down choices for one pair and benchmark, restricted to ``methods``."""
+    if not pair or not benchmark:
+        return ExplorerView(note="No results yet: run an evaluation (offline/evaluate.py) to fill results/.")
+    store, skipped = open_store(results_dir)
+    summary = store.summary(pair, None if benchmark == MEAN else benchmark, mean=benchmark == MEAN)
+    summary = summary[summary["benchmark"] == benchmark]
+    if methods:
+        summary = summary[summary["method"].isin(methods)]
+    note = "; ".join(skipped)
+    if summary.empty:
+        return ExplorerView(note=note or f"No rows for pair {pair}, benchmark {benchmark} and these methods.")
+    paper = pd.DataFrame(reported.points()) if show_reported else None
+    title = f"{pair} · {benchmark}"
+    view = ExplorerView(
+        accuracy_fig=charts.accuracy_vs_call_ratio(
+            summary, log_x=log_x, reported=paper, title=f"Accuracy vs call ratio · {title}"
+        ),
+        flops_fig=charts.flops_vs_accuracy(summary, title=f"Accuracy vs FLOPs per problem · {title}"),
+        table=summary_table(summary),
+        note=note,
+    )
+    if benchmark != MEAN:
+        view.samples = sample_choices(store, pair, benchmark, methods)
+    return view
+
+
+def sample_choices(
+    store: Store, pair: str, benchmark: str, methods: list[str] | None
+) -> list[tuple[str, str]]:
+    cond = "" if not methods else f"AND method IN ({', '.join('?' for _ in methods)})"
+    df = store.query(
+        f"SELECT method, param, problem_id, correct, teacher_tokens, calls FROM samples "
+        f"WHERE pair = ? AND benchmark = ? AND spans IS NOT NULL AND spans <> '[]' {cond} "
+        f"ORDER BY method, param NULLS FIRST, problem_id LIMIT {MAX_SAMPLES}",
+        [pair, benchmark, *(methods or [])],
+    )
+    out = []
+    for r in df.itertuples(index=False):
+        param = "" if pd.isna(r.param) else f" {r.param:g}"
+        mark = "✓" if r.correct >= 0.5 else "✗"
+        label = f"{r.method}{param} · {r.problem_id} · {mark} · {int(r.teacher_tokens)} teacher tok"
+        out.append((label, _sample_key(r.method, r.param, r.problem_id)))
+    return out
+
+
+def sample_trace(results_dir: str | Path, pair: str | None, benchmark: str | None, key: str | None) -> str:
+    """One evaluated sample's relay trace, coloured like the Playground, with its outcome."""
+    if not key or not pair or not benchmark:
+        return render.note_html("Pick a sample to see who wrote which tokens.", "info")
+    try:
+        method, param, problem_id = json.loads(key)
+    except (ValueError, TypeError):
+        return render.note_html(f"Not a sample key: {key!r}")
+    store, _ = open_store(results_dir)
+    df = store.query(
+        "SELECT * FROM samples WHERE pair = ? AND benchmark = ? AND method = ? AND problem_id = ? AND "
+        + ("param IS NULL" if param is None else "param = ?")
+        + " LIMIT 1",
+        [pair, benchmark, method, problem_id, *([] if param is None else [param])],
+    )
+    if df.empty:
+        return render.note_html("That sample is not in the results any more.")
+    row = df.iloc[0]
+    try:
+        spans = json.loads(row["spans"] or "[]")
+    except ValueError:
+        spans = []
+    if not spans:  # no trace recorded: show the response as the student's
+        spans = [
+            {"source": "student", "text": row["response"] or "", "tokens": int(row["student_tokens"] or 0)}
+        ]
+    head = (
+        f"{method}{'' if param is None else f' {param:g}'} · {problem_id} · "
+        f"{'correct' if row['correct'] >= 0.5 else 'wrong'} · extracted {row['extracted'] or '–'} · "
+        f"student {int(row['student_tokens'])} / teacher {int(row['teacher_tokens'])} / command "
+        f"{int(row['command_tokens'])} tokens · {int(row['calls'])} calls"
+    )
+    names = {"student": f"{pair} student", "teacher": f"{pair} teacher"}
+    return (
+        f'<div class="relay-answer">{render.esc(head)}</div>'
+        + render.legend_html()
+        + render.trace_html(spans, names, empty="(empty response)")
+    )
+
+
+def runs_markdown(results_dir: str | Path) -> str:
+    """The runs in the results folder, with the machine each ran on (for the About tab)."""
+    store, _ = open_store(results_dir)
+    if not store.manifests:
+        return "No evaluation runs in results/ yet."
+    lines = ["| run | pair | finished | machine |", "|---|---|---|---|"]
+    for m in store.manifests:
+        mach = m.get("machine") or {}
+        where = f"{mach.get('processor', '?')}, {mach.get('cpus', '?')} CPUs, {mach.get('platform', '')}"
+        cells = [
+            m.get("run_id"),
+            (m.get("config") or {}).get("pair"),
+            m.get("finished_at") or "running",
+            where,
+        ]
+        lines.append("| " + " | ".join(str(c or "").replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,343 @@
+"""The app's logic as plain functions (no Gradio layout here): settings -> policy and limits, prompt checks,
+a streamed generation with live counters, and the Playground / Compare handlers the tabs wire up.
+
+Test them directly: ``for out in chat_submit("2+3?", [], Settings(pair="tiny-random")): ...``
+
+Models are shared read-only by every user (``pairs.load_pair`` caches them; ``stream.generate`` runs one
+generation at a time per pair). Per-user data (the conversation) lives in ``gr.State`` and is passed in and
+out of the handlers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..backends.base import Sampling
+from ..pairs import ROOT, available, load_pair, registry
+from ..policies import Policy, make_policy
+from ..protocol import strip_commands
+from ..relay import Limits
+from . import render
+from .stream import generate, prompt_tokens
+
+DEFAULT_PAIR, FALLBACK_PAIR = "tiny-arith", "tiny-random"
+POLICY_CHOICES = [
+    ("learned: the student's own <call>N</call> (paper)", "learned"),
+    ("confidence: top-token probability < τ", "confidence"),
+    ("random-token: hand over with probability p", "random-token"),
+    ("interval: forced handoff every k tokens", "interval"),
+    ("router: CITER-style token router", "router"),
+    ("student-only", "student-only"),
+    ("teacher-only", "teacher-only"),
+]
+MAX_PROMPT_CHARS = 20_000  # refused before tokenizing: a pasted book must not cost the CPU anything
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def hosted() -> bool:
+    """Hosted mode (a public Space): registered pairs only, no paths from the UI, never remote code."""
+    return os.environ.get("RELAY_HOSTED", "").strip().lower() in ("1", "true", "yes")
+
+
+def backend() -> str:
+    return os.environ.get("RELAY_BACKEND", "hf")
+
+
+# ---------------------------------------------------------------- pairs
+
+
+def default_pair() -> str:
+    """``tiny-arith`` once its trained models are present, else the built-on-the-fly ``tiny-random``."""
+    return DEFAULT_PAIR if available(DEFAULT_PAIR)[0] else FALLBACK_PAIR
+
+
+def pair_choices() -> list[tuple[str, str]]:
+    """(label, name) of every registered pair; pairs whose models are missing say so in the label."""
+    out = []
+    for name in registry():
+        ok, _ = available(name)
+        out.append((name if ok else f"{name} (models not present)", name))
+    return out
+
+
+def pair_status(name: str) -> str:
+    """One line for the UI: the live pair and its description, or why it cannot run here."""
+    spec = registry().get(name)
+    if spec is None:
+        return f"Unknown pair {name!r}."
+    ok, why = available(name)
+    desc = " ".join(str(spec.get("description", "")).split())
+    if not ok:
+        return f"Pair {name} cannot run here: {why}."
+    if backend() not in spec.get("backends", ("hf",)):
+        return f"Pair {name} runs on {', '.join(spec['backends'])}, not on this app's backend ({backend()})."
+    return f"Live pair: {name} ({backend()}). {desc}"
+
+
+_LOADED: set[tuple[str, str]] = (
+    set()
+)  # (pair, backend) already loaded in this process (pairs.load_pair caches)
+
+
+def pair_loaded(name: str) -> bool:
+    return (name, backend()) in _LOADED
+
+
+def get_pair(name: str):
+    """The shared loaded pair (loads once per process, lazily). Unknown or missing pairs raise ValueError."""
+    if name not in registry():
+        raise ValueError(f"unknown pair {name!r}; registered pairs: {', '.join(registry())}")
+    ok, why = available(name)
+    if not ok:
+        raise ValueError(f"pair {name} cannot run here: {why}")
+    pair = load_pair(name, backend=backend())
+    _LOADED.add((name, backend()))
+    return pair
+
+
+def get_limits(name: str) -> Limits:
+    """A registered pair's limits, read from the registry without loading its models."""
+    spec = registry().get(name)
+    if spec is None:
+        raise ValueError(f"unknown pair {name!r}; registered pairs: {', '.join(registry())}")
+    return Limits(**spec.get("limits", {}))
+
+
+def router_folder(pair: str) -> Path | None:
+    """The pair's trained router (``results/models/<pair>/router``), or None when there is none."""
+    folder = ROOT / "results" / "models" / pair / "router"
+    return folder if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() else None
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the controls set. Defaults are what the app starts with."""
+
+    pair: str = FALLBACK_PAIR
+    policy: str = "learned"
+    tau: float = 0.5
+    p: float = 0.05
+    n: int = 4
+    every: int = 16
+    threshold: float = 0.5
+    max_n: int = 16
+    temperature: float = 0.7
+    max_tokens: int = 128
+    seed: int = 0
+    router_path: str = ""  # local mode only: a router folder typed by the user
+
+    @classmethod
+    def from_ui(cls, hosted_mode: bool, *values) -> Settings:
+        """From the controls' values in :data:`SETTINGS_FIELDS` order (Gradio passes them positionally).
+
+        In hosted mode a path typed into the UI is dropped whatever the client sent.
+        """
+        s = cls(**dict(zip(SETTINGS_FIELDS, values, strict=True)))
+        return replace(s, router_path="") if hosted_mode or hosted() else s
+
+
+SETTINGS_FIELDS = tuple(Settings.__dataclass_fields__)
+
+
+def _int(name: str, v, lo: int, hi: int) -> int:
+    try:
+        x = int(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {v!r}") from None
+    if x != v and not (isinstance(v, float) and v.is_integer()):
+        raise ValueError(f"{name} must be a whole number, got {v!r}")
+    if not lo <= x <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {x}")
+    return x
+
+
+def build_policy(s: Settings) -> Policy:
+    """The policy the controls describe. In hosted mode the router comes only from the pair's folder."""
+    n = _int("tokens per handoff", s.n, 1, 1024)
+    if s.policy == "confidence":
+        return make_policy("confidence", tau=s.tau, n=n)
+    if s.policy == "random-token":
+        return make_policy("random-token", p=s.p, n=n, seed=_int("seed", s.seed, 0, 2**31 - 1))
+    if s.policy == "interval":
+        return make_policy("interval", every=_int("every", s.every, 1, 100_000), n=n)
+    if s.policy == "router":
+        folder = router_folder(s.pair)
+        if s.router_path and not hosted():  # a path from the UI: local mode only
+            folder = Path(s.router_path).expanduser()
+        if folder is None:
+            raise ValueError(
+                f"no trained router for pair {s.pair} (expected results/models/{s.pair}/router); "
+                "choose another policy"
+            )
+        return make_policy("router", path=str(folder), threshold=s.threshold, n=n)
+    return make_policy(s.policy)  # learned, student-only, teacher-only (unknown names: ValueError)
+
+
+def build_limits(base: Limits, s: Settings) -> Limits:
+    """The pair's limits, with max N and max tokens from the controls, never above the pair's own."""
+    max_tokens = _int("max tokens", s.max_tokens, 1, base.max_tokens)
+    max_n = _int("max N", s.max_n, 1, base.max_n)
+    return replace(base, max_tokens=max_tokens, max_n=max_n)
+
+
+def build_sampling(s: Settings) -> Sampling:
+    t = float(s.temperature)
+    if not 0 <= t <= 5:
+        raise ValueError(f"temperature must be between 0 and 5, got {t}")
+    return Sampling(temperature=t, seed=_int("seed", s.seed, 0, 2**31 - 1))
+
+
+def clean_prompt(text) -> str:
+    """The prompt as the models will see it, or ValueError with a message the user can act on."""
+    if not isinstance(text, str):
+        raise ValueError("the prompt must be text")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise ValueError("The prompt is empty: type a question or pick an example.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"The prompt is {len(text):,} characters; the app accepts at most {MAX_PROMPT_CHARS:,}. "
+            "Shorten it (your text is still in the box)."
+        )
+    bad = _CONTROL.search(text)
+    if bad:
+        raise ValueError(
+            f"The prompt contains a control character (U+{ord(bad.group()):04X} at position "
+            f"{bad.start() + 1}); remove it and try again (your text is still in the box)."
+        )
+    return text
+
+
+# ---------------------------------------------------------------- Playground
+
+
+def history_messages(turns: list[dict], prompt: str) -> list[dict]:
+    """The conversation as chat messages: earlier answers with their commands removed, then the new prompt."""
+    messages = []
+    for t in turns:
+        messages.append({"role": "user", "content": t["user"]})
+        messages.append({"role": "assistant", "content": strip_commands(t.get("text", ""))})
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+def model_names(pair) -> dict[str, str]:
+    def name(e) -> str:
+        return f"{e.name} ({e.n_params / 1e6:.2f}M params)"
+
+    return {"student": name(pair.student), "teacher": name(pair.teacher)}
+
+
+def prepare(prompt, turns: list[dict], s: Settings):
+    """Check everything before a generation: (pair, messages, policy, limits, sampling) or ValueError."""
+    text = clean_prompt(prompt)
+    policy = build_policy(s)
+    sampling = build_sampling(s)
+    pair = get_pair(s.pair)
+    limits = build_limits(pair.limits, s)
+    messages = history_messages(turns, text)
+    if policy.needs_hidden and not pair.student.supports_hidden:
+        raise ValueError(f"the {policy.name} policy needs the transformers backend")
+    n = prompt_tokens(pair, messages)
+    if n > limits.max_prompt_tokens:
+        more = " Clear the conversation to start afresh." if turns else ""
+        raise ValueError(
+            f"The prompt is {n:,} tokens; pair {s.pair} accepts at most {limits.max_prompt_tokens:,}."
+            f"{more} (Your text is still in the box.)"
+        )
+    return pair, messages, policy, limits, sampling
+
+
+def chat_submit(
+    prompt, turns: list[dict] | None, s: Settings
+) -> Iterator[tuple[str, str, str, list[dict], str]]:
+    """Playground: stream one answer. Yields (chat html, counters html, note html, turns, prompt box value).
+
+    On bad input the conversation is unchanged, the prompt stays in the box and the note says why.
+    """
+    turns = list(turns or [])
+    try:
+        clean_prompt(prompt)
+        if not pair_loaded(s.pair):  # the first request of a pair loads it: say so rather than hang silently
+            yield (
+                render.chat_html(turns),
+                render.counters_html({}),
+                render.note_html(f"Loading pair {s.pair} (first use; later requests start at once)…", "info"),
+                turns,
+                prompt,
+            )
+        pair, messages, policy, limits, sampling = prepare(prompt, turns, s)
+    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+        yield render.chat_html(turns), render.counters_html({}), render.note_html(str(e)), turns, prompt
+        return
+    names = model_names(pair)
+    turn = {
+        "user": messages[-1]["content"],
+        "spans": [],
+        "text": "",
+        "policy": policy.describe(),
+        "names": names,
+    }
+    shown = [*turns, turn]  # the state holds the partial answer too, so Stop keeps what was written
+    for snap in generate(pair, messages, policy, limits, sampling):
+        turn.update(spans=[dict(x) for x in snap.spans], text=snap.text)
+        if snap.error:  # nothing was lost: the conversation as before, the prompt back in the box
+            yield (
+                render.chat_html(turns),
+                render.counters_html(snap.counters),
+                render.note_html(snap.error),
+                turns,
+                prompt,
+            )
+            return
+        note = (
+            render.note_html("Waiting for the model: another request is running.", "info")
+            if snap.waiting
+            else ""
+        )
+        yield render.chat_html(shown), render.counters_html(snap.counters), note, shown, ""
+
+
+def chat_clear() -> tuple[str, str, str, list[dict]]:
+    return render.chat_html([]), render.counters_html({}), "", []
+
+
+# ---------------------------------------------------------------- Compare
+
+COMPARE_SIDES = ("student-only", "relay", "teacher-only")
+
+
+def final_answer(text: str) -> str | None:
+    from offline.grading import extract_answer  # regex only; imported late so the app starts fast
+
+    return extract_answer(strip_commands(text))
+
+
+def compare_run(prompt, s: Settings) -> Iterator[tuple]:
+    """Compare: the same prompt by the student alone, the relay (the chosen policy), the teacher alone.
+
+    Runs one after another (the pair runs one generation at a time) and streams each column.
+    Yields 9 HTML strings (trace, counters, answer per column) and a note.
+    """
+    columns = [["", "", ""] for _ in COMPARE_SIDES]
+    try:
+        pair, messages, relay_policy, limits, sampling = prepare(prompt, [], s)
+    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+        yield (*[x for c in columns for x in c], render.note_html(str(e)))
+        return
+    names = model_names(pair)
+    policies = [make_policy("student-only"), relay_policy, make_policy("teacher-only")]
+    for i, policy in enumerate(policies):
+        for snap in generate(pair, messages, policy, limits, sampling):
+            columns[i][0] = render.trace_html(snap.spans, names, empty="waiting…")
+            columns[i][1] = render.counters_html(snap.counters)
+            if snap.result is not None:
+                columns[i][2] = render.answer_html(final_answer(snap.text))
+            yield (*[x for c in columns for x in c], render.note_html(snap.error))

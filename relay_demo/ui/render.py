@@ -1,0 +1,160 @@
+"""HTML for the app: every piece of model or user text is escaped here, and nowhere else builds markup.
+
+Spans are coloured by who wrote them (student, teacher, command) with a legend; each span carries a
+``title`` (hover) naming the model and its token count. Control characters a random model may write are
+shown as Unicode control pictures (U+2400..) so the HTML stays valid and the user sees something.
+
+    html = spans_html([{"source": "teacher", "text": "x<y", "tokens": 2}], names={"teacher": "tiny/teacher"})
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Mapping
+
+SOURCES = ("student", "teacher", "command")
+COLOURS = {"student": "#1f2937", "teacher": "#0e7490", "command": "#b45309"}
+BACKGROUNDS = {"student": "transparent", "teacher": "#cffafe", "command": "#fef3c7"}
+LABELS = {"student": "student", "teacher": "teacher", "command": "<call>N</call> command"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+
+CSS = """
+.relay-out { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 14px; line-height: 1.6;
+             white-space: pre-wrap; word-break: break-word; }
+.relay-span { border-radius: 3px; padding: 0 1px; }
+.relay-student { color: #1f2937; }
+.relay-teacher { color: #0e7490; background: #cffafe; font-weight: 600; }
+.relay-command { color: #b45309; background: #fef3c7; font-style: italic; }
+.relay-legend { display: flex; gap: 14px; flex-wrap: wrap; font-size: 13px; margin: 2px 0 6px 0; }
+.relay-legend .relay-span { padding: 1px 6px; }
+.relay-chat { display: flex; flex-direction: column; gap: 10px; max-height: 520px; overflow-y: auto;
+              padding: 8px; border: 1px solid #e5e7eb; border-radius: 8px; background: #ffffff;
+              min-height: 120px; }
+.relay-msg { padding: 8px 12px; border-radius: 10px; max-width: 92%; }
+.relay-user { align-self: flex-end; background: #eef2ff; color: #1e1b4b; white-space: pre-wrap;
+              word-break: break-word; }
+.relay-bot { align-self: flex-start; background: #f9fafb; border: 1px solid #e5e7eb; }
+.relay-role { font-size: 11px; text-transform: uppercase; letter-spacing: .05em; color: #6b7280;
+              margin-bottom: 2px; }
+.relay-empty { color: #9ca3af; font-style: italic; }
+.relay-counters { display: grid; grid-template-columns: repeat(auto-fit, minmax(96px, 1fr)); gap: 6px; }
+.relay-counter { border: 1px solid #e5e7eb; border-radius: 8px; padding: 6px 8px; background: #fafafa; }
+.relay-counter b { display: block; font-size: 16px; color: #111827; overflow-wrap: anywhere; }
+.relay-counter span { font-size: 11px; color: #6b7280; text-transform: uppercase; letter-spacing: .04em; }
+.relay-note { padding: 8px 12px; border-radius: 8px; border: 1px solid; font-size: 14px; }
+.relay-error { background: #fef2f2; border-color: #fca5a5; color: #991b1b; }
+.relay-info { background: #eff6ff; border-color: #bfdbfe; color: #1e3a8a; }
+.relay-answer { margin-top: 6px; font-size: 13px; color: #374151; }
+"""
+
+
+def visible(text: str) -> str:
+    """Text with C0/C1 control characters (except newline and tab) replaced by their Unicode pictures."""
+    return _CONTROL.sub(_picture, text)
+
+
+def _picture(m: re.Match) -> str:
+    code = ord(m.group())
+    if code < 0x20:
+        return chr(0x2400 + code)  # U+2400..U+241F: control pictures
+    return "\u2421" if code == 0x7F else "\ufffd"
+
+
+def esc(text: str) -> str:
+    """Escape for HTML text and attribute values (quotes included)."""
+    return html.escape(visible(str(text)), quote=True)
+
+
+def span_html(source: str, text: str, tokens: int, model: str) -> str:
+    source = source if source in SOURCES else "student"
+    title = f"{model} · {tokens} token{'s' if tokens != 1 else ''}"
+    if not text:
+        return ""
+    return (
+        f'<span class="relay-span relay-{source}" data-source="{source}" data-tokens="{tokens}" '
+        f'title="{esc(title)}">{esc(text)}</span>'
+    )
+
+
+def spans_html(spans: Iterable[Mapping], names: Mapping[str, str] | None = None) -> str:
+    """Spans ({source, text, tokens}) as coloured, hoverable HTML (no wrapper)."""
+    names = names or {}
+    out = []
+    for s in spans:
+        src = s.get("source", "student")
+        model = names.get("teacher" if src == "teacher" else "student", src)
+        if src == "command":
+            model = f"{model} (command)"
+        out.append(span_html(src, s.get("text", ""), int(s.get("tokens", 0)), model))
+    return "".join(out)
+
+
+def legend_html() -> str:
+    items = "".join(f'<span class="relay-span relay-{s}">{esc(LABELS[s])}</span>' for s in SOURCES)
+    hint = "<span>(hover a span for model and tokens)</span>"
+    return f'<div class="relay-legend"><span>Written by:</span>{items}{hint}</div>'
+
+
+def trace_html(spans: Iterable[Mapping], names: Mapping[str, str] | None = None, empty: str = "") -> str:
+    body = spans_html(spans, names)
+    return f'<div class="relay-out">{body or f"<span class=relay-empty>{esc(empty)}</span>"}</div>'
+
+
+def chat_html(turns: Iterable[Mapping], names: Mapping[str, str] | None = None) -> str:
+    """The conversation: user turns as escaped text, assistant turns as coloured spans."""
+    parts = []
+    for t in turns:
+        parts.append(
+            f'<div class="relay-msg relay-user"><div class="relay-role">you</div>{esc(t["user"])}</div>'
+        )
+        spans = t.get("spans") or []
+        body = spans_html(spans, t.get("names") or names) or '<span class="relay-empty">…</span>'
+        parts.append(
+            f'<div class="relay-msg relay-bot"><div class="relay-role">relay · {esc(t.get("policy", ""))}'
+            f'</div><div class="relay-out">{body}</div></div>'
+        )
+    if not parts:
+        parts.append('<div class="relay-empty">Ask something, or pick an example below.</div>')
+    return f'<div class="relay-chat" id="relay-chat">{"".join(parts)}</div>'
+
+
+def fmt_flops(x: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g}"
+
+
+def counters_html(c: Mapping) -> str:
+    """Live counters: student / teacher / command tokens, calls, call ratio, FLOPs vs teacher-only."""
+    ratio = c.get("call_ratio", 0.0)
+    flops, t_only = c.get("flops", 0.0), c.get("teacher_only_flops", 0.0)
+    share = f"{100 * flops / t_only:.0f}%" if t_only else "–"
+    cells = [
+        ("student tokens", str(c.get("student_tokens", 0))),
+        ("teacher tokens", str(c.get("teacher_tokens", 0))),
+        ("command tokens", str(c.get("command_tokens", 0))),
+        ("calls", str(c.get("calls", 0))),
+        ("call ratio", f"{100 * ratio:.1f}%"),
+        ("FLOPs" + ("" if c.get("final") else " (est.)"), fmt_flops(flops)),
+        ("FLOPs vs teacher-only", share),
+    ]
+    if c.get("finish"):
+        cells.append(("finished", c["finish"].replace("_", " ")))
+    if c.get("tok_s"):
+        cells.append(("tokens/s", f"{c['tok_s']:.0f}"))
+    body = "".join(f'<div class="relay-counter"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for k, v in cells)
+    return f'<div class="relay-counters">{body}</div>'
+
+
+def note_html(text: str, kind: str = "error") -> str:
+    """A message box (kind: error | info); empty text gives empty HTML."""
+    if not text:
+        return ""
+    return f'<div class="relay-note relay-{"error" if kind == "error" else "info"}">{esc(text)}</div>'
+
+
+def answer_html(answer: str | None) -> str:
+    shown = esc(answer) if answer else '<span class="relay-empty">no final answer found</span>'
+    return f'<div class="relay-answer">Final answer: <b>{shown}</b></div>'

@@ -1,0 +1,147 @@
+"""The generation settings sidebar shared by the Playground and Compare tabs.
+
+The controls' values reach handlers positionally, in the order of ``handlers.SETTINGS_FIELDS``;
+``Controls.inputs`` keeps that order, so adding a field means adding it in both places (a test checks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from . import handlers as h
+
+# which policy shows which parameter control (the others are hidden)
+POLICY_PARAMS = {
+    "confidence": {"tau", "n"},
+    "random-token": {"p", "n"},
+    "interval": {"every", "n"},
+    "router": {"threshold", "n", "router_path"},
+}
+PARAM_FIELDS = ("tau", "p", "n", "every", "threshold", "router_path")
+
+
+@dataclass
+class Controls:
+    components: dict[str, gr.components.Component]
+    status: gr.Markdown
+    router_note: gr.Markdown
+
+    @property
+    def inputs(self) -> list[gr.components.Component]:
+        return [self.components[f] for f in h.SETTINGS_FIELDS]
+
+
+def visible_params(policy: str, hosted: bool) -> dict[str, bool]:
+    shown = POLICY_PARAMS.get(policy, set())
+    return {f: f in shown and not (f == "router_path" and hosted) for f in PARAM_FIELDS}
+
+
+def router_message(pair: str, policy: str, hosted: bool) -> str:
+    if policy != "router":
+        return ""
+    folder = h.router_folder(pair)
+    if folder is not None:
+        return f"Router: `results/models/{pair}/router`."
+    if hosted:
+        return (
+            f"⚠ No trained router for **{pair}** (`results/models/{pair}/router`): the router policy is off."
+        )
+    return f"No router in `results/models/{pair}/router`: give a router folder below."
+
+
+def build(hosted: bool) -> Controls:
+    pair = h.default_pair()
+    d = h.Settings(pair=pair)
+    limits = h.get_limits(pair)
+    with gr.Sidebar(label="Settings", open=True, width=330):
+        gr.Markdown("### Settings")
+        status = gr.Markdown(h.pair_status(pair), elem_id="pair-status")
+        c = {
+            "pair": gr.Dropdown(
+                h.pair_choices(), value=pair, label="Pair (student → teacher)", elem_id="pair"
+            ),
+            "policy": gr.Dropdown(
+                h.POLICY_CHOICES, value=d.policy, label="Policy: who decides to hand over", elem_id="policy"
+            ),
+            "tau": gr.Slider(
+                0.0, 1.0, value=d.tau, step=0.01, label="τ: hand over when top-token prob < τ", visible=False
+            ),
+            "p": gr.Slider(
+                0.0,
+                1.0,
+                value=d.p,
+                step=0.01,
+                label="p: hand-over probability per token",
+                visible=False,
+                elem_id="param-p",
+            ),
+            "n": gr.Slider(1, 64, value=d.n, step=1, label="tokens per handoff", visible=False),
+            "every": gr.Slider(
+                1,
+                128,
+                value=d.every,
+                step=1,
+                label="every k student tokens",
+                visible=False,
+                elem_id="param-every",
+            ),
+            "threshold": gr.Slider(
+                0.0, 1.0, value=d.threshold, step=0.01, label="router threshold", visible=False
+            ),
+        }
+        router_note = gr.Markdown("")
+        c["router_path"] = gr.Textbox(
+            label="router folder (local mode only)", visible=False, placeholder="results/models/<pair>/router"
+        )
+        c["max_n"] = gr.Slider(
+            1,
+            limits.max_n,
+            value=min(d.max_n, limits.max_n),
+            step=1,
+            label="max N: teacher tokens per call, at most",
+        )
+        c["temperature"] = gr.Slider(
+            0.0, 2.0, value=d.temperature, step=0.05, label="temperature (0 = greedy)"
+        )
+        c["max_tokens"] = gr.Slider(
+            1,
+            limits.max_tokens,
+            value=min(d.max_tokens, limits.max_tokens),
+            step=1,
+            label="max response tokens",
+        )
+        c["seed"] = gr.Number(value=d.seed, precision=0, minimum=0, label="seed")
+    controls = Controls(c, status, router_note)
+    _wire(controls, hosted)
+    return controls
+
+
+def _wire(ctl: Controls, hosted: bool) -> None:
+    c = ctl.components
+    params = [c[f] for f in PARAM_FIELDS]
+
+    def on_policy(policy: str, pair: str):
+        vis = visible_params(policy, hosted)
+        return [gr.update(visible=vis[f]) for f in PARAM_FIELDS] + [router_message(pair, policy, hosted)]
+
+    def on_pair(pair: str, policy: str, max_n: float, max_tokens: float):
+        lim = h.get_limits(pair)
+        return (
+            h.pair_status(pair),
+            gr.update(maximum=lim.max_n, value=min(max_n, lim.max_n)),
+            gr.update(maximum=lim.max_tokens, value=min(max_tokens, lim.max_tokens)),
+            router_message(pair, policy, hosted),
+        )
+
+    c["policy"].change(
+        on_policy, [c["policy"], c["pair"]], [*params, ctl.router_note], queue=False, api_visibility="private"
+    )
+    c["pair"].change(
+        on_pair,
+        [c["pair"], c["policy"], c["max_n"], c["max_tokens"]],
+        [ctl.status, c["max_n"], c["max_tokens"], ctl.router_note],
+        queue=False,
+        api_visibility="private",
+    )

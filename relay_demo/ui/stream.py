@@ -1,0 +1,197 @@
+"""One relay generation streamed to the UI: a worker thread runs the relay under the pair's lock, the
+handler reads a queue and yields :class:`Snapshot` objects (merged spans, live counters, the final result).
+
+    for snap in generate(pair, [{"role": "user", "content": "2+3?"}], policy, limits, sampling):
+        snap.spans, snap.counters, snap.result
+
+Why a thread: a loaded pair is shared by every user and runs one generation at a time (``Pair.lock``).
+If the handler held the lock itself, a user who presses Stop or closes the tab would leave it held until
+the generator is garbage-collected. Here Gradio closes the handler's generator, which sets a flag; the
+worker stops at the next token and releases the lock. A waiting request says so and gives up after
+``LOCK_WAIT_S``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..backends.base import Sampling
+from ..policies import Policy
+from ..relay import Limits, RelayResult, relay_stream, validate_prompt
+
+LOCK_WAIT_S = 120.0  # a request waits this long for the pair before it gives up with a message
+STREAM_EVERY_S = 0.05  # the UI is refreshed at most this often (batches tokens, keeps tok/s high)
+
+
+@dataclass
+class Snapshot:
+    """What the UI shows at one moment of a generation."""
+
+    spans: list[dict] = field(default_factory=list)  # merged {source, text, tokens}
+    counters: dict = field(default_factory=dict)
+    result: RelayResult | None = None
+    error: str = ""
+    waiting: bool = False  # queued behind another user's generation
+
+    @property
+    def text(self) -> str:
+        return "".join(s["text"] for s in self.spans)
+
+
+class _Counter:
+    """Live counts and a FLOPs estimate from the spans seen so far; exact figures replace them at the end."""
+
+    def __init__(self, pair, n_prompt: int):
+        self.ps, self.pt = pair.student.n_params, pair.teacher.n_params
+        self.n_prompt = n_prompt
+        self.counts = {"student": 0, "teacher": 0, "command": 0}
+        self.calls = 0
+        self.teacher_seen = 0  # non-command response positions the teacher has run (KV cache: each once)
+        self.last = None
+        self.t0 = time.perf_counter()
+
+    def add(self, source: str, tokens: int) -> None:
+        if source == "teacher" and self.last != "teacher":
+            self.calls += 1
+        self.counts[source] += tokens
+        if source == "teacher":
+            self.teacher_seen = self.counts["student"] + self.counts["teacher"]
+        self.last = source
+
+    def live(self) -> dict:
+        c = self.counts
+        total = sum(c.values())
+        clean = c["student"] + c["teacher"]
+        flops = 2.0 * (
+            self.ps * (self.n_prompt + total)
+            + (self.pt * (self.n_prompt + self.teacher_seen) if self.teacher_seen else 0)
+        )
+        return {
+            "student_tokens": c["student"],
+            "teacher_tokens": c["teacher"],
+            "command_tokens": c["command"],
+            "calls": self.calls,
+            "call_ratio": c["teacher"] / total if total else 0.0,
+            "flops": flops,
+            "teacher_only_flops": 2.0 * self.pt * (self.n_prompt + clean),
+        }
+
+    def final(self, r: RelayResult) -> dict:
+        clean = r.student_tokens + r.teacher_tokens
+        wall = time.perf_counter() - self.t0
+        return {
+            "student_tokens": r.student_tokens,
+            "teacher_tokens": r.teacher_tokens,
+            "command_tokens": r.command_tokens,
+            "calls": r.calls,
+            "call_ratio": r.call_ratio,
+            "flops": r.flops,
+            "teacher_only_flops": 2.0 * self.pt * (len(r.prompt_ids) + clean),
+            "final": True,
+            "finish": r.finish_reason,
+            "tok_s": len(r.token_ids) / wall if wall > 0 else 0.0,
+        }
+
+
+def _merge(spans: list[dict], source: str, text: str, tokens: int) -> None:
+    if spans and spans[-1]["source"] == source and source != "command":
+        spans[-1]["text"] += text
+        spans[-1]["tokens"] += tokens
+    else:
+        spans.append({"source": source, "text": text, "tokens": tokens})
+
+
+def prompt_tokens(pair, messages) -> int:
+    tok = pair.student.tokenizer
+    if getattr(tok, "chat_template", None):
+        return len(
+            tok.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False, **pair.chat_kwargs
+            )
+        )
+    return len(tok("\n".join(m["content"] for m in messages))["input_ids"])
+
+
+def _worker(pair, stream, out: queue.Queue, stop: threading.Event) -> None:
+    """Iterate the relay under the pair's lock, pushing ("span", Span) / ("done", result) / ("error", msg)."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while not pair.lock.acquire(timeout=0.2):
+        if stop.is_set():
+            return
+        if time.monotonic() > deadline:
+            out.put(("error", "The model is busy with other requests; please try again in a minute."))
+            return
+    it = iter(stream)
+    try:
+        out.put(("started", None))
+        for span in it:
+            if stop.is_set():
+                return
+            out.put(("span", span))
+        out.put(("done", stream.value))
+    except Exception as e:  # noqa: BLE001 - the user sees the message; the app keeps serving
+        out.put(("error", f"Generation failed: {type(e).__name__}: {e}"))
+    finally:
+        it.close()  # ends the engine's run loop before another request may use the pair
+        pair.lock.release()
+
+
+def generate(
+    pair, messages: list[dict], policy: Policy, limits: Limits, sampling: Sampling
+) -> Iterator[Snapshot]:
+    """Stream one relay generation as snapshots (the first token at once, then at most one per
+    STREAM_EVERY_S); the last one holds the result.
+
+    Bad input raises ValueError before anything runs. Closing the iterator stops the generation.
+    """
+    validate_prompt(messages)
+    stream = relay_stream(pair, messages, policy, limits=limits, sampling=sampling)
+    counter = _Counter(pair, prompt_tokens(pair, messages))
+    snap = Snapshot(counters=counter.live())
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    threading.Thread(target=_worker, args=(pair, stream, out, stop), daemon=True, name="relay-worker").start()
+    started = False
+    try:
+        while True:
+            try:
+                kind, payload = out.get(timeout=0.25)
+            except queue.Empty:
+                if not started and not snap.waiting:  # the pair is busy with another user's generation
+                    snap.waiting = True
+                    yield snap
+                continue
+            last = time.monotonic()
+            while True:  # drain what is ready, so that a fast model is not slowed down by the UI
+                if kind == "started":
+                    started, snap.waiting = True, False
+                    counter.t0 = time.perf_counter()
+                elif kind == "span":
+                    first = not snap.spans
+                    _merge(snap.spans, payload.source, payload.text, len(payload.token_ids))
+                    counter.add(payload.source, len(payload.token_ids))
+                    if first:  # the first token is shown at once (first-token latency), later ones batched
+                        break
+                elif kind == "done":
+                    snap.result, snap.counters = payload, counter.final(payload)
+                    yield snap
+                    return
+                else:
+                    snap.error = payload
+                    yield snap
+                    return
+                wait = STREAM_EVERY_S - (time.monotonic() - last)
+                if wait <= 0:
+                    break
+                try:
+                    kind, payload = out.get(timeout=wait)
+                except queue.Empty:
+                    break
+            snap.counters = counter.live()
+            yield snap
+    finally:
+        stop.set()

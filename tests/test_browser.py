@@ -1,0 +1,133 @@
+"""The app in a real browser: Debian's chromium driven by Playwright (no browser download).
+
+    apt-get install -y chromium && .venv/bin/pip install playwright==1.65.2   # no `playwright install`
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_browser.py -q
+
+It types a prompt holding ``<script>`` and ``<img onerror>``, picks the ``interval`` policy (forced handoffs),
+waits for streamed text with a teacher-coloured span, checks the markup rendered as text and never ran,
+checks the empty-prompt message, opens Compare and the Explorer (the plotly chart renders, a sample's trace
+is coloured) and saves screenshots to ``artifacts/screenshots/``. Skips only when chromium or playwright is
+missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+XSS = 'Add 2 and 3. <script>window.__xss = "script"</script><img src=x onerror="window.__xss = \'img\'">'
+
+if not (os.path.exists(CHROMIUM) and shutil.which(CHROMIUM)):
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install playwright")
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from relay_demo.ui import QUEUE, build_demo, launch_options
+    from relay_demo.ui import handlers as h
+    from tests.test_ui_handlers import make_results
+
+    results = tmp_path_factory.mktemp("results")
+    make_results(results)
+    h.get_pair("tiny-random")  # load before the browser waits on it
+    demo = build_demo(results, hosted=False)
+    demo.queue(**QUEUE).launch(prevent_thread_lock=True, quiet=True, **launch_options())
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.dialogs = []
+        pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+        pg.goto(app, wait_until="domcontentloaded")
+        pg.wait_for_selector("#prompt textarea", timeout=30_000)
+        yield pg
+        browser.close()
+
+
+def _pick(page, elem_id: str, option: str) -> None:
+    """Choose an option of a Gradio dropdown by its label."""
+    page.click(f"#{elem_id} input")
+    page.get_by_role("option", name=option).first.click()
+
+
+def test_playground_streams_coloured_spans_and_escapes_markup(page):
+    # the tiny-random pair so the test does not depend on the trained pair being present
+    _pick(page, "pair", "tiny-random")
+    _pick(page, "policy", "interval: forced handoff every k tokens")
+    page.wait_for_selector("#param-every", state="visible")
+    page.fill("#prompt textarea", XSS)
+    page.click("#send")
+    page.wait_for_selector("#chat .relay-teacher", timeout=30_000)
+    page.wait_for_selector("#chat-counters :text('finished')", timeout=30_000)
+    chat = page.locator("#chat")
+    user_text = chat.locator(".relay-user").first.inner_text()
+    assert "<script>" in user_text and "<img src=x" in user_text  # shown as text
+    assert chat.locator("script").count() == 0 and chat.locator("img").count() == 0
+    assert page.evaluate("window.__xss") is None and page.dialogs == []
+    title = chat.locator(".relay-teacher").first.get_attribute("title")
+    assert "teacher" in title and "token" in title
+    page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
+
+
+def test_empty_prompt_shows_a_message(page):
+    page.fill("#prompt textarea", "")
+    page.click("#send")
+    page.wait_for_selector("#chat-note .relay-error", timeout=15_000)
+    assert "empty" in page.locator("#chat-note").inner_text()
+    page.locator("#chat-note").screenshot(path=str(SHOTS / "empty-prompt.png"))
+
+
+def test_compare_tab(page):
+    page.get_by_role("tab", name="Compare").click()
+    page.fill("#compare-prompt textarea", "What is 12 * 3?")
+    page.click("#compare-run")
+    page.wait_for_selector("#cmp-teacher-only-answer :text('Final answer')", timeout=45_000)
+    assert page.locator("#cmp-relay .relay-teacher").count() >= 1
+    assert page.locator("#cmp-student-only .relay-teacher").count() == 0
+    page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+
+
+def test_explorer_renders_the_chart_and_a_trace(page):
+    page.get_by_role("tab", name="Explorer").click()
+    page.wait_for_selector("#plot-accuracy .js-plotly-plot .scatterlayer .trace", timeout=30_000)
+    legend = page.locator("#plot-accuracy .legend").first.text_content()
+    assert "relay" in legend and "reported in the paper" in legend
+    page.wait_for_selector("#sample-trace .relay-span", timeout=15_000)
+    page.screenshot(path=str(SHOTS / "explorer.png"), full_page=True)
+    _pick(page, "sample", "relay · arith-test-0-1 · ✓ · 4 teacher tok")
+    page.wait_for_selector("#sample-trace .relay-teacher", timeout=15_000)
+    trace = page.locator("#sample-trace")
+    assert trace.locator("img").count() == 0 and "<img src=x onerror" in trace.inner_text()
+    trace.screenshot(path=str(SHOTS / "explorer-trace.png"))
+    assert page.evaluate("window.__xss") is None and page.dialogs == []
+
+
+def test_about_tab(page):
+    page.get_by_role("tab", name="About").click()
+    page.wait_for_selector("text=RelayLLM in a few lines", timeout=10_000)
+    page.wait_for_selector("text=ui-run", timeout=10_000)
+    page.screenshot(path=str(SHOTS / "about.png"), full_page=True)

@@ -1,0 +1,364 @@
+"""The app's handlers as plain functions: prompt checks, settings, rendering, streaming, explorer data.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_ui_handlers.py -q
+
+Generation tests use the ``tiny-random`` pair (built on the fly, no download).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from offline import results_io as rio
+from relay_demo.relay import Limits
+from relay_demo.ui import explorer_data as x
+from relay_demo.ui import handlers as h
+from relay_demo.ui import render
+
+XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+FAST = h.Settings(pair="tiny-random", policy="interval", every=4, n=2, max_tokens=24, temperature=0.7, seed=1)
+
+
+# ---------------------------------------------------------------- a tiny results folder
+
+
+def _row(method, param, i, correct, st, tt, spans=None):
+    spans = spans if spans is not None else [{"source": "student", "text": f"answer {i}", "tokens": int(st)}]
+    return {
+        "run_id": "ui-run",
+        "pair": "tiny-random",
+        "method": method,
+        "param": param,
+        "benchmark": "arith",
+        "problem_id": f"arith-test-0-{i}",
+        "correct": float(correct),
+        "student_tokens": float(st),
+        "teacher_tokens": float(tt),
+        "command_tokens": 0.0 if method != "relay" else 4.0,
+        "calls": 1.0 if tt else 0.0,
+        "flops": 1e6 * (st + 4 * tt),
+        "wall_s": 0.01,
+        "response": "".join(s["text"] for s in spans),
+        "spans": json.dumps(spans),
+        "extracted": str(i),
+        "finish_reason": "eos",
+    }
+
+
+def make_results(folder) -> None:
+    """Student 4/10, teacher 8/10, relay 6/10 with traces (one holds markup), a confidence sweep."""
+    s_ok, t_ok = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+    rows = []
+    for i in range(10):
+        rows.append(_row("student", None, i, s_ok[i], 30, 0))
+        rows.append(_row("teacher", None, i, t_ok[i], 0, 30))
+        trace = [
+            {"source": "student", "text": f"Step {i}: {XSS} ", "tokens": 12},
+            {"source": "command", "text": "<call>4</call>", "tokens": 4},
+            {"source": "teacher", "text": "6 * 23 = 138.", "tokens": 4},
+            {"source": "student", "text": f"\n#### {i}", "tokens": 5},
+        ]
+        rows.append(_row("relay", None, i, s_ok[i] or i < 6, 17, 4, trace))
+        for tau, k in ((0.3, 5), (0.6, 7)):
+            rows.append(_row("confidence", tau, i, t_ok[i] if i < k else 0, 25, 3 * k))
+    with rio.open_run(folder, "ui-run", {"pair": "tiny-random"}) as w:
+        w.add(rows)
+
+
+@pytest.fixture
+def results(tmp_path):
+    make_results(tmp_path)
+    return tmp_path
+
+
+# ---------------------------------------------------------------- prompt checks and settings
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("", "empty"),
+        ("   \n\t", "empty"),
+        ("a" * 200_000, "200,000 characters"),
+        ("bell\x07", "U+0007"),
+        ("nul\x00here", "U+0000"),
+        ("esc\x1b[31m", "U+001B"),
+        ("c1\x85", "U+0085"),
+        (None, "must be text"),
+    ],
+)
+def test_bad_prompts_are_refused_with_a_message(prompt, message):
+    with pytest.raises(ValueError, match=message.replace("+", r"\+")):
+        h.clean_prompt(prompt)
+
+
+def test_good_prompts_pass_and_newlines_are_normalised():
+    assert h.clean_prompt("a\r\nb\tc\rd") == "a\nb\tc\nd"
+    assert h.clean_prompt("ünïcödé ✓ 漢字") == "ünïcödé ✓ 漢字"
+
+
+@pytest.mark.parametrize("prompt", ["", "a" * 200_000, "x\x07y"])
+def test_chat_submit_refuses_bad_input_without_losing_anything(prompt):
+    history = [{"user": "earlier", "spans": [{"source": "student", "text": "hi", "tokens": 1}], "text": "hi"}]
+    outs = list(h.chat_submit(prompt, history, FAST))
+    assert len(outs) == 1
+    chat, _, note, turns, box = outs[0]
+    assert "relay-error" in note and turns == history and box == prompt  # the text stays in the box
+    assert "earlier" in chat
+
+
+def test_prompt_over_the_pairs_token_limit_names_the_limit():
+    limit = h.get_limits("tiny-random").max_prompt_tokens
+    outs = list(h.chat_submit("word " * (limit // 4), [], FAST))  # under the char cap, over the token cap
+    assert f"at most {limit:,}" in outs[-1][2]
+
+
+def test_policies_from_settings():
+    assert h.build_policy(h.Settings(policy="confidence", tau=0.3, n=2)).params() == {"tau": 0.3, "n": 2}
+    assert h.build_policy(h.Settings(policy="random-token", p=1.0, n=1)).params() == {"p": 1.0, "n": 1}
+    assert h.build_policy(h.Settings(policy="interval", every=3, n=5)).params() == {"every": 3, "n": 5}
+    for name in ("learned", "student-only", "teacher-only"):
+        assert h.build_policy(h.Settings(policy=name)).name == name
+    with pytest.raises(ValueError, match="unknown policy"):
+        h.build_policy(h.Settings(policy="oracle"))
+    with pytest.raises(ValueError, match="tau"):
+        h.build_policy(h.Settings(policy="confidence", tau=1.5))
+    with pytest.raises(ValueError, match="no trained router"):
+        h.build_policy(h.Settings(pair="tiny-random", policy="router"))
+
+
+def test_hosted_mode_drops_paths_from_the_ui(monkeypatch, tmp_path):
+    values = [getattr(h.Settings(policy="router", router_path=str(tmp_path)), f) for f in h.SETTINGS_FIELDS]
+    assert h.Settings.from_ui(False, *values).router_path == str(tmp_path)
+    assert h.Settings.from_ui(True, *values).router_path == ""
+    monkeypatch.setenv("RELAY_HOSTED", "1")
+    assert h.Settings.from_ui(False, *values).router_path == ""
+    with pytest.raises(ValueError, match="no trained router"):  # even if a path slips through
+        h.build_policy(h.Settings(pair="tiny-random", policy="router", router_path=str(tmp_path)))
+
+
+def test_limits_never_exceed_the_pairs():
+    base = Limits(max_n=16, max_tokens=256)
+    assert h.build_limits(base, h.Settings(max_n=8, max_tokens=100)) == Limits(max_n=8, max_tokens=100)
+    with pytest.raises(ValueError, match="max tokens"):
+        h.build_limits(base, h.Settings(max_tokens=10_000))
+    with pytest.raises(ValueError, match="whole number"):
+        h.build_limits(base, h.Settings(max_n=2.5))
+
+
+def test_pairs_default_and_unknown(monkeypatch):
+    assert h.default_pair() == ("tiny-arith" if h.available("tiny-arith")[0] else "tiny-random")
+    assert "Live pair: tiny-random" in h.pair_status("tiny-random")
+    assert [v for _, v in h.pair_choices()][:2] == ["tiny-random", "tiny-arith"]
+    with pytest.raises(ValueError, match="unknown pair"):
+        h.get_pair("../etc/passwd")
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def test_render_escapes_text_and_attributes():
+    html = render.spans_html(
+        [
+            {"source": "teacher", "text": XSS, "tokens": 3},
+            {"source": "command", "text": "<call>2</call>", "tokens": 2},
+        ],
+        names={"teacher": 'T"><script>', "student": "S"},
+    )
+    assert "<script" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html and "&lt;call&gt;2&lt;/call&gt;" in html
+    assert 'title="T&quot;&gt;&lt;script&gt; · 3 tokens"' in html
+    assert 'class="relay-span relay-command"' in html
+    chat = render.chat_html([{"user": XSS, "spans": [], "policy": "<b>"}])
+    assert "<script" not in chat and "<img" not in chat and "&lt;b&gt;" in chat
+
+
+def test_render_shows_control_characters_as_pictures():
+    assert render.esc("a\x00b\x1b\x7f\x85\n\t") == "a\u2400b\u241b\u2421\ufffd\n\t"
+
+
+# ---------------------------------------------------------------- generation
+
+
+def test_chat_streams_teacher_spans_and_keeps_history():
+    outs = list(h.chat_submit(f"What is 2+3? {XSS}", [], FAST))
+    assert len(outs) >= 2  # streamed
+    chat, counters, note, turns, box = outs[-1]
+    assert note == "" and box == ""
+    (turn,) = turns
+    assert {s["source"] for s in turn["spans"]} >= {"student", "teacher"}  # interval forces a handoff
+    assert 'class="relay-span relay-teacher"' in chat and "tiny-random/teacher" in chat
+    assert "<script>" not in chat and "&lt;script&gt;" in chat
+    assert "finished" in counters and "calls" in counters
+    tokens = sum(s["tokens"] for s in turn["spans"])
+    assert 0 < tokens <= FAST.max_tokens
+    outs2 = list(h.chat_submit("and then?", turns, FAST))
+    assert [t["user"] for t in outs2[-1][3]] == [turn["user"], "and then?"]
+
+
+def test_counters_are_exact_at_the_end():
+    pair = h.get_pair("tiny-random")
+    snaps = list(
+        h.generate(
+            pair,
+            [{"role": "user", "content": "hello"}],
+            h.build_policy(FAST),
+            h.build_limits(pair.limits, FAST),
+            h.build_sampling(FAST),
+        )
+    )
+    last = snaps[-1]
+    r = last.result
+    assert r is not None and last.counters["final"]
+    assert (
+        last.counters["teacher_tokens"]
+        == r.teacher_tokens
+        == sum(s["tokens"] for s in last.spans if s["source"] == "teacher")
+    )
+    assert last.counters["flops"] == r.flops
+    assert 0 < last.counters["flops"] < 2 * last.counters["teacher_only_flops"]
+    assert last.text == r.text
+
+
+def test_closing_a_stream_releases_the_pair():
+    """Stop (Gradio closes the generator) must end the worker and free the shared pair's lock."""
+    pair = h.get_pair("tiny-random")
+    s = h.Settings(pair="tiny-random", policy="teacher-only", max_tokens=256, temperature=1.0)
+    gen = h.generate(
+        pair,
+        [{"role": "user", "content": "go"}],
+        h.build_policy(s),
+        h.build_limits(pair.limits, s),
+        h.build_sampling(s),
+    )
+    next(gen)
+    gen.close()
+    assert pair.lock.acquire(timeout=10), "the worker kept the pair locked after the stream was closed"
+    pair.lock.release()
+
+
+def test_a_busy_pair_says_waiting():
+    pair = h.get_pair("tiny-random")
+    released = threading.Event()
+    pair.lock.acquire()
+    try:
+        gen = h.generate(
+            pair,
+            [{"role": "user", "content": "x"}],
+            h.build_policy(FAST),
+            h.build_limits(pair.limits, FAST),
+            h.build_sampling(FAST),
+        )
+        assert next(gen).waiting
+    finally:
+        pair.lock.release()
+        released.set()
+    rest = list(gen)
+    assert rest[-1].result is not None and not rest[-1].waiting
+
+
+def test_learned_commands_render_in_their_own_colour():
+    """A scripted student writes ' Let me think:<call>3</call>.' (8 BPE tokens): the UI shows the command in
+    amber, the teacher's continuation in teal, and counts them as the relay does."""
+    from relay_demo.backends.hf_engine import HFEngine
+    from relay_demo.pairs import Pair
+    from tests.models import chain, chain_model, links, qwen_tokenizer
+
+    tok = qwen_tokenizer()
+    student = chain(tok, ["\n", " Let", " me", " think", ":<", "call", ">", "3", "</", "cal", "l", ">."])
+    after = chain(tok, [" is", " Done"]) + [tok.eos_token_id]
+    teacher = chain(tok, [":.", " The", " answer", " is", " The"])
+    pair = Pair(
+        "scripted",
+        HFEngine(chain_model(tok, links(student) | links(after), seed=3), tok, "scripted/student"),
+        HFEngine(chain_model(tok, links(teacher), seed=4), tok, "scripted/teacher"),
+        Limits(max_tokens=64, max_n=16),
+    )
+    s = h.Settings(policy="learned", temperature=0.0, max_tokens=64, max_n=16)
+    last = list(
+        h.generate(
+            pair, [{"role": "user", "content": "hi"}], h.build_policy(s), pair.limits, h.build_sampling(s)
+        )
+    )[-1]
+    assert [(x["source"], x["text"]) for x in last.spans] == [
+        ("student", " Let me think"),
+        ("command", ":<call>3</call>."),
+        ("teacher", " The answer is"),
+        ("student", " Done"),
+    ]
+    assert (last.counters["calls"], last.counters["command_tokens"], last.counters["teacher_tokens"]) == (
+        1,
+        8,
+        3,
+    )
+    html = render.chat_html([{"user": "hi", "spans": last.spans, "policy": "learned"}], h.model_names(pair))
+    assert '<span class="relay-span relay-command" data-source="command" data-tokens="8"' in html
+    assert ":&lt;call&gt;3&lt;/call&gt;." in html and "scripted/teacher" in html
+
+
+def test_compare_runs_three_columns():
+    outs = list(h.compare_run("What is 7 * 6?", FAST))
+    last = outs[-1]
+    assert len(last) == 10 and last[9] == ""
+    student, relay, teacher = last[0], last[3], last[6]
+    assert "relay-teacher" not in student and "relay-student" not in teacher
+    assert "relay-teacher" in relay
+    assert all("Final answer" in last[i] for i in (2, 5, 8))
+    assert "relay-error" in list(h.compare_run("", FAST))[-1][9]
+
+
+# ---------------------------------------------------------------- explorer
+
+
+def test_explorer_view_over_a_results_folder(results):
+    f = x.filters(results)
+    assert f["pairs"] == ["tiny-random"] and f["benchmark"] == "arith"
+    assert set(f["methods"]) == {"student", "teacher", "relay", "confidence"}
+    v = x.explorer_view(results, "tiny-random", "arith", f["methods"], log_x=True)
+    names = [t.name for t in v.accuracy_fig.data]
+    assert "relay" in names and "confidence" in names and "reported in the paper" in names
+    assert v.accuracy_fig.layout.xaxis.type == "log"
+    assert len(v.flops_fig.data) >= 3
+    relay = v.table[v.table["method"] == "relay"].iloc[0]
+    assert relay["accuracy"] == "60.00%" and relay["APGR"] == "50.00%"
+    assert len(v.samples) == 50 and sum(label.startswith("relay ·") for label, _ in v.samples) == 10
+    no_paper = x.explorer_view(results, "tiny-random", "arith", ["relay"], show_reported=False)
+    assert "reported in the paper" not in [t.name for t in no_paper.accuracy_fig.data]
+
+
+def test_sample_trace_is_coloured_and_escaped(results):
+    v = x.explorer_view(results, "tiny-random", "arith", ["relay"])
+    assert all(label.startswith("relay") for label, _ in v.samples)
+    html = x.sample_trace(results, "tiny-random", "arith", v.samples[0][1])
+    assert "relay-span relay-teacher" in html and "relay-span relay-command" in html
+    assert "<script" not in html and "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "relay-error" in x.sample_trace(results, "tiny-random", "arith", "not json")
+
+
+def test_explorer_with_no_results(tmp_path):
+    f = x.filters(tmp_path)
+    assert f["pairs"] == [] and f["benchmark"] is None
+    v = x.explorer_view(tmp_path, None, None, [])
+    assert v.accuracy_fig is None and "No results yet" in v.note
+    assert "No evaluation runs" in x.runs_markdown(tmp_path)
+
+
+def test_policy_controls_show_only_their_parameters():
+    from relay_demo.ui import settings
+
+    assert settings.visible_params("confidence", False) == {
+        "tau": True,
+        "p": False,
+        "n": True,
+        "every": False,
+        "threshold": False,
+        "router_path": False,
+    }
+    assert settings.visible_params("router", False)["router_path"]
+    assert not settings.visible_params("router", True)["router_path"]  # hosted: no paths from the UI
+    assert not any(settings.visible_params("learned", False).values())
+    assert "router policy is off" in settings.router_message("tiny-random", "router", True)
+    assert settings.router_message("tiny-random", "learned", True) == ""
