@@ -6,6 +6,8 @@
     one stream at a time. overhead = relay wall time / ideal, where ideal = the student decoding its tokens
     alone + the teacher decoding its tokens alone + one teacher prefill of only the unseen tokens per
     handoff (each measured on the same engine, same lengths). 1.00 means handing over costs nothing extra.
+    Each figure is the best of 5 interleaved repeats; ``overhead_cpu`` is the same ratio in CPU time of this
+    process, which other jobs on a shared machine cannot inflate.
 (b) Re-reads: as one answer grows to 2k tokens, the teacher tokens computed at each handoff against the
     tokens new to it since its last turn (transformers: exact KV reuse; vLLM: prefix caching, which can
     only reuse whole blocks).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from common import drain, finish, load, parser, table, timed
+from common import drain, finish, load, parser, table, timed_cpu
 
 from relay_demo.backends.base import Job, Sampling
 from relay_demo.policies import make_policy
@@ -24,15 +26,17 @@ from relay_demo.relay import Limits, relay
 GREEDY = Sampling(temperature=0)
 
 
-def ideal_seconds(pair, prompt_ids_s, prompt_ids_t, result) -> float:
-    """Student alone + teacher alone + teacher prefill of the unseen tokens at each handoff."""
+def ideal_seconds(pair, prompt_ids_s, prompt_ids_t, result) -> tuple[float, float]:
+    """Student alone + teacher alone + teacher prefill of the unseen tokens at each handoff: (wall, CPU)."""
+    wall = cpu = 0.0
     s = pair.student.session(prompt_ids_s)
-    _, t_s = timed(drain, pair.student, [Job(s, result.student_tokens + result.command_tokens, GREEDY)])
+    _, w, c = timed_cpu(drain, pair.student, [Job(s, result.student_tokens + result.command_tokens, GREEDY)])
+    wall, cpu = wall + w, cpu + c
     t = pair.teacher.session(prompt_ids_t)
-    _, t_t = timed(drain, pair.teacher, [Job(t, result.teacher_tokens, GREEDY)])
+    _, w, c = timed_cpu(drain, pair.teacher, [Job(t, result.teacher_tokens, GREEDY)])
+    wall, cpu = wall + w, cpu + c
     rng = random.Random(0)
     vocab = len(pair.teacher.tokenizer) - 1
-    t_prefill = 0.0
     context = list(prompt_ids_t)
     for k, new in enumerate(result.teacher_new):
         if k == 0:  # the first handoff reads the prompt too: that prefill is in "teacher alone" already
@@ -41,33 +45,47 @@ def ideal_seconds(pair, prompt_ids_s, prompt_ids_t, result) -> float:
         warm = pair.teacher.session(context)
         drain(pair.teacher, [Job(warm, 1, GREEDY)])  # the context is now cached
         warm.extend([rng.randrange(vocab) for _ in range(new - 1)])
-        _, dt = timed(drain, pair.teacher, [Job(warm, 1, GREEDY)])
-        t_prefill += dt
+        _, w, c = timed_cpu(drain, pair.teacher, [Job(warm, 1, GREEDY)])
+        wall, cpu = wall + w, cpu + c
         context = warm.ids
         warm.release()
     s.release()
     t.release()
-    return t_s + t_t + t_prefill
+    return wall, cpu
 
 
-def overhead(pair, prompts, every, n, max_tokens, repeats=3) -> dict:
+def overhead(pair, prompts, every, n, max_tokens, repeats=5) -> dict:
     from relay_demo.relay import _chat_ids
 
     policy = make_policy("interval", every=every, n=n)
     limits = Limits(max_tokens=max_tokens, max_calls=10**6, max_n=n)
     relay(pair, prompts[0], policy, limits=limits, sampling=GREEDY)  # warm-up
-    wall = ideal = 0.0
+    relay_w = relay_c = ideal_w = ideal_c = 0.0
     calls = tokens = 0
     for p in prompts:
-        # best of `repeats` for both sides: this machine is shared, and noise only ever adds time
-        runs = [timed(relay, pair, p, policy, limits=limits, sampling=GREEDY) for _ in range(repeats)]
-        r = runs[0][0]
-        wall += min(dt for _, dt in runs)
+        # best of `repeats`, relay and ideal interleaved: this machine is shared, and noise only adds time
         ids = _chat_ids(pair.student, p, {}), _chat_ids(pair.teacher, p, {})
-        ideal += min(ideal_seconds(pair, *ids, r) for _ in range(repeats))
+        runs, ideals = [], []
+        for _ in range(repeats):
+            runs.append(timed_cpu(relay, pair, p, policy, limits=limits, sampling=GREEDY))
+            ideals.append(ideal_seconds(pair, *ids, runs[0][0]))
+        r = runs[0][0]
+        relay_w += min(w for _, w, _ in runs)
+        relay_c += min(c for _, _, c in runs)
+        ideal_w += min(w for w, _ in ideals)
+        ideal_c += min(c for _, c in ideals)
         calls += r.calls
         tokens += len(r.token_ids)
-    return {"relay_s": wall, "ideal_s": ideal, "overhead": wall / ideal, "calls": calls, "tokens": tokens}
+    return {
+        "relay_s": relay_w,
+        "ideal_s": ideal_w,
+        "overhead": relay_w / ideal_w,
+        "relay_cpu_s": relay_c,
+        "ideal_cpu_s": ideal_c,
+        "overhead_cpu": relay_c / ideal_c,
+        "calls": calls,
+        "tokens": tokens,
+    }
 
 
 def rereads(pair, every, n, max_tokens) -> dict:
@@ -103,6 +121,7 @@ def main() -> None:
         o = overhead(pair, prompts, a.every, a.n, max_tokens)
         rr = rereads(pair, a.every, a.n, long)
         figures[f"overhead_{backend}"] = round(o["overhead"], 4)
+        figures[f"overhead_cpu_{backend}"] = round(o["overhead_cpu"], 4)
         figures[f"teacher_tokens_per_new_token_{backend}"] = round(rr["teacher_tokens_per_new_token"], 4)
         rows.append({"backend": backend, **o, **rr})
         pair.close()

@@ -76,6 +76,15 @@ def pair_paths(name: str) -> tuple[str, str]:
     return resolve(spec["student"]), resolve(spec["teacher"])
 
 
+def resolve_dtype(dtype: str) -> str:
+    """``auto``: bfloat16 on a GPU, float32 on a CPU (where bf16 matmuls run several times slower here)."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
 def _spec(name: str) -> dict:
     reg = registry()
     if name not in reg:
@@ -114,7 +123,7 @@ def load_pair(name: str, backend: str = "hf", *, fresh: bool = False, **engine_k
         if not ok:
             raise FileNotFoundError(f"pair {name!r}: {why}")
         s_path, t_path = pair_paths(name)
-        dtype = spec.get("dtype", "float32")
+        dtype = resolve_dtype(spec.get("dtype", "float32"))
         if backend == "hf":
             from .backends.hf_engine import HFEngine
 

@@ -3,8 +3,10 @@
 Each :class:`HFSession` holds the keys and values of every token it has already run, so a handoff costs
 the other model only the tokens it has not seen (``computed`` counts them). A batch of sessions is run
 together by left-padding their caches into one ``DynamicCache`` with a 2-D attention mask (holes are
-masked, positions are explicit), decoding all rows in lock-step, and splitting the cache back per row.
-A single session runs on its own cache with no copy at all: that is the streaming path of the app.
+masked, positions are explicit) and decoding all rows in lock-step. Afterwards the batch tensors are
+compacted with one gather per layer and each session keeps a view of its row, so the next round over the
+same rows (the usual case: all sequences return to the student after a handoff) selects rows instead of
+copying them one by one. A single session runs on its own cache with no copy at all: the app's path.
 
     engine = HFEngine.load("results/models/tiny-arith/teacher")
     session = engine.session(prompt_ids)
@@ -25,20 +27,54 @@ from .base import Delta, Job, ModelEngine, Session
 
 
 class HFSession(Session):
+    """A sequence's keys and values: its own ``DynamicCache`` (single-stream path), or a row of the batch
+    tensors of the last batched run (``shared``), kept as they are so the next round of the same rows can
+    reuse them without copying row by row. Either way they hold ``ids[:n_cached]``."""
+
     def __init__(self, prompt_ids: list[int]):
         super().__init__(prompt_ids)
-        self.cache: DynamicCache | None = None  # keys/values of ids[:n_cached]
+        self.cache: DynamicCache | None = None
+        self.shared: tuple[list, int, int] | None = (
+            None  # (per-layer (K, V) batch tensors, row, first position)
+        )
         self.n_cached = 0
         self.generator: torch.Generator | None = None  # per-session stream, so rounds do not repeat draws
 
+    def forget(self, k: int) -> None:
+        """Drop the last ``k`` cached positions (a shared row just masks them out)."""
+        if k <= 0:
+            return
+        if self.cache is not None:
+            self.cache.crop(-k)
+        self.n_cached -= k
+
     def truncate(self, n: int) -> None:
         super().truncate(n)
-        if self.n_cached > n:
-            self.cache.crop(n - self.n_cached)  # negative: remove that many positions
-            self.n_cached = n
+        self.forget(self.n_cached - n)
+
+    def row_kv(self, layer: int):
+        """This sequence's keys and values of one layer, [1, heads, n_cached, dim] (views, no copy)."""
+        if self.cache is not None:
+            lay = self.cache.layers[layer]
+            return lay.keys, lay.values
+        tensors, row, start = self.shared
+        k, v = tensors[layer]
+        end = start + self.n_cached
+        return k[row : row + 1, :, start:end], v[row : row + 1, :, start:end]
+
+    def own_cache(self, config) -> DynamicCache:
+        if self.cache is None:
+            if self.shared is not None and self.n_cached:
+                data = [self.row_kv(li) for li in range(len(self.shared[0]))]
+                self.cache = DynamicCache(ddp_cache_data=data, config=config)
+            else:
+                self.cache = DynamicCache(config=config)
+            self.shared = None
+        return self.cache
 
     def release(self) -> None:
         self.cache = None
+        self.shared = None
         self.n_cached = 0
 
 
@@ -116,11 +152,9 @@ class HFEngine(ModelEngine):
     def _prefill_single(self, session: HFSession, want_hidden: bool):
         """Feed what the session's cache has not seen yet; return the last logits (and hidden state)."""
         if session.n_cached >= len(session.ids):  # everything cached: re-run the last token for its logits
-            session.cache.crop(-1)
-            session.n_cached -= 1
+            session.forget(1)
         new = session.ids[session.n_cached :]
-        if session.cache is None:
-            session.cache = DynamicCache(config=self.model.config)
+        session.own_cache(self.model.config)
         pos = torch.arange(session.n_cached, len(session.ids), device=self.device)[None]
         ids = torch.tensor([new], device=self.device)
         logits, session.cache, hidden = self._forward(ids, session.cache, None, pos, want_hidden)
@@ -186,46 +220,58 @@ class HFEngine(ModelEngine):
             session.n_cached += 1
 
     def _merge(self, sessions: list[HFSession]):
-        """Left-pad the sessions' caches into one batch cache; return it with its 2-D mask and lengths."""
+        """One batch cache for these sessions and its 2-D mask (1 = a real position, 0 = padding or a hole)."""
+        bases = {  # which earlier batch each row lives in
+            id(s.shared[0]) if s.shared is not None and s.cache is None else None for s in sessions
+        }
+        if len(bases) == 1 and None not in bases:
+            # every row comes from the same earlier batch (the common case: rounds of the same sequences):
+            # select the rows in one op per layer instead of copying them one by one
+            tensors = sessions[0].shared[0]
+            rows = [s.shared[1] for s in sessions]
+            if rows != list(range(tensors[0][0].shape[0])):
+                index = torch.tensor(rows, device=self.device)
+                tensors = [(k.index_select(0, index), v.index_select(0, index)) for k, v in tensors]
+            mask = torch.zeros(len(sessions), tensors[0][0].shape[2], dtype=torch.long, device=self.device)
+            for r, s in enumerate(sessions):
+                mask[r, s.shared[2] : s.shared[2] + s.n_cached] = 1
+            return DynamicCache(ddp_cache_data=tensors, config=self.model.config), mask
+        # mixed origins: left-pad each row's keys and values into a new batch
         past = [s.n_cached for s in sessions]
         width = max(past)
-        layers = []
-        n_layers = self.model.config.get_text_config().num_hidden_layers
-        for li in range(n_layers):
-            ks, vs = [], []
-            for s, p in zip(sessions, past, strict=True):
-                if p:
-                    k, v = s.cache.layers[li].keys, s.cache.layers[li].values
-                else:
-                    k = v = None
-                ks.append(k)
-                vs.append(v)
-            ref = next((k for k in ks if k is not None), None)
-            if ref is None:
-                layers = None
-                break
-            shape = (len(sessions), ref.shape[1], width, ref.shape[3])
-            K = ref.new_zeros(shape)
-            V = ref.new_zeros(shape)
-            for r, (k, v, p) in enumerate(zip(ks, vs, past, strict=True)):
-                if p:
-                    K[r, :, width - p :] = k[0]
-                    V[r, :, width - p :] = v[0]
-            layers.append((K, V))
-        cache = DynamicCache(ddp_cache_data=layers, config=self.model.config) if layers else None
         mask = torch.zeros(len(sessions), width, dtype=torch.long, device=self.device)
         for r, p in enumerate(past):
             mask[r, width - p :] = 1
-        return cache, mask
+        if width == 0:
+            return None, mask
+        layers = []
+        for li in range(self.model.config.get_text_config().num_hidden_layers):
+            rows = [s.row_kv(li) if p else None for s, p in zip(sessions, past, strict=True)]
+            ref = next(kv[0] for kv in rows if kv is not None)
+            shape = (len(sessions), ref.shape[1], width, ref.shape[3])
+            K, V = ref.new_zeros(shape), ref.new_zeros(shape)
+            for r, (kv, p) in enumerate(zip(rows, past, strict=True)):
+                if p:
+                    K[r, :, width - p :] = kv[0][0]
+                    V[r, :, width - p :] = kv[1][0]
+            layers.append((K, V))
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config), mask
 
     def _split(self, sessions: list[HFSession], cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Give each session back a compact cache of its valid positions."""
+        """Compact the batch cache (real positions right-aligned, one gather per layer) and point each session
+        at its row of it."""
+        lengths = mask.sum(1)
+        width = int(lengths.max())
+        order = torch.argsort(mask, dim=1, stable=True)[:, mask.shape[1] - width :]  # holes first, then real
+        tensors = []
+        for layer in cache.layers:
+            k, v = layer.keys, layer.values
+            index = order[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            tensors.append((k.gather(2, index), v.gather(2, index)))
         for r, s in enumerate(sessions):
-            keep = mask[r].nonzero().squeeze(1)
-            data = [
-                (layer.keys[r : r + 1, :, keep], layer.values[r : r + 1, :, keep]) for layer in cache.layers
-            ]
-            s.cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
+            assert int(lengths[r]) == s.n_cached, "cache and session disagree"
+            s.cache = None
+            s.shared = (tensors, r, width - s.n_cached)
 
     def _run_batch(self, jobs: list[Job]) -> Iterator[list[Delta]]:
         sessions: list[HFSession] = [j.session for j in jobs]
@@ -246,8 +292,7 @@ class HFEngine(ModelEngine):
         for i in live:  # keep the last token out of the cache so that prefill always yields logits
             s = sessions[i]
             if s.n_cached >= len(s.ids):
-                s.cache.crop(-1)
-                s.n_cached -= 1
+                s.forget(1)
         act = [sessions[i] for i in live]
         cache, mask = self._merge(act)
         # Prefill: each row's unseen tokens, right-aligned in a block of the longest row's width.
