@@ -220,7 +220,7 @@ class HFEngine(ModelEngine):
             session.n_cached += 1
 
     def _merge(self, sessions: list[HFSession]):
-        """One batch cache for these sessions and its 2-D mask (1 = a real position, 0 = padding or a hole)."""
+        """One batch cache for these sessions and its 2-D mask (1 = real position, 0 = padding or hole)."""
         bases = {  # which earlier batch each row lives in
             id(s.shared[0]) if s.shared is not None and s.cache is None else None for s in sessions
         }
