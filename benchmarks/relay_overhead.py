@@ -138,6 +138,7 @@ def main() -> None:
                 "relay_s",
                 "ideal_s",
                 "overhead",
+                "overhead_cpu",
                 "handoffs",
                 "new_tokens",
                 "teacher_computed",
