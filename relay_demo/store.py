@@ -343,24 +343,8 @@ def _jsonable(value):
 def _table(df: pd.DataFrame) -> str:
     if df.empty:
         return "no results"
-    shown = df[
-        [
-            "pair",
-            "benchmark",
-            "method",
-            "param",
-            "n",
-            "accuracy",
-            "call_ratio",
-            "flops",
-            "apgr",
-            "cpt50",
-            "cpt80",
-            "saving_call",
-            "saving_query",
-        ]
-    ].copy()
     pct = ["accuracy", "call_ratio", "apgr", "cpt50", "cpt80", "saving_call", "saving_query"]
+    shown = df[SUMMARY_COLUMNS[: SUMMARY_COLUMNS.index("p_star")] + pct[-2:]].copy()
     for col in pct:
         shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
     shown["flops"] = shown["flops"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
