@@ -2,6 +2,7 @@
 
     python -m offline.evaluate --config offline/recipes/tiny-arith/eval.yaml
     python -m offline.evaluate --config offline/recipes/tiny-arith/eval.yaml --limit 20     # a quick subset
+    python -m offline.evaluate --config offline/recipes/tiny-arith/eval.yaml --methods student,teacher
     python -m offline.evaluate --config offline/recipes/qwen2.5-coder-0.5b-1.5b/eval.yaml \\
         --problems gsm8k/0,gsm8k/1 backend=hf batch_size=4                             # key=value overrides
 
@@ -24,6 +25,9 @@ router                 router              ``params: {path: ...}``, ``sweep: {th
 random-query           (none)              computed from this run's student and teacher rows per problem
                                            (the exact expectation at each ``p``), never generated
 =====================  ==================  ===========================================================
+
+A method may name another registered ``pair:`` to generate with (the tiny pair's baselines run on the base
+student, its relay methods on the relay student); its rows are recorded under the run's pair.
 
 Batches are fixed slices of each benchmark's problem list and batch ``k`` is sampled with seed
 ``sampling.seed + k``, so a resumed run draws what an uninterrupted one would have (given a deterministic
@@ -67,6 +71,9 @@ class MethodCfg:
     sweep: dict = field(default_factory=dict)  # {knob: [values]}: one run per value, value -> `param` column
     limits: dict = field(default_factory=dict)  # overrides of the run's limits for this method
     ps: list[float] = field(default_factory=list)  # random-query only: shares of queries sent to the teacher
+    # generate this method with another registered pair (e.g. the base student for the baselines); its rows
+    # are still recorded under the run's pair, so every method of a pair lands on one chart
+    pair: str | None = None
 
     def validate(self) -> None:
         if self.name == RANDOM_QUERY:
@@ -268,7 +275,12 @@ def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
             policy_of(m, kwargs)
 
     def generate(cell: Cell, problems: list[Problem], k: int) -> list:
-        pair = get_pair()
+        if cell.method.pair:
+            from relay_demo.pairs import load_pair
+
+            pair = load_pair(cell.method.pair, backend=cfg.backend, **cfg.engine)
+        else:
+            pair = get_pair()
         policy = policy_of(cell.method, cell.policy_kwargs)
         limits = dataclasses.replace(
             pair.limits, **{**cfg.limits, **DEFAULT_LIMITS.get(cell.method.name, {}), **cell.method.limits}
@@ -280,7 +292,7 @@ def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
 
 
 def _method_identity(m: dict) -> dict:
-    return {k: m.get(k) for k in ("policy", "params", "limits")}
+    return {k: m.get(k) for k in ("policy", "params", "limits", "pair")}
 
 
 def check_methods(run_dir: Path, cfg: EvalCfg) -> None:
@@ -350,6 +362,7 @@ def parse_args(argv: list[str] | None) -> EvalCfg:
     parser.add_argument("--config", required=True, help="YAML recipe (offline/recipes/<pair>/eval*.yaml)")
     parser.add_argument("--limit", type=int, help="at most this many problems per benchmark")
     parser.add_argument("--problems", help="comma-separated problem ids (e.g. gsm8k/0,gsm8k/7)")
+    parser.add_argument("--methods", help="comma-separated method names: run only these from the recipe")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -359,7 +372,14 @@ def parse_args(argv: list[str] | None) -> EvalCfg:
     if args.problems:
         ids = [p.strip() for p in args.problems.split(",") if p.strip()]
         overrides.append(f"problems={json.dumps(ids)}")
-    return cfglib.load(EvalCfg, args.config, overrides)
+    cfg = cfglib.load(EvalCfg, args.config, overrides)
+    if args.methods:
+        names = [n.strip() for n in args.methods.split(",") if n.strip()]
+        unknown = sorted(set(names) - {m.name for m in cfg.methods})
+        if unknown:
+            parser.error(f"--methods: {unknown} not in the recipe ({', '.join(m.name for m in cfg.methods)})")
+        cfg.methods = [m for m in cfg.methods if m.name in names]
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,14 +390,18 @@ def main(argv: list[str] | None = None) -> int:
     spec = registry().get(cfg.pair)
     if spec is None:  # fail now, before any work
         raise SystemExit(f"unknown pair {cfg.pair!r}; registered: {', '.join(registry())}")
-    ok, why = available(cfg.pair)
-    if not ok:
-        raise SystemExit(f"pair {cfg.pair!r} cannot be loaded here: {why}")
+    for name in {cfg.pair, *(m.pair for m in cfg.methods if m.pair)}:
+        if name not in registry():
+            raise SystemExit(f"unknown pair {name!r}; registered: {', '.join(registry())}")
+        ok, why = available(name)
+        if not ok:
+            raise SystemExit(f"pair {name!r} cannot be loaded here: {why}")
     models = {r: resolve(spec[r]) for r in ("student", "teacher") if r in spec}
     models = models or {"build": spec.get("build")}
     limits = dataclasses.asdict(Limits(**{**spec.get("limits", {}), **cfg.limits}))
     extra = {
         "pair_spec": spec,
+        "method_pairs": {m.name: registry()[m.pair] for m in cfg.methods if m.pair},
         "models": models,
         "resolved_limits": limits,
         "argv": sys.argv if argv is None else argv,

@@ -239,3 +239,14 @@ methods:
         return df.sort_values(["method", "param", "problem_id"]).reset_index(drop=True)
 
     pd.testing.assert_frame_equal(rows(tmp_path / "kill"), rows(tmp_path / "ref"))
+
+
+def test_methods_flag_runs_a_subset_and_refuses_unknown_names():
+    from offline.evaluate import parse_args
+
+    recipe = "offline/recipes/tiny-arith/eval.yaml"
+    cfg = parse_args(["--config", recipe, "--methods", "student,teacher,random-query"])
+    assert [m.name for m in cfg.methods] == ["student", "teacher", "random-query"]
+    assert cfg.methods[0].pair == "tiny-arith-base"
+    with pytest.raises(SystemExit):
+        parse_args(["--config", recipe, "--methods", "student,nonsense"])
