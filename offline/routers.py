@@ -1,0 +1,403 @@
+"""Train a CITER-style token router: an MLP over the student's last hidden state -> P(teacher should write).
+
+    python -m offline.routers --config offline/recipes/tiny-arith/router.yaml
+    python -m offline.routers --config offline/recipes/tiny-arith/router.yaml n_problems=50 max_rollouts=200
+
+How (CITER, Zheng et al. 2025, adapted to this repository's conventions):
+
+1. Teacher-forced pass over ``n_problems`` problems of a *training* split (the test split is refused). For
+   every position of the reference response (the solution text plus EOS) we keep the student's last hidden
+   state -- ``hidden_states[-1]`` at the position whose logits predict that token, exactly the vector the
+   relay's HF engine hands to the ``router`` policy -- and the student's and the teacher's argmax tokens.
+2. Labels (``KIND_*``): the student's argmax is the reference token -> "student ok" (target 0); else the
+   teacher's is -> "needs teacher" (target 1); else ("neither") the student greedily continues from the
+   reference prefix, and the target is 1 when that continuation's final answer is wrong, 0 when it is right.
+   Rollouts are batched and capped at ``max_rollouts`` (a seeded random subset of the "neither" positions);
+   the "neither" positions beyond the cap are left out of training, and the count is recorded.
+3. Training: inputs standardised with the training positions' mean and std, class-weighted BCE
+   (``pos_weight = negatives / positives``), Adam, early stopping on the validation loss. The validation
+   positions are those of a held-out share of *problems* (positions of one problem are correlated), and the
+   validation AUROC is reported.
+4. Saved with :meth:`relay_demo.policies.RouterMLP.save`; ``config.json`` also records the training facts
+   (problems, positions, label balance, validation AUROC, seconds, models).
+
+Then: ``python -m relay_demo generate --pair tiny-arith --policy router \\
+    --router results/models/tiny-arith/router``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from offline import config as cfglib
+from offline.tasks import grade_response, load_benchmark
+from offline.tasks.base import Problem
+from relay_demo.policies import RouterMLP
+
+ROOT = Path(__file__).resolve().parents[1]
+# position kinds; the router's target is 1 for KIND_TEACHER and KIND_NEITHER_FAIL
+KIND_STUDENT, KIND_TEACHER, KIND_NEITHER_OK, KIND_NEITHER_FAIL, KIND_UNROLLED = 0, 1, 2, 3, 4
+KIND_NAMES = (
+    "student_ok",
+    "needs_teacher",
+    "neither_student_recovers",
+    "neither_student_fails",
+    "neither_unrolled",
+)
+
+
+@dataclass
+class RouterCfg:
+    student: str = "results/models/tiny-arith/student-base"
+    teacher: str = "results/models/tiny-arith/teacher"
+    out: str = "results/models/tiny-arith/router"
+    benchmark: str = "arith"
+    split: str = "train"
+    n_problems: int = 300
+    data_seed: int = 7
+    batch_size: int = 32  # problems per teacher-forced forward
+    max_rollouts: int = 2000  # cap on the student's greedy continuations for "neither" positions
+    rollout_batch: int = 64
+    rollout_max_new_tokens: int = 128
+    width: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 300
+    patience: int = 20
+    minibatch: int = 512
+    val_frac: float = 0.2
+    seed: int = 0
+    threads: int = 1
+
+    def validate(self) -> None:
+        if self.split == "test":
+            raise ValueError("the router must never be trained on the test split")
+        for name in ("n_problems", "batch_size", "rollout_batch", "rollout_max_new_tokens", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_rollouts < 0:
+            raise ValueError("max_rollouts must be >= 0")
+        if not 0.0 < self.val_frac < 1.0:
+            raise ValueError("val_frac must be in (0, 1)")
+
+
+@dataclass
+class Positions:
+    """One row per reference-response position of every problem."""
+
+    hidden: np.ndarray  # [M, H] float32: the student's last hidden state that predicts this position
+    problem: np.ndarray  # [M] index into the problem list
+    offset: np.ndarray  # [M] index of the position in the reference response
+    ref: np.ndarray  # [M] reference token
+    student: np.ndarray  # [M] student's argmax
+    teacher: np.ndarray  # [M] teacher's argmax
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def _path(p: str) -> str:
+    return str(ROOT / p) if not Path(p).is_absolute() and (ROOT / p).exists() else p
+
+
+def load_models(cfg: RouterCfg):
+    """(tokenizer, student, teacher) in float32 eval mode; the teacher must share the student's vocabulary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(_path(cfg.student))
+    t_tok = AutoTokenizer.from_pretrained(_path(cfg.teacher))
+    if t_tok.get_vocab() != tok.get_vocab():
+        raise ValueError("the teacher's tokenizer differs from the student's: CITER labels compare token ids")
+    models = [
+        AutoModelForCausalLM.from_pretrained(_path(p), dtype=torch.float32)
+        for p in (cfg.student, cfg.teacher)
+    ]
+    return tok, models[0].eval(), models[1].eval()
+
+
+def encode(tok, problem: Problem) -> tuple[list[int], list[int]]:
+    """(prompt ids, reference response ids ending with EOS) -- the training format of the tiny pair."""
+    solution = problem.meta.get("solution")
+    if not solution:
+        raise ValueError(f"problem {problem.id} has no reference solution (meta['solution'])")
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": problem.prompt}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    prompt = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+    return prompt, tok(solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+@torch.no_grad()
+def teacher_forced(tok, student, teacher, problems: list[Problem], batch_size: int = 32) -> Positions:
+    """Hidden states and both models' argmax at every reference-response position (right-padded batches)."""
+    return forward_positions(
+        student, teacher, [encode(tok, p) for p in problems], tok.pad_token_id, batch_size
+    )
+
+
+@torch.no_grad()
+def forward_positions(
+    student, teacher, encoded: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32
+) -> Positions:
+    """:func:`teacher_forced` on token ids: ``encoded`` holds (prompt ids, response ids) per problem."""
+    rows: dict[str, list] = {k: [] for k in ("hidden", "problem", "offset", "ref", "student", "teacher")}
+    for b in range(0, len(encoded), batch_size):
+        chunk = encoded[b : b + batch_size]
+        n = max(len(p) + len(r) for p, r in chunk)
+        ids = torch.full((len(chunk), n), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), n), dtype=torch.long)
+        for i, (p, r) in enumerate(chunk):
+            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+            mask[i, : len(p) + len(r)] = 1
+        s_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        t_logits = teacher(input_ids=ids, attention_mask=mask).logits
+        for i, (p, r) in enumerate(chunk):
+            at = slice(len(p) - 1, len(p) - 1 + len(r))  # the logits at position k predict token k + 1
+            rows["hidden"].append(s_out.hidden_states[-1][i, at].float().numpy())
+            rows["problem"].append(np.full(len(r), b + i))
+            rows["offset"].append(np.arange(len(r)))
+            rows["ref"].append(np.asarray(r))
+            rows["student"].append(s_out.logits[i, at].argmax(-1).numpy())
+            rows["teacher"].append(t_logits[i, at].argmax(-1).numpy())
+    return Positions(**{k: np.concatenate(v) for k, v in rows.items()})
+
+
+def token_kinds(ref: np.ndarray, student: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """CITER's first two rules; "neither" positions are KIND_UNROLLED until a rollout decides them."""
+    return np.where(student == ref, KIND_STUDENT, np.where(teacher == ref, KIND_TEACHER, KIND_UNROLLED))
+
+
+@torch.no_grad()
+def rollouts_correct(
+    tok,
+    student,
+    prefixes: list[list[int]],
+    problems: list[Problem],
+    batch: int = 64,
+    max_new_tokens: int = 128,
+) -> list[bool]:
+    """Whether the student's greedy continuation of each (prompt + response prefix) reaches the right answer.
+
+    Prefixes are batched by equal length so no padding (and no position-id question) is involved.
+    """
+    eos = tok.eos_token_id
+    result = [False] * len(prefixes)
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prefixes):
+        by_len.setdefault(len(p), []).append(i)
+    for length, idx in sorted(by_len.items()):
+        for b in range(0, len(idx), batch):
+            part = idx[b : b + batch]
+            ids = torch.tensor([prefixes[i] for i in part])
+            gen = student.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=eos,
+            )
+            for row, i in enumerate(part):
+                result[i] = _graded(tok, problems[i], prefixes[i], gen[row, length:].tolist())
+    return result
+
+
+def _graded(tok, problem: Problem, prefix: list[int], new: list[int]) -> bool:
+    ids = prefix[len(encode(tok, problem)[0]) :] + new  # the response: reference prefix + continuation
+    ids = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
+    return grade_response(problem.benchmark, tok.decode(ids, skip_special_tokens=True), problem).correct
+
+
+def label(
+    tok, student, problems: list[Problem], pos: Positions, max_rollouts: int, seed: int = 0, **rollout_kw
+) -> np.ndarray:
+    """KIND_* of every position; at most ``max_rollouts`` "neither" positions are rolled out (seeded)."""
+    kinds = token_kinds(pos.ref, pos.student, pos.teacher)
+    neither = np.flatnonzero(kinds == KIND_UNROLLED).tolist()
+    chosen = sorted(random.Random(seed).sample(neither, min(max_rollouts, len(neither))))
+    encoded = {int(pi): encode(tok, problems[pi]) for pi in set(pos.problem[chosen].tolist())}
+    prefixes = []
+    for j in chosen:
+        p, r = encoded[int(pos.problem[j])]
+        prefixes.append(p + r[: int(pos.offset[j])])
+    ok = rollouts_correct(
+        tok, student, prefixes, [problems[int(pos.problem[j])] for j in chosen], **rollout_kw
+    )
+    for j, good in zip(chosen, ok, strict=True):
+        kinds[j] = KIND_NEITHER_OK if good else KIND_NEITHER_FAIL
+    return kinds
+
+
+def targets(kinds: np.ndarray) -> np.ndarray:
+    """1 = the teacher should write this position."""
+    return np.isin(kinds, (KIND_TEACHER, KIND_NEITHER_FAIL)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN when one class is absent."""
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    s = np.asarray(score)[order]
+    ranks = np.empty(len(s))
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[i : j + 1] = (i + j) / 2 + 1
+        i = j + 1
+    r = np.empty(len(s))
+    r[order] = ranks
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def split_by_problem(problem: np.ndarray, val_frac: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation positions: every position of a held-out share of problems."""
+    ids = np.unique(problem)
+    rng = np.random.default_rng(seed)
+    n_val = max(1, int(round(len(ids) * val_frac))) if len(ids) > 1 else 0
+    return np.isin(problem, rng.permutation(ids)[:n_val])
+
+
+def train_mlp(
+    x: np.ndarray, y: np.ndarray, is_val: np.ndarray, cfg: RouterCfg, log=print
+) -> tuple[RouterMLP, dict]:
+    """Fit the MLP with class-weighted BCE and early stopping on the validation loss; (router, facts)."""
+    if is_val.all() or not is_val.any():
+        raise ValueError("need both training and validation positions")
+    xt, yt = x[~is_val], y[~is_val]
+    if yt.min() == yt.max():
+        raise ValueError(f"the training positions all have target {yt[0]}: nothing to learn")
+    mean, std = xt.mean(0), np.maximum(xt.std(0), 1e-4)
+    torch.manual_seed(cfg.seed)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], cfg.width), torch.nn.ReLU(), torch.nn.Linear(cfg.width, 1)
+    )
+    pos_weight = torch.tensor(float((yt == 0).sum()) / float((yt == 1).sum()))
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    X = torch.from_numpy((x - mean) / std).float()
+    Y = torch.from_numpy(y).float()
+    tr, va = torch.from_numpy(np.flatnonzero(~is_val)), torch.from_numpy(np.flatnonzero(is_val))
+    g = torch.Generator().manual_seed(cfg.seed)
+    best, best_state, since, epochs = float("inf"), None, 0, 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        epochs = epoch
+        net.train()
+        for mb in tr[torch.randperm(len(tr), generator=g)].split(cfg.minibatch):
+            opt.zero_grad()
+            loss_fn(net(X[mb]).squeeze(-1), Y[mb]).backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            val_loss = float(loss_fn(net(X[va]).squeeze(-1), Y[va]))
+        if val_loss < best - 1e-5:
+            best, since = val_loss, 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            since += 1
+            if since >= cfg.patience:
+                break
+    net.load_state_dict(best_state)
+    with torch.no_grad():
+        val_score = torch.sigmoid(net(X[va]).squeeze(-1)).numpy()
+        train_score = torch.sigmoid(net(X[tr]).squeeze(-1)).numpy()
+    weights = {
+        "w1": net[0].weight.detach().T.contiguous().numpy(),
+        "b1": net[0].bias.detach().numpy(),
+        "w2": net[2].weight.detach().T.contiguous().numpy(),
+        "b2": net[2].bias.detach().numpy(),
+    }
+    facts = {
+        "epochs": epochs,
+        "val_loss": best,
+        "val_auroc": auroc(y[is_val], val_score),
+        "train_auroc": auroc(yt, train_score),
+        "pos_weight": float(pos_weight),
+    }
+    log(f"trained {epochs} epochs: val loss {best:.4f}, val AUROC {facts['val_auroc']:.4f}")
+    config = {"hidden_size": int(x.shape[1]), "width": cfg.width, "mean": mean.tolist(), "std": std.tolist()}
+    return RouterMLP(weights, config), facts
+
+
+# ---------------------------------------------------------------------------------------------- job
+
+
+def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=print) -> RouterMLP:
+    """The whole job: labels, training, save to ``cfg.out``. ``problems`` / ``models`` override for tests."""
+    t0 = time.time()
+    torch.set_num_threads(cfg.threads)
+    tok, student, teacher = models or load_models(cfg)
+    if problems is None:
+        problems = load_benchmark(cfg.benchmark, split=cfg.split, n=cfg.n_problems, seed=cfg.data_seed)
+    pos = teacher_forced(tok, student, teacher, problems, cfg.batch_size)
+    log(f"{len(problems)} problems, {len(pos.ref)} positions ({time.time() - t0:.1f}s)")
+    kinds = label(
+        tok,
+        student,
+        problems,
+        pos,
+        cfg.max_rollouts,
+        cfg.seed,
+        batch=cfg.rollout_batch,
+        max_new_tokens=cfg.rollout_max_new_tokens,
+    )
+    counts = {name: int((kinds == k).sum()) for k, name in enumerate(KIND_NAMES)}
+    log(f"labels {counts} ({time.time() - t0:.1f}s)")
+    keep = kinds != KIND_UNROLLED
+    y = targets(kinds[keep])
+    is_val = split_by_problem(pos.problem[keep], cfg.val_frac, cfg.seed)
+    router, facts = train_mlp(pos.hidden[keep], y, is_val, cfg, log)
+    router.config.update(
+        {
+            "trained_by": "offline/routers.py",
+            "target": "1 = teacher should write (needs_teacher, or neither and the student's rollout fails)",
+            "student": cfg.student,
+            "teacher": cfg.teacher,
+            "benchmark": cfg.benchmark,
+            "split": cfg.split,
+            "n_problems": len(problems),
+            "positions": int(len(kinds)),
+            "positions_used": int(keep.sum()),
+            "val_positions": int(is_val.sum()),
+            "label_counts": counts,
+            "positive_share": float(y.mean()),
+            "rollouts": int(counts["neither_student_recovers"] + counts["neither_student_fails"]),
+            "max_rollouts": cfg.max_rollouts,
+            **facts,
+            "seconds": round(time.time() - t0, 1),
+            "recipe": cfglib.to_dict(cfg),
+        }
+    )
+    router.save(Path(cfg.out) if Path(cfg.out).is_absolute() else ROOT / cfg.out)
+    log(f"saved router to {cfg.out} ({router.config['seconds']}s)")
+    return router
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = cfglib.parse(RouterCfg, argv)
+    router = run(cfg)
+    keys = ("n_problems", "positions", "label_counts", "positive_share", "val_auroc", "seconds")
+    print(json.dumps({k: router.config[k] for k in keys}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
