@@ -1,0 +1,299 @@
+"""Train a tiny Qwen3-architecture model from scratch on tiny-arith solutions (student or teacher base).
+
+Plain PyTorch loop (pre-training from scratch needs no trainer features): next-token loss on the answer
+tokens only, AdamW with warm-up and cosine decay, a greedy validation accuracy every ``eval_every`` steps,
+and an optional early stop once validation accuracy reaches ``stop_at_val_acc`` (how the student is kept
+deliberately weak). Saves bf16 safetensors + tokenizer, logs JSON lines (step, loss, val_acc, wall_s).
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m offline.train_base --config offline/recipes/tiny-arith/base.yaml
+    OMP_NUM_THREADS=1 .venv/bin/python -m offline.train_base --config offline/recipes/tiny-arith/base.yaml \
+        max_steps=10 out=/tmp/t snapshot_at_val_acc=null snapshot_out=null
+
+Also home of the small greedy / sampled evaluation helpers the other tiny-arith jobs share.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from offline import config as cfglib
+from offline.tasks import arith
+from offline.tasks.base import Problem
+
+
+@dataclass
+class ModelCfg:
+    hidden: int = 128
+    layers: int = 3
+    heads: int = 4
+    kv_heads: int = 4
+    head_dim: int = 32  # vLLM's CPU attention kernels need a multiple of 32
+    intermediate: int = 384
+    max_positions: int = 512
+
+    def validate(self) -> None:
+        if self.head_dim < 32 or self.head_dim % 32:
+            raise ValueError(f"head_dim must be a multiple of 32 (vLLM CPU kernels), got {self.head_dim}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+
+
+@dataclass
+class TrainBaseCfg:
+    out: str = "results/models/tiny-arith/student-base"
+    tokenizer: str | None = None  # a saved tokenizer folder; None builds it (offline.tokenizer) with seed
+    model: ModelCfg = field(default_factory=ModelCfg)
+    seed: int = 0
+    n_train: int = 60000
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_steps: int = 4000
+    max_minutes: float | None = None  # stop on wall clock too (CPU budget)
+    eval_every: int = 200
+    n_eval: int = 300  # validation problems per periodic eval (greedy)
+    n_final_eval: int = 500
+    stop_at_val_acc: float | None = None
+    # one run can yield both models: the first checkpoint whose validation accuracy reaches the snapshot level
+    # is saved to snapshot_out (the weak student) and training goes on to stop_at_val_acc (the teacher)
+    snapshot_at_val_acc: float | None = None
+    snapshot_out: str | None = None
+    init_from: str | None = None  # start from these weights instead of a random init (continued training)
+    threads: int = 1
+    metrics: str | None = None  # JSON lines file; None = no log
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.max_steps < 1 or self.n_train < self.batch_size:
+            raise ValueError("need batch_size >= 1, max_steps >= 1 and n_train >= batch_size")
+        if self.stop_at_val_acc is not None and not 0 < self.stop_at_val_acc <= 1:
+            raise ValueError(f"stop_at_val_acc must be in (0, 1], got {self.stop_at_val_acc}")
+        if (self.snapshot_at_val_acc is None) != (self.snapshot_out is None):
+            raise ValueError("snapshot_at_val_acc and snapshot_out go together")
+
+
+def make_model(tok: PreTrainedTokenizerBase, m: ModelCfg, seed: int = 0) -> Qwen3ForCausalLM:
+    """A randomly initialised Qwen3 causal LM sized by ``m`` for vocabulary ``tok``."""
+    torch.manual_seed(seed)
+    conf = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=m.hidden,
+        intermediate_size=m.intermediate,
+        num_hidden_layers=m.layers,
+        num_attention_heads=m.heads,
+        num_key_value_heads=m.kv_heads,
+        head_dim=m.head_dim,
+        max_position_embeddings=m.max_positions,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return Qwen3ForCausalLM(conf)
+
+
+def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+
+
+def encode_example(tok: PreTrainedTokenizerBase, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels) with labels -100 on the prompt; the answer ends with EOS."""
+    p = prompt_ids(tok, prompt)
+    a = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return p + a, [-100] * len(p) + a
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch for training."""
+    n = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    lab = torch.full((len(rows), n), -100, dtype=torch.long)
+    att = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)], lab[i, : len(y)], att[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return {"input_ids": ids, "labels": lab, "attention_mask": att}
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tok: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    temperature: float = 0.0,
+    num_return: int = 1,
+    max_new_tokens: int = 96,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> list[list[str]]:
+    """``num_return`` completions per prompt (greedy when temperature == 0), decoded with commands kept."""
+    model.eval()
+    torch.manual_seed(seed)
+    out: list[list[str]] = []
+    side, tok.padding_side = tok.padding_side, "left"
+    for i in range(0, len(prompts), batch_size):
+        chunk = [prompt_ids(tok, p) for p in prompts[i : i + batch_size]]
+        n = max(map(len, chunk))
+        ids = torch.tensor([[tok.pad_token_id] * (n - len(c)) + c for c in chunk])
+        att = (torch.arange(n)[None, :] >= torch.tensor([n - len(c) for c in chunk])[:, None]).long()
+        kw = (
+            dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            if temperature > 0
+            else dict(do_sample=False)
+        )
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=att,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_return,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            **kw,
+        )
+        texts = tok.batch_decode(gen[:, n:], skip_special_tokens=False)
+        texts = [t.split(tok.eos_token)[0].replace(tok.pad_token, "") for t in texts]
+        out += [texts[j : j + num_return] for j in range(0, len(texts), num_return)]
+    tok.padding_side = side
+    model.train()
+    return out
+
+
+def accuracy(model, tok, problems: list[Problem], temperature: float = 0.0, seed: int = 0) -> float:
+    texts = generate(model, tok, [p.prompt for p in problems], temperature=temperature, seed=seed)
+    hits = sum(arith.is_correct(t[0], p.answer) for t, p in zip(texts, problems, strict=True))
+    return hits / max(1, len(problems))
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype), AutoTokenizer.from_pretrained(
+        str(path)
+    )
+
+
+class MetricLog:
+    """Append JSON lines to ``path`` (or nowhere) and echo them."""
+
+    def __init__(self, path: str | None, stage: str):
+        self.path, self.stage, self.t0 = (Path(path) if path else None), stage, time.time()
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, **row) -> None:
+        row = {"stage": self.stage, "wall_s": round(time.time() - self.t0, 2), **row}
+        print(json.dumps(row), flush=True)
+        if self.path:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _lr_at(step: int, cfg: TrainBaseCfg) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def load_tokenizer(cfg: TrainBaseCfg) -> PreTrainedTokenizerBase:
+    if cfg.tokenizer:
+        return AutoTokenizer.from_pretrained(cfg.tokenizer)
+    from offline.tokenizer import build
+
+    return build(seed=cfg.seed)
+
+
+def train(cfg: TrainBaseCfg) -> dict:
+    """Train, save to ``cfg.out`` and return the final metrics."""
+    torch.set_num_threads(cfg.threads)
+    log = MetricLog(cfg.metrics, f"train_base:{Path(cfg.out).name}")
+    tok = load_tokenizer(cfg)
+    if cfg.init_from:
+        model, _ = load_model(cfg.init_from)
+    else:
+        model = make_model(tok, cfg.model, cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    data = [
+        encode_example(tok, p.prompt, p.meta["solution"]) for p in arith.load("train", cfg.n_train, cfg.seed)
+    ]
+    val = arith.load("validation", cfg.n_eval, seed=cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    rng = random.Random(cfg.seed)
+    log(event="start", params=n_params, n_train=len(data), config=cfglib.to_dict(cfg))
+    t0, step, val_acc, snapped = time.time(), 0, None, False
+    model.train()
+    while step < cfg.max_steps:
+        batch = collate(rng.sample(data, cfg.batch_size), tok.pad_token_id)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            log(step=step, loss=round(loss.item(), 4), lr=g["lr"])
+        if step % cfg.eval_every == 0:
+            val_acc = accuracy(model, tok, val)
+            log(step=step, val_acc=val_acc, train_minutes=round((time.time() - t0) / 60, 2))
+            if cfg.snapshot_out and not snapped and val_acc >= cfg.snapshot_at_val_acc:
+                snapped = True
+                snap = dataclasses.replace(cfg, out=cfg.snapshot_out)
+                save_and_eval(model, tok, snap, log, step, time.time() - t0, n_params)
+            if cfg.stop_at_val_acc is not None and val_acc >= cfg.stop_at_val_acc:
+                break
+        if cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes:
+            break
+    train_s = time.time() - t0
+    return save_and_eval(model, tok, cfg, log, step, train_s, n_params)
+
+
+def save_and_eval(
+    model, tok, cfg: TrainBaseCfg, log: MetricLog, step: int, train_s: float, n_params: int
+) -> dict:
+    """Save bf16 weights, reload them and measure greedy accuracy of what was saved."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(str(out))  # a copy: training may go on
+    tok.save_pretrained(str(out))
+    saved, _ = load_model(out)
+    final_val = arith.load("validation", cfg.n_final_eval, seed=cfg.seed + 1)
+    acc = accuracy(saved, tok, final_val)
+    result = dict(
+        event="done",
+        steps=step,
+        train_s=round(train_s, 1),
+        params=n_params,
+        val_acc_greedy=acc,
+        n_val=len(final_val),
+        out=str(out),
+    )
+    log(**result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return train(cfglib.parse(TrainBaseCfg, argv))
+
+
+if __name__ == "__main__":
+    main()
