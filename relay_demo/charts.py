@@ -138,16 +138,7 @@ def accuracy_vs_call_ratio(
     _reference_lines(fig, df)
     _series(fig, df, "call_ratio", log_x)
     _reported(fig, reported, log_x)
-    fig.update_layout(
-        title=title or "Accuracy vs call ratio",
-        xaxis_title="call ratio (% teacher tokens)",
-        yaxis_title="accuracy (%)",
-        legend_title="method",
-        template="plotly_white",
-    )
-    if log_x:
-        fig.update_xaxes(type="log")
-    return fig
+    return _layout(fig, title or "Accuracy vs call ratio", "call ratio (% teacher tokens)", log_x)
 
 
 def flops_vs_accuracy(df: pd.DataFrame, *, log_x: bool = True, title: str | None = None) -> go.Figure:
@@ -155,9 +146,13 @@ def flops_vs_accuracy(df: pd.DataFrame, *, log_x: bool = True, title: str | None
     _check(df, ("flops",))
     fig = go.Figure()
     _series(fig, df, "flops", log_x=False)
+    return _layout(fig, title or "Accuracy vs FLOPs per problem", "FLOPs per problem", log_x)
+
+
+def _layout(fig: go.Figure, title: str, xaxis_title: str, log_x: bool) -> go.Figure:
     fig.update_layout(
-        title=title or "Accuracy vs FLOPs per problem",
-        xaxis_title="FLOPs per problem",
+        title=title,
+        xaxis_title=xaxis_title,
         yaxis_title="accuracy (%)",
         legend_title="method",
         template="plotly_white",

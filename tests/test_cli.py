@@ -12,6 +12,7 @@ import pytest
 from relay_demo.cli import main
 from relay_demo.policies import POLICIES, RouterMLP
 
+TINY = ["generate", "--pair", "tiny-random"]
 STATS = {
     "student_tokens",
     "teacher_tokens",
@@ -98,22 +99,7 @@ def test_vllm_backend_gives_the_same_shape(capsys):
     pytest.importorskip("vllm")
     code, out, _ = _run(
         capsys,
-        [
-            "generate",
-            "--pair",
-            "tiny-random",
-            "--policy",
-            "interval",
-            "--every",
-            "4",
-            "--prompt",
-            "Hello",
-            "--max-new-tokens",
-            "10",
-            "--backend",
-            "vllm",
-            "--json",
-        ],
+        TINY + "--policy interval --every 4 --prompt Hello --max-new-tokens 10 --backend vllm --json".split(),
     )
     assert code == 0
     assert set(json.loads(out.strip().splitlines()[-1])["stats"]) == STATS
@@ -122,21 +108,7 @@ def test_vllm_backend_gives_the_same_shape(capsys):
 def test_streaming_prints_the_text_and_a_summary(capsys):
     code, out, err = _run(
         capsys,
-        [
-            "generate",
-            "--pair",
-            "tiny-random",
-            "--policy",
-            "interval",
-            "--every",
-            "3",
-            "--prompt",
-            "Hi",
-            "--max-new-tokens",
-            "9",
-            "--temperature",
-            "0",
-        ],
+        TINY + "--policy interval --every 3 --prompt Hi --max-new-tokens 9 --temperature 0".split(),
     )
     assert code == 0 and out.strip()
     assert "calls" in err and "call ratio" in err
