@@ -8,8 +8,9 @@ Grammar and the cases the official RelayLLM code leaves undefined:
 * A **command** is ``<call>`` BODY ``</call>`` where BODY contains no other ``<call>``/``</call>`` tag
   (the innermost pair). The official code stops generation at ``</call>`` and keeps the stop string;
   so do we.
-* **N** comes from BODY when it matches ``\\s*(\\d+)\\s*`` (ASCII digits only: ``int('٣')`` would accept
-  other scripts, we do not). It is clamped to ``1..max_n``: ``N = 0`` becomes 1, ``N`` beyond the cap
+* **N** comes from BODY when it matches ``\\s*(\\d+)\\s*`` with ASCII digits and ASCII whitespace only
+  (``int('٣')`` would accept other scripts, ``'\\xa07'`` other spaces; we do not).
+  It is clamped to ``1..max_n``: ``N = 0`` becomes 1, ``N`` beyond the cap
   (``10**9``, or a thousand digits) becomes ``max_n``.
 * A command **without a valid N** (``<call></call>``, ``<call>x</call>``, ``<call>-3</call>``,
   ``<call>1.5</call>``) is still a command: it hands over ``default_n(max_n)`` tokens, i.e.
