@@ -416,7 +416,8 @@ class _Relay:
 
     def on_teacher(self, s: _Seq, job: Job, d) -> Iterator[tuple[int, Span]]:
         for tid in d.token_ids:
-            s.student.extend([tid]) if s.student is not None else None
+            if s.student is not None:  # teacher-only runs have no student
+                s.student.extend([tid])
             if tid in self.pair.teacher.eos_ids:
                 yield s.row, s.add(TEACHER, [tid], "")
                 s.finish = "eos"
@@ -503,9 +504,7 @@ def relay_batch(
     return [relay.result(s) for s in seqs]
 
 
-def _stream(pair, prompt, policy, limits, sampling) -> Generator[Span, None, RelayResult]:
-    relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
-    (seq,) = relay.start([prompt])
+def _stream(relay: _Relay, seq: _Seq) -> Generator[Span, None, RelayResult]:
     for _, span in relay.drive([seq]):
         yield span
     return relay.result(seq)
@@ -516,8 +515,8 @@ def relay_stream(
 ) -> StreamResult:
     """Relay-decode one prompt, yielding Span deltas; the RelayResult is ``.value`` afterwards."""
     relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
-    relay.start([prompt])  # validate now, so bad input fails at the call and not at the first next()
-    return StreamResult(_stream(pair, prompt, policy, limits, sampling))
+    (seq,) = relay.start([prompt])  # now, so bad input fails at the call and not at the first next()
+    return StreamResult(_stream(relay, seq))
 
 
 def relay(pair, prompt, policy: Policy, **kw) -> RelayResult:
