@@ -78,3 +78,23 @@ def chain(tok, pieces: list[str]) -> list[int]:
 
 def links(ids: list[int]) -> dict[int, int]:
     return dict(zip(ids[:-1], ids[1:], strict=True))
+
+
+# A scripted relay: the student writes ' Let me think:<call>3</call>.' as 8 BPE pieces glued to ':' and '.',
+# the teacher (which sees ' Let me think:.', command stripped, last token ':.') writes ' The answer is', and
+# the student finishes with ' Done'. Both backends must produce exactly BPE_SPANS.
+BPE_TEXT = " Let me think:<call>3</call>. The answer is Done"
+BPE_SPANS = [
+    ("student", " Let me think"),
+    ("command", ":<call>3</call>."),
+    ("teacher", " The answer is"),
+    ("student", " Done"),
+]
+
+
+def bpe_chain_models(tok):
+    """(student, teacher) chain models that play the scripted relay above under the learned policy."""
+    student = chain(tok, ["\n", " Let", " me", " think", ":<", "call", ">", "3", "</", "cal", "l", ">."])
+    after = chain(tok, [" is", " Done"]) + [tok.eos_token_id]
+    teacher = chain(tok, [":.", " The", " answer", " is", " The"])
+    return chain_model(tok, links(student) | links(after), seed=3), chain_model(tok, links(teacher), seed=4)

@@ -11,7 +11,7 @@ from relay_demo.pairs import Pair, build_tiny_random
 from relay_demo.policies import make_policy
 from relay_demo.relay import Limits, _chat_ids, relay_batch
 
-from .models import chain, chain_model, links, qwen_tokenizer, save
+from .models import BPE_SPANS, BPE_TEXT, bpe_chain_models, qwen_tokenizer, save
 
 pytest.importorskip("vllm")
 from relay_demo.backends import vllm_engine  # noqa: E402
@@ -29,20 +29,9 @@ def tok():
 def folders(tok, tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
     tiny = build_tiny_random(root)  # byte-level vocabulary: fast on both backends
-    student = [" Let", " me", " think", ":<", "call", ">", "3", "</", "cal", "l", ">."]
-    cs = save(
-        chain_model(
-            tok,
-            links(chain(tok, ["\n", *student])) | links(chain(tok, [" is", " Done"]) + [tok.eos_token_id]),
-            seed=3,
-        ),
-        tok,
-        root / "chain-student",
-    )
-    ct = save(
-        chain_model(tok, links(chain(tok, [":.", " The", " answer", " is", " The"])), seed=4),
-        tok,
-        root / "chain-teacher",
+    cs, ct = (
+        save(m, tok, root / f"chain-{role}")
+        for m, role in zip(bpe_chain_models(tok), ("student", "teacher"), strict=True)
     )
     return {"random": (str(tiny / "student"), str(tiny / "teacher")), "chain": (cs, ct)}
 
@@ -115,11 +104,6 @@ def test_command_over_bpe_tokens_on_vllm(folders, tok):
         (r,) = relay_batch(pair, ["hi"], make_policy("learned"), sampling=GREEDY)
     finally:
         pair.close()
-    assert r.text == " Let me think:<call>3</call>. The answer is Done"
-    assert [(x.source, x.text) for x in r.spans] == [
-        ("student", " Let me think"),
-        ("command", ":<call>3</call>."),
-        ("teacher", " The answer is"),
-        ("student", " Done"),
-    ]
+    assert r.text == BPE_TEXT
+    assert [(x.source, x.text) for x in r.spans] == BPE_SPANS
     assert (r.calls, r.command_tokens, r.teacher_tokens, r.finish_reason) == (1, 8, 3, "eos")

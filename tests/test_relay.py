@@ -11,7 +11,16 @@ from relay_demo.pairs import Pair, byte_tokenizer
 from relay_demo.policies import make_policy
 from relay_demo.relay import Limits, relay, relay_batch, relay_stream
 
-from .models import chain, chain_model, links, qwen_tokenizer, random_qwen2
+from .models import (
+    BPE_SPANS,
+    BPE_TEXT,
+    bpe_chain_models,
+    chain,
+    chain_model,
+    links,
+    qwen_tokenizer,
+    random_qwen2,
+)
 
 GREEDY = Sampling(temperature=0)
 
@@ -115,24 +124,14 @@ def test_teacher_reads_only_unseen_tokens(random_models, byte_tok):
 
 @pytest.fixture(scope="module")
 def bpe_pair(tok):
-    """Student: ' Let me think:<call>3</call>.' as 8 BPE pieces glued to ':' and '.', then ' Done'."""
-    student = chain(tok, ["\n", " Let", " me", " think", ":<", "call", ">", "3", "</", "cal", "l", ">."])
-    after = chain(tok, [" is", " Done"]) + [tok.eos_token_id]
-    # the teacher sees ' Let me think:.' (command stripped): its last token is ':.'
-    teacher = chain(tok, [":.", " The", " answer", " is", " The"])
-    return chain_model(tok, links(student) | links(after), seed=3), chain_model(tok, links(teacher), seed=4)
+    return bpe_chain_models(tok)
 
 
 def test_command_split_over_bpe_tokens_is_found_stopped_and_stripped(bpe_pair, tok):
     s, t = bpe_pair
     r = relay(_pair(s, t, tok, max_tokens=64, max_n=16), "hi", make_policy("learned"), sampling=GREEDY)
-    assert r.text == " Let me think:<call>3</call>. The answer is Done"
-    assert [(x.source, x.text) for x in r.spans] == [
-        ("student", " Let me think"),
-        ("command", ":<call>3</call>."),
-        ("teacher", " The answer is"),
-        ("student", " Done"),
-    ]
+    assert r.text == BPE_TEXT
+    assert [(x.source, x.text) for x in r.spans] == BPE_SPANS
     assert (r.calls, r.command_tokens, r.teacher_tokens, r.student_tokens) == (1, 8, 3, 3 + 2)
     assert r.finish_reason == "eos"
     assert r.source_mask == [1] * 11 + [0] * 3 + [1] * 2
