@@ -71,8 +71,26 @@ def _probability(name: str, v, *, open_low=False) -> float:
 
 
 class Learned(Policy):
+    """The student decides: it writes ``<call>N</call>`` itself.
+
+    ``call_bias`` (default 0: the paper's decoding) is added to the student's logit of the ``<call>`` token
+    before sampling, so the student calls when p(<call>) > exp(-call_bias) x p(its top token): a knob that
+    moves a trained student along its own cost-accuracy curve without retraining. It needs ``<call>`` to be
+    one token of the student's vocabulary (true of students trained here; a relay error says otherwise)."""
+
     name = "learned"
     honours_commands = True
+
+    def __init__(self, call_bias: float = 0.0):
+        try:
+            self.call_bias = float(call_bias)
+        except (TypeError, ValueError):
+            raise ValueError(f"call_bias must be a number, got {call_bias!r}") from None
+        if not math.isfinite(self.call_bias) or abs(self.call_bias) > 100:
+            raise ValueError(f"call_bias must be in [-100, 100], got {call_bias!r}")
+
+    def params(self) -> dict:
+        return {"call_bias": self.call_bias} if self.call_bias else {}
 
 
 class StudentOnly(Policy):

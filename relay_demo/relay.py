@@ -206,6 +206,18 @@ def validate_prompt(prompt) -> None:
         raise ValueError("the prompt is empty")
 
 
+def _open_command(text: str) -> bool:
+    """``text`` has a ``<call>`` that no ``</call>`` closes yet."""
+    lo = text.rfind(OPEN)
+    return lo >= 0 and text.find(CLOSE, lo) < 0
+
+
+def _single_token_id(tokenizer, text: str) -> int | None:
+    """The id of ``text`` when the tokenizer encodes it as exactly one token, else None."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
+
+
 class _Relay:
     def __init__(self, pair, policy: Policy, limits: Limits, sampling: Sampling):
         if policy.needs_hidden and not pair.student.supports_hidden:
@@ -215,6 +227,15 @@ class _Relay:
             )
         self.pair, self.policy, self.limits, self.sampling = pair, policy, limits, sampling
         self.tok = pair.student.tokenizer
+        self.call_bias = None  # the learned policy's bias on the student's <call> token
+        if getattr(policy, "call_bias", 0.0):
+            call_id = _single_token_id(self.tok, OPEN)
+            if call_id is None:
+                raise ValueError(
+                    f"call_bias needs {OPEN} to be one token of the student's vocabulary; in this student's "
+                    "tokenizer it is several (the student was not trained with it as a token of its own)"
+                )
+            self.call_bias = {call_id: policy.call_bias}
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -295,6 +316,8 @@ class _Relay:
                 want_top_prob=triggers and self.policy.needs_top_prob,
                 want_hidden=triggers and self.policy.needs_hidden,
                 row=s.row,
+                # never inside an open command: the bias would make the student write <call><call>...
+                logit_bias=self.call_bias if honour and not _open_command(s.seg_text) else None,
             )
         # teacher: catch up on what the student wrote since the teacher's last turn, commands removed
         if s.teacher is None:
@@ -332,6 +355,8 @@ class _Relay:
                 s.finish = "eos"
                 break
             yield from self.push_student_token(s, tid, job)
+            if self.call_bias and tid in self.call_bias and not job.cancelled:
+                job.cancel()  # the command's N and </call> are written unbiased, in the next student round
         if d.finish == "eos" and s.finish is None and s.phase == STUDENT and not job.cancelled:
             s.finish = "eos"
 

@@ -75,6 +75,7 @@ class Job:
     stop_strings: tuple[str, ...] = ()  # a hint for engines that stop on strings; the relay re-checks
     want_top_prob: bool = False  # probability of the most likely token at each sampled position
     want_hidden: bool = False  # last hidden state that produced each sampled token
+    logit_bias: dict[int, float] | None = None  # added to these tokens' logits before sampling
     row: int = 0  # which sequence of a batch this is; seeds differ per row
     cancelled: bool = False
 

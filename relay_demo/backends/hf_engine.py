@@ -91,6 +91,10 @@ def _eos_ids(model, tokenizer) -> set[int]:
 def _sample(logits: torch.Tensor, job: Job, session: HFSession) -> int:
     """Sample one token from ``logits`` [vocab] (float32) under the job's settings."""
     s = job.sampling
+    if job.logit_bias:
+        logits = logits.clone()
+        for tok, bias in job.logit_bias.items():
+            logits[tok] += bias
     if s.temperature == 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / s.temperature, dim=-1)

@@ -59,6 +59,7 @@ from .base import Delta, Job, ModelEngine, Session
 
 DEFAULT_KV_CACHE_GIB = 1.0  # per engine, CPU only; two engines + training fit in 24 GiB
 CPU_BLOCK_SIZE = 32  # the CPU attention backend needs a multiple of 32; smaller = cheaper re-reads
+DEFAULT_MAX_MODEL_LEN = 4096
 # In-process engines alive in this process: they share vLLM's global distributed state (see _shutdown_core).
 _open_engines = 0
 
@@ -151,7 +152,7 @@ class VLLMEngine(ModelEngine):
         path_or_hub_id: str,
         *,
         dtype: str = "bfloat16",
-        max_model_len: int = 4096,
+        max_model_len: int | None = None,
         seed: int = 0,
         kv_cache_gib: float | None = None,
         block_size: int | None = None,
@@ -161,13 +162,18 @@ class VLLMEngine(ModelEngine):
         """Load a local folder or hub id. ``engine_kwargs`` go to ``vllm.LLM`` (e.g.
         ``gpu_memory_utilization=0.45`` to fit two engines on one GPU). ``kv_cache_gib`` sizes the CPU
         KV cache of this engine (default: ``$VLLM_CPU_KVCACHE_SPACE`` or 1 GiB). ``name`` labels the engine
-        (default: the path)."""
+        (default: the path). ``max_model_len`` defaults to 4096 or the model's own context length if that is
+        shorter (the tiny-arith models have 512 positions)."""
         _default_env()
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
         from vllm import LLM
         from vllm.platforms import current_platform
 
         tokenizer = AutoTokenizer.from_pretrained(path_or_hub_id)
+        if max_model_len is None:
+            config = AutoConfig.from_pretrained(path_or_hub_id)
+            own = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_MODEL_LEN
+            max_model_len = min(DEFAULT_MAX_MODEL_LEN, int(own))
         on_cpu = current_platform.is_cpu()
         if block_size is None and on_cpu:
             block_size = CPU_BLOCK_SIZE
@@ -252,6 +258,7 @@ class VLLMEngine(ModelEngine):
             include_stop_str_in_output=True,
             detokenize=bool(job.stop_strings),  # text is only needed to match stop strings
             logprobs=1 if job.want_top_prob else None,
+            logit_bias=job.logit_bias or None,
             output_kind=RequestOutputKind.DELTA,
         )
 
