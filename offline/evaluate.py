@@ -129,6 +129,7 @@ class EvalCfg:
     results_dir: str = "results"
     chunk_rows: int = 256
     description: str = ""
+    redo: list[str] = field(default_factory=list)  # --redo: delete these methods' rows, then generate them
 
     def validate(self) -> None:
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
@@ -325,6 +326,11 @@ def run(cfg: EvalCfg, generate: Generate, *, progress: bool = True, extra_config
         results_path(cfg), cfg.run_id, config, identity=cfg.identity(), chunk_rows=cfg.chunk_rows
     )
     try:
+        if cfg.redo:
+            # random-query rows are expectations over student and teacher rows: redone with them
+            redo = set(cfg.redo) | ({RANDOM_QUERY} if {"student", "teacher"} & set(cfg.redo) else set())
+            dropped = writer.drop(redo)
+            print(f"--redo: deleted {dropped} rows of {', '.join(sorted(redo))}", file=sys.stderr)
         todo = [
             (c, k, [p for p in batch if not writer.is_done(c.method.name, c.param, c.benchmark, p.id)])
             for c in cells(cfg, problems)
@@ -363,6 +369,11 @@ def parse_args(argv: list[str] | None) -> EvalCfg:
     parser.add_argument("--limit", type=int, help="at most this many problems per benchmark")
     parser.add_argument("--problems", help="comma-separated problem ids (e.g. gsm8k/0,gsm8k/7)")
     parser.add_argument("--methods", help="comma-separated method names: run only these from the recipe")
+    parser.add_argument(
+        "--redo",
+        help="comma-separated method names whose rows are deleted first and generated again "
+        "(after retraining the model behind them)",
+    )
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -373,6 +384,12 @@ def parse_args(argv: list[str] | None) -> EvalCfg:
         ids = [p.strip() for p in args.problems.split(",") if p.strip()]
         overrides.append(f"problems={json.dumps(ids)}")
     cfg = cfglib.load(EvalCfg, args.config, overrides)
+    if args.redo:
+        redo = [n.strip() for n in args.redo.split(",") if n.strip()]
+        unknown = sorted(set(redo) - {m.name for m in cfg.methods})
+        if unknown:
+            parser.error(f"--redo: {unknown} not in the recipe ({', '.join(m.name for m in cfg.methods)})")
+        cfg.redo = redo
     if args.methods:
         names = [n.strip() for n in args.methods.split(",") if n.strip()]
         unknown = sorted(set(names) - {m.name for m in cfg.methods})

@@ -60,6 +60,9 @@ class GrpoCfg:
     max_tokens: int = 128
     eval_every: int = 20
     n_eval: int = 200
+    # save the validated checkpoint with the best accuracy (step 0, the starting student, included; ties go
+    # to the later step) instead of the last one: GRPO at this scale can lose accuracy
+    keep_best: bool = False
     threads: int = 1
     metrics: str | None = "results/training/tiny-arith/grpo.jsonl"
 
@@ -107,6 +110,7 @@ class RelayEvalCallback(TrainerCallback):
     def __init__(self, teacher, tok, problems, policy, limits, every: int, log: MetricLog):
         self.teacher, self.tok, self.problems, self.policy = teacher, tok, problems, policy
         self.limits, self.every, self.log = limits, every, log
+        self.best: tuple[dict, int, dict] | None = None  # (metrics, step, weights) of the best validation
 
     def run(self, model, step: int) -> dict:
         was = model.training
@@ -114,6 +118,8 @@ class RelayEvalCallback(TrainerCallback):
         m = relay_eval(pair, self.problems, self.policy, self.limits)
         model.train(was)
         self.log(step=step, **{f"val_{k}": v for k, v in m.items()})
+        if self.best is None or m["acc"] >= self.best[0]["acc"]:
+            self.best = (m, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
         return m
 
     def on_step_end(self, args, state, control, model=None, **_):
@@ -201,10 +207,19 @@ def train(cfg: GrpoCfg) -> dict:
     final = (
         evaluator.run(model, trainer.state.global_step) if trainer.state.global_step % cfg.eval_every else {}
     )
+    kept = trainer.state.global_step
+    if cfg.keep_best and evaluator.best is not None and evaluator.best[1] != kept:
+        final, kept, weights = evaluator.best
+        model.load_state_dict(weights)
     model.to(torch.bfloat16).save_pretrained(cfg.out)
     tok.save_pretrained(cfg.out)
     summary = dict(
-        event="done", train_s=round(train_s, 1), steps=trainer.state.global_step, out=cfg.out, **final
+        event="done",
+        train_s=round(train_s, 1),
+        steps=trainer.state.global_step,
+        kept_step=kept,
+        out=cfg.out,
+        **final,
     )
     log(**summary)
     return summary

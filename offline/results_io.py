@@ -38,6 +38,7 @@ from typing import Self
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SAMPLES = "samples.parquet"
@@ -318,6 +319,26 @@ class RunWriter:
         for p in live + dead:
             p.unlink()
         _fsync_dir(self.samples_dir)
+
+    def drop(self, methods: Iterable[str]) -> int:
+        """Delete every row of ``methods`` (the model behind them was retrained, say), so they are generated
+        again; returns how many rows went. Atomic like :meth:`compact`: one new part replaces all the others,
+        so a kill leaves either the old rows or the new part, never half of it."""
+        methods = sorted(set(methods))
+        self._write_buffer()
+        live, dead = live_parts(self.run_dir)
+        if not live or not methods:
+            return 0
+        table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in live])
+        kept = table.filter(pc.invert(pc.is_in(table["method"], value_set=pa.array(methods))))
+        if kept.num_rows == table.num_rows:
+            return 0
+        _write_part(self.samples_dir, self._next_seq(), kept, covers=sorted(p.name for p in live + dead))
+        for p in live + dead:
+            p.unlink()
+        _fsync_dir(self.samples_dir)
+        self.done = {k for k in self.done if k[0] not in methods}
+        return table.num_rows - kept.num_rows
 
     def close(self, *, finished: bool = True) -> None:
         """Flush, compact and mark the manifest finished (``finished=False`` after an error)."""

@@ -19,6 +19,7 @@ from relay_demo.store import METHOD_ORDER
 COLORS = {
     "relay": "#d62728",
     "relay-teacher-free": "#ff9896",
+    "relay-call-bias": "#e377c2",
     "random-query": "#7f7f7f",
     "random-token": "#1f77b4",
     "confidence": "#2ca02c",

@@ -41,6 +41,7 @@ METHOD_ORDER = (
     "teacher",
     "relay",
     "relay-teacher-free",
+    "relay-call-bias",
     "random-query",
     "random-token",
     "confidence",

@@ -250,3 +250,34 @@ def test_methods_flag_runs_a_subset_and_refuses_unknown_names():
     assert cfg.methods[0].pair == "tiny-arith-base"
     with pytest.raises(SystemExit):
         parse_args(["--config", recipe, "--methods", "student,nonsense"])
+
+
+def test_redo_regenerates_a_method_and_the_random_query_rows_that_depend_on_it(tmp_path):
+    recipe = str(_recipe(tmp_path, TOY))
+    run_dir = E.run(E.parse_args(["--config", recipe]), Scripted(), progress=False)
+    before = rio.read_samples(run_dir)
+
+    class StudentAlwaysRight(Scripted):
+        def __call__(self, cell, problems, k):
+            out = super().__call__(cell, problems, k)
+            for r, p in zip(out, problems, strict=True):
+                r.text = f"#### {p.answer}"
+            return out
+
+    gen = StudentAlwaysRight()
+    E.run(E.parse_args(["--config", recipe, "--redo", "student"]), gen, progress=False)
+    assert {m for m, *_ in gen.calls} == {"student"}  # nothing else is generated again
+    after = rio.read_samples(run_dir)
+    assert len(after) == len(before)
+
+    def acc(method, param=None):
+        sel = after[
+            (after["method"] == method)
+            & (after["param"].isna() if param is None else after["param"] == param)
+        ]
+        return sel["correct"].mean()
+
+    assert acc("student") == 1.0 and acc("confidence", 0.5) == 0.5
+    assert acc("random-query", 0.25) == pytest.approx(1.0)  # recomputed from the new student rows
+    with pytest.raises(SystemExit):
+        E.parse_args(["--config", recipe, "--redo", "nonsense"])

@@ -101,6 +101,20 @@ def test_chunked_write_and_resume(tmp_path):
     assert "pandas" in manifest["packages"] and "machine" in manifest and "commit" in manifest["git"]
 
 
+def test_drop_removes_a_method_for_regeneration(tmp_path):
+    with rio.open_run(tmp_path, "r", {"a": 1}, chunk_rows=2) as w:
+        w.add([_row(i) for i in range(3)] + [_row(i, "relay") for i in range(3)])
+        w.add([_row(i, "confidence", 0.5) for i in range(2)])  # still buffered when drop runs
+        assert w.drop(["relay", "unknown"]) == 3
+        assert not w.is_done("relay", None, "arith", "p0") and w.is_done("confidence", 0.5, "arith", "p1")
+        assert w.drop(["relay"]) == 0
+        assert w.add([_row(0, "relay", correct=0.0)]) == 1  # generated again
+    df = rio.read_samples(tmp_path / "runs" / "r")
+    assert sorted(df["method"].value_counts().items()) == [("confidence", 2), ("relay", 1), ("student", 3)]
+    assert df.loc[df["method"] == "relay", "correct"].tolist() == [0.0]
+    assert len(rio.live_parts(tmp_path / "runs" / "r")[0]) == 1
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     rio.open_run(tmp_path, "r", {"temperature": 0.7}).close()
     with pytest.raises(ValueError, match="other settings"):
