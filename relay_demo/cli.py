@@ -2,7 +2,7 @@
 
     python -m relay_demo generate --pair tiny-arith --policy learned --prompt "..." [--backend hf|vllm]
         [--max-new-tokens K] [--temperature T] [--seed S] [--max-n N] [--max-calls C]
-        [--tau 0.5 | --p 0.05 | --every 16 | --router PATH --threshold 0.5] [--n 1] [--json]
+        [--tau 0.5 | --p 0.05 | --every 16 | --router PATH --threshold 0.5 | --call-bias 1] [--n 1] [--json]
 
 Without ``--json`` the answer streams to the terminal, teacher spans in colour. With ``--json`` it prints one
 object: {"text", "spans": [{"source", "text", "tokens"}], "stats": {...}}. Bad arguments: one line, exit 2.
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--every", type=int, default=None, help="interval policy period")
     g.add_argument("--router", default=None, help="folder of a trained router")
     g.add_argument("--threshold", type=float, default=None, help="router threshold")
+    g.add_argument(
+        "--call-bias", type=float, default=None, help="learned policy: bias on the student's <call> logit"
+    )
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     return ap
 
@@ -60,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 def policy_from_args(a):
     from .policies import make_policy
 
-    given = {k: getattr(a, k) for k in ("n", "tau", "p", "every", "threshold") if getattr(a, k) is not None}
+    names = ("n", "tau", "p", "every", "threshold", "call_bias")
+    given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     if a.router is not None:
         given["path"] = a.router
     accepted = {
@@ -68,10 +72,13 @@ def policy_from_args(a):
         "random-token": {"n", "p"},
         "interval": {"n", "every"},
         "router": {"n", "threshold", "path"},
+        "learned": {"call_bias"},
     }.get(a.policy, set())
     extra = set(given) - accepted
     if extra:
-        raise ValueError(f"policy {a.policy!r} takes no {', '.join('--' + e for e in sorted(extra))}")
+        raise ValueError(
+            f"policy {a.policy!r} takes no {', '.join('--' + e.replace('_', '-') for e in sorted(extra))}"
+        )
     if a.policy == "router" and "path" not in given:
         raise ValueError("the router policy needs --router PATH")
     return make_policy(a.policy, **given)

@@ -122,6 +122,11 @@ def test_streaming_prints_the_text_and_a_summary(capsys):
         (["--pair", "tiny-random", "--prompt", "x", "--policy", "router"], "needs --router"),
         (["--pair", "tiny-random", "--prompt", "x", "--policy", "confidence", "--p", "0.1"], "takes no --p"),
         (["--pair", "tiny-random", "--prompt", "x", "--policy", "confidence", "--tau", "7"], "tau"),
+        (
+            ["--pair", "tiny-random", "--prompt", "x", "--policy", "confidence", "--call-bias", "1"],
+            "--call-bias",
+        ),
+        (["--pair", "tiny-random", "--prompt", "x", "--call-bias", "1"], "one token"),  # byte-level <call>
         (["--pair", "tiny-random", "--prompt", "x", "--max-new-tokens", "0"], "max_tokens"),
         (["--pair", "tiny-random", "--prompt", "x", "--max-n", "-3"], "max_n"),
         (["--pair", "tiny-random", "--prompt", "x", "--temperature", "-1"], "temperature"),

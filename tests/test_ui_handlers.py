@@ -120,6 +120,7 @@ def test_policies_from_settings():
     assert h.build_policy(h.Settings(policy="confidence", tau=0.3, n=2)).params() == {"tau": 0.3, "n": 2}
     assert h.build_policy(h.Settings(policy="random-token", p=1.0, n=1)).params() == {"p": 1.0, "n": 1}
     assert h.build_policy(h.Settings(policy="interval", every=3, n=5)).params() == {"every": 3, "n": 5}
+    assert h.build_policy(h.Settings(policy="learned", call_bias=1.5)).params() == {"call_bias": 1.5}
     for name in ("learned", "student-only", "teacher-only"):
         assert h.build_policy(h.Settings(policy=name)).name == name
     with pytest.raises(ValueError, match="unknown policy"):
@@ -355,10 +356,13 @@ def test_policy_controls_show_only_their_parameters():
         "n": True,
         "every": False,
         "threshold": False,
+        "call_bias": False,
         "router_path": False,
     }
     assert settings.visible_params("router", False)["router_path"]
     assert not settings.visible_params("router", True)["router_path"]  # hosted: no paths from the UI
-    assert not any(settings.visible_params("learned", False).values())
+    learned = settings.visible_params("learned", False)
+    assert learned["call_bias"] and sum(learned.values()) == 1
+    assert not any(settings.visible_params("student-only", False).values())
     assert "router policy is off" in settings.router_message("tiny-random", "router", True)
     assert settings.router_message("tiny-random", "learned", True) == ""

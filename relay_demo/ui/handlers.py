@@ -127,6 +127,7 @@ class Settings:
     n: int = 4
     every: int = 16
     threshold: float = 0.5
+    call_bias: float = 0.0
     max_n: int = 16
     temperature: float = 0.7
     max_tokens: int = 128
@@ -177,7 +178,9 @@ def build_policy(s: Settings) -> Policy:
                 "choose another policy"
             )
         return make_policy("router", path=str(folder), threshold=s.threshold, n=n)
-    return make_policy(s.policy)  # learned, student-only, teacher-only (unknown names: ValueError)
+    if s.policy == "learned":
+        return make_policy("learned", call_bias=s.call_bias)
+    return make_policy(s.policy)  # student-only, teacher-only (unknown names: ValueError)
 
 
 def build_limits(base: Limits, s: Settings) -> Limits:

@@ -18,8 +18,9 @@ POLICY_PARAMS = {
     "random-token": {"p", "n"},
     "interval": {"every", "n"},
     "router": {"threshold", "n", "router_path"},
+    "learned": {"call_bias"},
 }
-PARAM_FIELDS = ("tau", "p", "n", "every", "threshold", "router_path")
+PARAM_FIELDS = ("tau", "p", "n", "every", "threshold", "call_bias", "router_path")
 
 
 @dataclass
@@ -89,6 +90,14 @@ def build(hosted: bool) -> Controls:
             ),
             "threshold": gr.Slider(
                 0.0, 1.0, value=d.threshold, step=0.01, label="router threshold", visible=False
+            ),
+            "call_bias": gr.Slider(
+                -4.0,
+                8.0,
+                value=d.call_bias,
+                step=0.5,
+                label="call bias: added to the student's <call> logit (0 = as trained)",
+                visible=d.policy == "learned",
             ),
         }
         router_note = gr.Markdown("")
