@@ -107,9 +107,11 @@ def relay_eval(
 class RelayEvalCallback(TrainerCallback):
     """Validation accuracy and call ratio of the current student (greedy relay) every ``every`` steps."""
 
-    def __init__(self, teacher, tok, problems, policy, limits, every: int, log: MetricLog):
+    def __init__(
+        self, teacher, tok, problems, policy, limits, every: int, log: MetricLog, keep_best: bool = False
+    ):
         self.teacher, self.tok, self.problems, self.policy = teacher, tok, problems, policy
-        self.limits, self.every, self.log = limits, every, log
+        self.limits, self.every, self.log, self.keep_best = limits, every, log, keep_best
         self.best: tuple[dict, int, dict] | None = None  # (metrics, step, weights) of the best validation
 
     def run(self, model, step: int) -> dict:
@@ -118,7 +120,7 @@ class RelayEvalCallback(TrainerCallback):
         m = relay_eval(pair, self.problems, self.policy, self.limits)
         model.train(was)
         self.log(step=step, **{f"val_{k}": v for k, v in m.items()})
-        if self.best is None or m["acc"] >= self.best[0]["acc"]:
+        if self.keep_best and (self.best is None or m["acc"] >= self.best[0]["acc"]):
             self.best = (m, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
         return m
 
@@ -197,7 +199,9 @@ def train(cfg: GrpoCfg) -> dict:
     )
     trainer, policy = build_trainer(cfg, model, tok, teacher, log)
     val = arith.load("validation", cfg.n_eval, seed=cfg.seed)
-    evaluator = RelayEvalCallback(teacher, tok, val, policy, limits_of(cfg), cfg.eval_every, log)
+    evaluator = RelayEvalCallback(
+        teacher, tok, val, policy, limits_of(cfg), cfg.eval_every, log, keep_best=cfg.keep_best
+    )
     trainer.add_callback(evaluator)
     log(event="start", config=cfglib.to_dict(cfg))
     evaluator.run(model, 0)
@@ -208,7 +212,7 @@ def train(cfg: GrpoCfg) -> dict:
         evaluator.run(model, trainer.state.global_step) if trainer.state.global_step % cfg.eval_every else {}
     )
     kept = trainer.state.global_step
-    if cfg.keep_best and evaluator.best is not None and evaluator.best[1] != kept:
+    if evaluator.best is not None and evaluator.best[1] != kept:
         final, kept, weights = evaluator.best
         model.load_state_dict(weights)
     model.to(torch.bfloat16).save_pretrained(cfg.out)

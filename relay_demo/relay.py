@@ -206,10 +206,10 @@ def validate_prompt(prompt) -> None:
         raise ValueError("the prompt is empty")
 
 
-def _open_command(text: str) -> bool:
-    """``text`` has a ``<call>`` that no ``</call>`` closes yet."""
+def _open_command(text: str) -> int | None:
+    """Where the last ``<call>`` of ``text`` starts if no ``</call>`` closes it yet, else None."""
     lo = text.rfind(OPEN)
-    return lo >= 0 and text.find(CLOSE, lo) < 0
+    return lo if lo >= 0 and text.find(CLOSE, lo) < 0 else None
 
 
 def _single_token_id(tokenizer, text: str) -> int | None:
@@ -317,7 +317,7 @@ class _Relay:
                 want_hidden=triggers and self.policy.needs_hidden,
                 row=s.row,
                 # never inside an open command: the bias would make the student write <call><call>...
-                logit_bias=self.call_bias if honour and not _open_command(s.seg_text) else None,
+                logit_bias=self.call_bias if honour and _open_command(s.seg_text) is None else None,
             )
         # teacher: catch up on what the student wrote since the teacher's last turn, commands removed
         if s.teacher is None:
@@ -382,8 +382,8 @@ class _Relay:
     def held_from(self, s: _Seq) -> int:
         """Char index from which the segment might still become a command: those tokens are held back."""
         text = s.seg_text
-        lo = text.rfind(OPEN)
-        if lo >= 0 and text.find(CLOSE, lo) < 0:
+        lo = _open_command(text)
+        if lo is not None:
             return lo
         for k in range(min(len(OPEN) - 1, len(text)), 0, -1):  # a suffix that could grow into "<call>"
             if OPEN.startswith(text[-k:]):
