@@ -18,9 +18,14 @@ How a sequence moves (``_Seq.phase``):
   appended to the student's session as ids, and the student resumes seeing its command and those tokens.
 * ``done``: an end token from either model, the token budget, or the wall-clock limit.
 
-Rounds: all sequences in the student phase run as one batch until each has stopped; then all sequences
-in the teacher phase run as one batch; repeat. With KV caches (transformers) or prefix caching (vLLM) a
-round costs each model only the tokens it has not seen.
+Rounds: all sequences in the student phase run as one batch; then all sequences in the teacher phase run as
+one batch; repeat. With KV caches (transformers) or prefix caching (vLLM) a round costs each model only the
+tokens it has not seen. A student round ends when each sequence has stopped or, with ``preempt`` (the default
+in greedy decoding), as soon as the sequences waiting for the teacher are as many as those still writing: the
+writers are paused (their jobs cancelled, their tokens kept) and rejoin the next student round with the
+sequences the teacher has served, so the student's batch does not shrink to a long tail of single rows while
+most sequences wait. A paused row re-reads at most one cache block. In greedy decoding this changes no output;
+with sampling a row's random stream would depend on when its neighbours hand over, so it is off there.
 """
 
 from __future__ import annotations
@@ -219,13 +224,16 @@ def _single_token_id(tokenizer, text: str) -> int | None:
 
 
 class _Relay:
-    def __init__(self, pair, policy: Policy, limits: Limits, sampling: Sampling):
+    def __init__(self, pair, policy: Policy, limits: Limits, sampling: Sampling, preempt: bool | None = None):
         if policy.needs_hidden and not pair.student.supports_hidden:
             raise NotImplementedError(
                 f"policy {policy.name!r} needs the student's hidden states, which the {pair.student.backend} "
                 "backend does not expose; use the transformers backend (hf)"
             )
         self.pair, self.policy, self.limits, self.sampling = pair, policy, limits, sampling
+        self.preempt = (sampling.temperature == 0) if preempt is None else bool(preempt)
+        self.n_rounds = {STUDENT: 0, TEACHER: 0}
+        self.n_paused = 0  # student jobs paused by an early end of their round
         self.tok = pair.student.tokenizer
         self.call_bias = None  # the learned policy's bias on the student's <call> token
         if getattr(policy, "call_bias", 0.0):
@@ -280,6 +288,8 @@ class _Relay:
         """Run one model on every sequence of this phase until each stops, streaming what it writes."""
         jobs = [self.make_job(s, phase) for s in rows]
         produced = [0] * len(rows)
+        paused = [False] * len(rows)
+        self.n_rounds[phase] += 1
         start = time.perf_counter()
         for deltas in engine.run(jobs):
             for d in deltas:
@@ -293,12 +303,28 @@ class _Relay:
                 for s, job in zip(rows, jobs, strict=True):
                     job.cancel()
                     s.finish = s.finish or "timeout"
+            elif phase == STUDENT and self.preempt and len(rows) > 1 and not any(paused):
+                self.maybe_pause(rows, jobs, paused)
         elapsed = time.perf_counter() - start
-        for s, n in zip(rows, produced, strict=True):
+        for s, n, p in zip(rows, produced, paused, strict=True):
             s.wall[phase] += elapsed
-            self.after_round(s, phase, n)
+            self.after_round(s, phase, n, paused=p)
             if s.phase == "done":
                 yield from self.flush(s, STUDENT)
+
+    def maybe_pause(self, rows: list[_Seq], jobs: list[Job], paused: list[bool]) -> None:
+        """End the student round early once the rows waiting for the teacher are as many as the writers."""
+        writing = [
+            i
+            for i, (s, job) in enumerate(zip(rows, jobs, strict=True))
+            if s.phase == STUDENT and s.finish is None and not job.cancelled
+        ]
+        waiting = sum(1 for s in rows if s.phase == TEACHER)
+        if writing and waiting >= len(writing):
+            for i in writing:
+                jobs[i].cancel()  # its tokens so far stay in its session; later ones are dropped
+                paused[i] = True
+            self.n_paused += len(writing)
 
     def make_job(self, s: _Seq, phase: str) -> Job:
         budget = self.remaining(s)
@@ -452,7 +478,7 @@ class _Relay:
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
-    def after_round(self, s: _Seq, phase: str, produced: int) -> None:
+    def after_round(self, s: _Seq, phase: str, produced: int, paused: bool = False) -> None:
         if phase == TEACHER:
             s.teacher_prefill.append(s.teacher.last_prefill)
             s.teacher_known = len(s.teacher.ids) - 1  # its last sampled token was never run
@@ -465,7 +491,7 @@ class _Relay:
             return
         if phase == TEACHER:
             s.phase = STUDENT
-        elif s.phase == STUDENT and produced == 0:
+        elif s.phase == STUDENT and produced == 0 and not paused:
             s.finish, s.phase = "stalled", "done"  # a student round that wrote nothing would loop forever
 
     def result(self, s: _Seq) -> RelayResult:
@@ -519,9 +545,11 @@ def relay_batch(
     limits: Limits | None = None,
     sampling: Sampling | None = None,
     on_span=None,
+    preempt: bool | None = None,
 ) -> list[RelayResult]:
-    """Relay-decode many prompts at once. ``on_span(row, span)`` sees every delta as it happens."""
-    relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
+    """Relay-decode many prompts at once. ``on_span(row, span)`` sees every delta as it happens.
+    ``preempt``: end student rounds early (module docstring); default on in greedy decoding only."""
+    relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling(), preempt)
     seqs = relay.start(list(prompts))
     for row, span in relay.drive(seqs):
         if on_span is not None:

@@ -107,3 +107,28 @@ def test_command_over_bpe_tokens_on_vllm(folders, tok):
     assert r.text == BPE_TEXT
     assert [(x.source, x.text) for x in r.spans] == BPE_SPANS
     assert (r.calls, r.command_tokens, r.teacher_tokens, r.finish_reason) == (1, 8, 3, "eos")
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_early_round_end_changes_no_greedy_output(pairs, backend):
+    """Pausing the writers once as many rows wait for the teacher: same tokens, and it really paused."""
+    from relay_demo.relay import _Relay
+
+    prompts = PROMPTS * 2
+    policy = make_policy("random-token", p=0.08, n=2)
+    runs = {}
+    for preempt in (False, True):
+        relay = _Relay(pairs[backend], policy, pairs[backend].limits, GREEDY, preempt=preempt)
+        seqs = relay.start(prompts)
+        list(relay.drive(seqs))
+        runs[preempt] = relay, [relay.result(s) for s in seqs]
+    (off, plain), (on, early) = runs[False], runs[True]
+    assert off.n_paused == 0 and on.n_paused > 0
+    for a, b in zip(plain, early, strict=True):
+        assert a.token_ids == b.token_ids
+        assert a.source_mask == b.source_mask
+        assert (a.calls, a.finish_reason, a.teacher_tokens) == (b.calls, b.finish_reason, b.teacher_tokens)
+    # the default: on in greedy decoding only (with sampling a row's draws would depend on its neighbours)
+    assert _Relay(pairs[backend], policy, pairs[backend].limits, GREEDY).preempt
+    sampled = Sampling(temperature=0.7, seed=1)
+    assert not _Relay(pairs[backend], policy, pairs[backend].limits, sampled).preempt
