@@ -5,6 +5,10 @@
 The relay hands one token to the teacher every ``--every`` student tokens (default 19: a 5% call ratio),
 so the figure shows what the handoffs cost a batch: ``relay_vs_student`` = relay tok/s / student-only tok/s.
 Response tokens of both models count; end-of-sequence is disabled so every run writes the same number.
+
+Batched only, a second relay hands over at random positions (random-token, p = 1/every), as real policies do:
+rows then stop at different moments, which is what the early end of student rounds is for. It runs with
+``preempt`` on (the default in greedy decoding) and off: ``preempt_gain`` = on tok/s / off tok/s.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from relay_demo.relay import Limits, relay_batch
 GREEDY = Sampling(temperature=0)
 
 
-def tok_per_s(pair, policy, prompts, max_tokens) -> tuple[float, float]:
+def tok_per_s(pair, policy, prompts, max_tokens, **kw) -> tuple[float, float]:
     limits = Limits(max_tokens=max_tokens, max_calls=10**6, max_n=max(1, policy.n))
     relay_batch(
         pair, prompts[:1], policy, limits=Limits(max_tokens=8, max_calls=10**6), sampling=GREEDY
     )  # warm
     # best of three: this machine is shared, and noise only ever adds time
-    runs = [timed(relay_batch, pair, prompts, policy, limits=limits, sampling=GREEDY) for _ in range(3)]
+    runs = [timed(relay_batch, pair, prompts, policy, limits=limits, sampling=GREEDY, **kw) for _ in range(3)]
     results, dt = runs[0][0], min(t for _, t in runs)
     tokens = sum(len(r.token_ids) for r in results)
     teacher = sum(r.teacher_tokens for r in results)
@@ -59,6 +63,24 @@ def main() -> None:
             figures[f"{key}_relay_tok_s"] = round(r, 1)
             figures[f"{key}_relay_vs_student"] = round(r / s, 4)
             figures[f"{key}_call_ratio"] = round(ratio, 4)
+            if n > 1:
+                rand = make_policy("random-token", p=1 / a.every, n=1, seed=0)
+                on, rratio = tok_per_s(pair, rand, prompts, max_tokens, preempt=True)
+                off, _ = tok_per_s(pair, rand, prompts, max_tokens, preempt=False)
+                rows.append(
+                    {
+                        "backend": backend,
+                        "mode": f"{label} random, preempt off/on",
+                        "student_tok_s": s,
+                        "relay_tok_s": f"{off:.1f} / {on:.1f}",
+                        "call_ratio": rratio,
+                        "relay_vs_student": f"{off / s:.3f} / {on / s:.3f}",
+                    }
+                )
+                figures[f"{key}_random_relay_tok_s"] = round(on, 1)
+                figures[f"{key}_random_relay_nopreempt_tok_s"] = round(off, 1)
+                figures[f"{key}_random_call_ratio"] = round(rratio, 4)
+                figures[f"{key}_preempt_gain"] = round(on / off, 4)
         pair.close()
     print(table(rows, ["backend", "mode", "student_tok_s", "relay_tok_s", "call_ratio", "relay_vs_student"]))
     finish(figures, a.json)
