@@ -119,7 +119,7 @@ def available(name: str) -> tuple[bool, str]:
     return True, ""
 
 
-_loaded: dict[tuple[str, str], Pair] = {}
+_loaded: dict[tuple[str, str, str], Pair] = {}  # (name, backend, engine keywords)
 _load_lock = threading.Lock()
 
 
@@ -130,7 +130,7 @@ def load_pair(name: str, backend: str = "hf", *, fresh: bool = False, **engine_k
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend not in spec.get("backends", BACKENDS):
         raise ValueError(f"pair {name!r} is registered for {', '.join(spec['backends'])}, not {backend}")
-    key = (name, backend)
+    key = (name, backend, repr(sorted(engine_kw.items())))  # another dtype or cache size is another pair
     with _load_lock:
         if key in _loaded and not fresh:
             return _loaded[key]

@@ -232,7 +232,6 @@ class _Relay:
             )
         self.pair, self.policy, self.limits, self.sampling = pair, policy, limits, sampling
         self.preempt = (sampling.temperature == 0) if preempt is None else bool(preempt)
-        self.n_rounds = {STUDENT: 0, TEACHER: 0}
         self.n_paused = 0  # student jobs paused by an early end of their round
         self.tok = pair.student.tokenizer
         self.call_bias = None  # the learned policy's bias on the student's <call> token
@@ -289,7 +288,7 @@ class _Relay:
         jobs = [self.make_job(s, phase) for s in rows]
         produced = [0] * len(rows)
         paused = [False] * len(rows)
-        self.n_rounds[phase] += 1
+        can_pause = phase == STUDENT and self.preempt and len(rows) > 1  # once per round
         start = time.perf_counter()
         for deltas in engine.run(jobs):
             for d in deltas:
@@ -303,8 +302,8 @@ class _Relay:
                 for s, job in zip(rows, jobs, strict=True):
                     job.cancel()
                     s.finish = s.finish or "timeout"
-            elif phase == STUDENT and self.preempt and len(rows) > 1 and not any(paused):
-                self.maybe_pause(rows, jobs, paused)
+            elif can_pause:
+                can_pause = not self.maybe_pause(rows, jobs, paused)
         elapsed = time.perf_counter() - start
         for s, n, p in zip(rows, produced, paused, strict=True):
             s.wall[phase] += elapsed
@@ -312,7 +311,7 @@ class _Relay:
             if s.phase == "done":
                 yield from self.flush(s, STUDENT)
 
-    def maybe_pause(self, rows: list[_Seq], jobs: list[Job], paused: list[bool]) -> None:
+    def maybe_pause(self, rows: list[_Seq], jobs: list[Job], paused: list[bool]) -> bool:
         """End the student round early once the rows waiting for the teacher are as many as the writers."""
         writing = [
             i
@@ -325,6 +324,8 @@ class _Relay:
                 jobs[i].cancel()  # its tokens so far stay in its session; later ones are dropped
                 paused[i] = True
             self.n_paused += len(writing)
+            return True
+        return False
 
     def make_job(self, s: _Seq, phase: str) -> Job:
         budget = self.remaining(s)

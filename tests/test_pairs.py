@@ -41,3 +41,8 @@ def test_load_pair_takes_a_dtype_override():
     assert next(pair.student.model.parameters()).dtype == torch.bfloat16
     pair = pairs.load_pair("tiny-random", "hf", fresh=True)
     assert next(pair.student.model.parameters()).dtype == torch.float32
+    # the per-process cache keeps loads with other keywords apart
+    default = pairs.load_pair("tiny-random", "hf")
+    bf16 = pairs.load_pair("tiny-random", "hf", dtype="bfloat16")
+    assert bf16 is not default and pairs.load_pair("tiny-random", "hf") is default
+    assert next(bf16.student.model.parameters()).dtype == torch.bfloat16
