@@ -347,6 +347,18 @@ def test_explorer_with_no_results(tmp_path):
     assert "No evaluation runs" in x.runs_markdown(tmp_path)
 
 
+def test_runs_table_tells_a_finished_run_from_an_interrupted_one(tmp_path):
+    from offline import results_io as rio
+
+    rio.open_run(tmp_path, "done-run", {"pair": "tiny-random"}).close()
+    # a run killed, or stopped by an error
+    rio.open_run(tmp_path, "cut-run", {"pair": "tiny-random"}).close(finished=False)
+    rows = {line.split(" | ")[0].strip("| "): line for line in x.runs_markdown(tmp_path).splitlines()[2:]}
+    assert set(rows) == {"done-run", "cut-run"}
+    assert "not finished" not in rows["done-run"] and "running" not in rows["done-run"]
+    assert "not finished (last written 20" in rows["cut-run"]
+
+
 def test_policy_controls_show_only_their_parameters():
     from relay_demo.ui import settings
 

@@ -204,7 +204,7 @@ def runs_markdown(results_dir: str | Path) -> str:
         cells = [
             m.get("run_id"),
             (m.get("config") or {}).get("pair"),
-            m.get("finished_at") or "running",
+            m.get("finished_at") or f"not finished (last written {m.get('updated_at') or '?'})",
             where,
         ]
         lines.append("| " + " | ".join(str(c or "").replace("|", "/") for c in cells) + " |")
