@@ -6,6 +6,9 @@ OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_store.py -q
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -123,6 +126,17 @@ def test_summary_cli_json(results, capsys):
     assert store.main(["summary", "--pair", "other", "--benchmark", "gsm8k", "--results", str(results)]) == 0
     table = capsys.readouterr().out
     assert "other" in table and "toy" not in table and "100.00%" in table
+
+
+def test_summary_cli_into_a_closed_pipe_ends_quietly(results):
+    """`summary --json | head -1`: the reader leaves before the rows are written; no traceback, exit 141."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "relay_demo.store", "summary", "--json", "--results", str(results)]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # closed long before the child has imported duckdb and pandas
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
 
 
 def test_corrupt_and_foreign_files_are_named_and_skipped(results):
