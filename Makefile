@@ -16,13 +16,16 @@ PIP_RETRIES ?= $(shell timeout 5 $(PYTHON) -c "import socket; socket.getaddrinfo
 	>/dev/null 2>&1 && echo 5 || echo 0)
 THREADS ?= 2
 
-.PHONY: help venv browser app test lint
+QWEN_DIR ?= models/qwen2.5-coder
+
+.PHONY: help venv browser app test lint qwen-pair
 
 help:
 	@echo "make venv   create .venv from the pinned requirements (a no-op when nothing changed)"
 	@echo "make app    run the Gradio demo on the embedded model pair"
 	@echo "make test   run the fast tests, the browser test included (slow ones: make test ARGS='-m slow')"
 	@echo "make lint   ruff check + ruff format --check"
+	@echo "make qwen-pair  fetch Qwen2.5-Coder-0.5B/1.5B-Instruct (the real pair) into $(QWEN_DIR), ~1.5 GB"
 
 venv: $(STAMP)
 
@@ -52,3 +55,10 @@ test: venv browser
 # Both checks always run, so one report shows every problem; either failing fails the target.
 lint: venv
 	@status=0; $(PY) -m ruff check . || status=1; $(PY) -m ruff format --check . || status=1; exit $$status
+
+# The real pair (student Qwen2.5-Coder-0.5B-Instruct, teacher -1.5B) as local Hugging Face folders; gguf (the reader of
+# the downloaded files) is pinned here, beside the venv, not a runtime dependency. A no-op when both are there.
+GGUF := gguf==0.19.0
+qwen-pair: venv
+	@$(PY) -c "import gguf" 2>/dev/null || $(PY) -m pip install -q --no-deps $(GGUF)
+	PYTHON=$(PY) bash ../shared/tools/fetch-qwen25-coder-pair.sh $(QWEN_DIR)

@@ -4,6 +4,10 @@
     pair.student, pair.teacher                          # ModelEngine objects
     pair.limits                                         # relay.Limits from the registry
 
+A pair whose spec names an ``adapter`` (a LoRA folder from ``offline/warmup_lora.py``) gets as its student the
+base model with that adapter merged in (``relay_demo.adapters.merged_student``: built once into a cache
+folder, checked against the unmerged model), so both backends load it like any other model folder.
+
 ``tiny-random`` is built on the fly (two tiny random Qwen3 models and a byte-level tokenizer, saved once to
 a cache folder so that both backends load the very same weights).
 """
@@ -73,7 +77,12 @@ def pair_paths(name: str) -> tuple[str, str]:
     if spec.get("build") == "tiny-random":
         folder = build_tiny_random()
         return str(folder / "student"), str(folder / "teacher")
-    return resolve(spec["student"]), resolve(spec["teacher"])
+    student = resolve(spec["student"])
+    if spec.get("adapter"):  # base + adapter: the merged copy both backends load (built once, cached)
+        from .adapters import merged_student
+
+        student = str(merged_student(student, resolve(spec["adapter"])))
+    return student, resolve(spec["teacher"])
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -116,6 +125,10 @@ def available(name: str) -> tuple[bool, str]:
         ref = resolve(spec[role])
         if Path(ref).is_absolute() and not (Path(ref) / "config.json").is_file():
             return False, f"{role} model not found at {ref}"
+    if spec.get("adapter"):
+        ref = resolve(spec["adapter"])
+        if not (Path(ref) / "adapter_config.json").is_file():
+            return False, f"student adapter not found at {ref} (offline/warmup_lora.py trains it)"
     return True, ""
 
 

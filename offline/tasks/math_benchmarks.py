@@ -43,6 +43,9 @@ HUB = {
     "aime25": ("math-ai/aime25", None, "test"),
     "amc23": ("math-ai/amc23", None, "test"),
 }
+# The one training split (for labels, routers, thresholds): GSM8K train, ``<data dir>/gsm8k/train.jsonl``.
+TRAIN_HUB = {"gsm8k": ("openai/gsm8k", "main", "train")}
+SPLITS = {name: ("test", "train") if name in TRAIN_HUB else ("test",) for name in HUB}
 
 
 def data_dir() -> Path | None:
@@ -125,24 +128,26 @@ ROW_PARSERS: dict[str, Callable[[dict, int], tuple[str, str, str, dict]]] = {
 }
 
 
-def _read_rows(name: str) -> list[dict]:
+def _read_rows(name: str, split: str = "test") -> list[dict]:
     root = data_dir()
     if root is not None:
-        path = root / name / "test.jsonl"
+        path = root / name / f"{split}.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing (data dir {root})")
         with path.open(encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
     import datasets  # online users only: heavy import
 
-    repo, config, split = HUB[name]
-    return [dict(r) for r in datasets.load_dataset(repo, config, split=split)]
+    repo, config, hub_split = (TRAIN_HUB if split == "train" else HUB)[name]
+    return [dict(r) for r in datasets.load_dataset(repo, config, split=hub_split)]
 
 
-def to_problem(name: str, row: dict, i: int) -> Problem:
+def to_problem(name: str, row: dict, i: int, split: str = "test") -> Problem:
     pid, question, answer, meta = ROW_PARSERS[name](row, i)
     prompt = f"{question.strip()}\n{MATH_INSTRUCTION}"
-    return Problem(f"{name}/{pid}", prompt, answer, name, meta)
+    # train ids carry the split (gsm8k-train/17), so no train problem can be mistaken for a test one
+    prefix = name if split == "test" else f"{name}-{split}"
+    return Problem(f"{prefix}/{pid}", prompt, answer, name, meta)
 
 
 def load(name: str, split: str = "test", n: int | None = None, seed: int = 0) -> list[Problem]:
@@ -152,11 +157,11 @@ def load(name: str, split: str = "test", n: int | None = None, seed: int = 0) ->
     """
     if name not in ROW_PARSERS:
         raise ValueError(f"unknown math benchmark {name!r}; known: {sorted(ROW_PARSERS)}")
-    if split != "test":
-        raise ValueError(f"{name} only has a test split, got {split!r}")
+    if split not in SPLITS[name]:
+        raise ValueError(f"{name} has the splits {', '.join(SPLITS[name])}, not {split!r}")
     if n is not None and n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    problems = [to_problem(name, row, i) for i, row in enumerate(_read_rows(name))]
+    problems = [to_problem(name, row, i, split) for i, row in enumerate(_read_rows(name, split))]
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{name}: duplicate problem ids")
@@ -164,7 +169,7 @@ def load(name: str, split: str = "test", n: int | None = None, seed: int = 0) ->
         return problems
     # A seeded permutation's prefix: a larger n keeps every problem of a smaller one (runs can grow).
     order = list(range(len(problems)))
-    random.Random(f"{name}/{seed}").shuffle(order)
+    random.Random(f"{name}/{seed}" if split == "test" else f"{name}-{split}/{seed}").shuffle(order)
     keep = sorted(order[:n])
     return [problems[i] for i in keep]
 
