@@ -26,8 +26,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from offline.grading import Grade, extract_boxed, grade
 from offline.tasks.base import Problem
+from relay_demo.answers import Grade, extract_boxed, grade
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
