@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .backends.base import Job, ModelEngine, Sampling, Session
 from .policies import Policy
@@ -110,9 +110,6 @@ class RelayResult:
             "stats": self.stats(),
         }
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 class _Detok:
     """Incremental detokenizer: the text each new token adds, robust to multi-byte characters."""
@@ -145,7 +142,6 @@ class _Seq:
         self.student: Session | None = None
         self.teacher: Session | None = None
         self.detok = _Detok(tokenizer)
-        self.tokenizer = tokenizer
         self.pstate = policy.new_state(seed)
         self.phase = TEACHER if policy.teacher_only else STUDENT
         self.handoff_n = 0

@@ -49,7 +49,6 @@ class Session:
 
     def __init__(self, prompt_ids: list[int]):
         self.ids: list[int] = list(prompt_ids)
-        self.prompt_len = len(self.ids)
         self.computed = 0  # token positions this model ran a forward pass on (prefill + decode)
         self.last_prefill = 0  # positions the latest run computed before its first new token
 
