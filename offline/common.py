@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from offline.tasks import arith
 from offline.tasks.base import Problem
-from relay_demo.backends.base import Sampling
+from relay_demo.backends.base import Sampling, chat_ids
 from relay_demo.pairs import Pair
 from relay_demo.relay import Limits, relay_batch
 
@@ -48,10 +48,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
 
 
 def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    enc = tok.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-    )
-    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+    """One user turn's ids through the chat template (``relay_demo.backends.base.chat_ids``)."""
+    return chat_ids(tok, prompt)
 
 
 @torch.no_grad()

@@ -49,9 +49,9 @@ from offline import config as cfglib
 from offline.eval_rows import RANDOM_QUERY, random_query_rows, result_row
 from offline.tasks import BENCHMARKS, load_benchmark
 from offline.tasks.base import Problem
+from relay_demo import ROOT
 from relay_demo.results import parts as rio
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POLICY = {
     "student": "student-only",
     "teacher": "teacher-only",

@@ -40,6 +40,7 @@ import torch
 from offline import config as cfglib
 from offline.tasks import grade_response, load_benchmark
 from offline.tasks.base import Problem
+from relay_demo.backends.base import chat_ids
 from relay_demo.pairs import resolve
 from relay_demo.policies import RouterMLP
 
@@ -124,14 +125,8 @@ def encode(tok, problem: Problem) -> tuple[list[int], list[int]]:
     solution = problem.meta.get("solution")
     if not solution:
         raise ValueError(f"problem {problem.id} has no reference solution (meta['solution'])")
-    enc = tok.apply_chat_template(
-        [{"role": "user", "content": problem.prompt}],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=False,
-    )
-    prompt = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
-    return prompt, tok(solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    answer = tok(solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return chat_ids(tok, problem.prompt), answer
 
 
 @torch.no_grad()

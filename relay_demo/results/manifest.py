@@ -14,8 +14,9 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from .. import ROOT as REPO
+
 MANIFEST = "manifest.json"
-REPO = Path(__file__).resolve().parents[2]
 PACKAGES = (
     "torch",
     "vllm",
