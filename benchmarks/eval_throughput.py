@@ -18,7 +18,7 @@ import time
 from common import finish, parser, table
 
 from offline import evaluate as ev
-from offline import results_io as rio
+from relay_demo.results import parts as rio
 
 RELAY = {
     "confidence": {"name": "confidence", "params": {"tau": 0.6, "n": 1}},

@@ -6,10 +6,11 @@
     python -m offline.evaluate --config offline/recipes/qwen2.5-coder-0.5b-1.5b/eval.yaml \\
         --problems gsm8k/0,gsm8k/1 backend=hf batch_size=4                             # key=value overrides
 
-Writes ``results/runs/<run_id>/{manifest.json, samples.parquet/}`` (``offline/results_io.py``). Rerunning the
-same command resumes: every (method, param, benchmark, problem) already written is skipped, so a job killed at
-any moment loses at most the batch in flight. The manifest records the whole config, the sampling settings,
-the resolved limits, the git commit, package versions and the machine.
+Writes ``results/runs/<run_id>/{manifest.json, samples.parquet/}`` (``relay_demo/results/``; rows are built
+in ``offline/eval_rows.py``). Rerunning the same command resumes: every (method, param, benchmark, problem)
+already written is skipped, so a job killed at any moment loses at most the batch in flight. The manifest
+records the whole config, the sampling settings, the resolved limits, the git commit, package versions and the
+machine, with paths inside the repository written relative to it.
 
 Methods (``methods:`` in the recipe; ``policy`` defaults from the name):
 
@@ -45,11 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offline import config as cfglib
-from offline import results_io as rio
-from offline.tasks import BENCHMARKS, grade_response, load_benchmark
+from offline.eval_rows import RANDOM_QUERY, random_query_rows, result_row
+from offline.tasks import BENCHMARKS, load_benchmark
 from offline.tasks.base import Problem
+from relay_demo import ROOT
+from relay_demo.results import parts as rio
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POLICY = {
     "student": "student-only",
     "teacher": "teacher-only",
@@ -60,7 +62,6 @@ DEFAULT_POLICY = {
     "router": "router",
 }
 DEFAULT_LIMITS = {"relay-teacher-free": {"max_calls": 0}}
-RANDOM_QUERY = "random-query"
 
 
 @dataclass
@@ -170,62 +171,6 @@ def select_problems(cfg: EvalCfg, benchmark: str) -> list[Problem]:
         wanted = set(cfg.problems)
         problems = [p for p in problems if p.id in wanted]
     return problems
-
-
-def result_row(cfg: EvalCfg, method: str, param: float | None, problem: Problem, result) -> dict:
-    """One samples row from a RelayResult, graded with the benchmark's own extraction."""
-    g = grade_response(problem.benchmark, result.text, problem, time_limit=cfg.grading_time_limit)
-    spans = [{"source": s.source, "text": s.text, "tokens": len(s.token_ids)} for s in result.spans]
-    return {
-        "run_id": cfg.run_id,
-        "pair": cfg.pair,
-        "method": method,
-        "param": param,
-        "benchmark": problem.benchmark,
-        "problem_id": problem.id,
-        "correct": float(g.correct),
-        "student_tokens": float(result.student_tokens),
-        "teacher_tokens": float(result.teacher_tokens),
-        "command_tokens": float(result.command_tokens),
-        "calls": float(result.calls),
-        "flops": float(result.flops),
-        "wall_s": float(result.wall_s),
-        "response": result.text,
-        "spans": json.dumps(spans),
-        "extracted": g.extracted,
-        "finish_reason": result.finish_reason,
-    }
-
-
-EXPECTED = ("correct", "student_tokens", "teacher_tokens", "command_tokens", "calls", "flops", "wall_s")
-
-
-def random_query_rows(cfg: EvalCfg, samples, benchmark: str, ps: list[float]) -> list[dict]:
-    """Per-problem expectations of the random-query router from this run's student and teacher rows."""
-    sel = samples[(samples["benchmark"] == benchmark) & samples["param"].isna()]
-    s = sel[sel["method"] == "student"].set_index("problem_id")
-    t = sel[sel["method"] == "teacher"].set_index("problem_id")
-    common = sorted(set(s.index) & set(t.index))
-    rows = []
-    for p in ps:
-        for pid in common:
-            row = {c: (1 - p) * float(s.at[pid, c]) + p * float(t.at[pid, c]) for c in EXPECTED}
-            rows.append(
-                {
-                    **row,
-                    "run_id": cfg.run_id,
-                    "pair": cfg.pair,
-                    "method": RANDOM_QUERY,
-                    "param": float(p),
-                    "benchmark": benchmark,
-                    "problem_id": pid,
-                    "response": "",
-                    "spans": json.dumps({"expectation_of": ["student", "teacher"], "p": p}),
-                    "extracted": None,
-                    "finish_reason": "computed",
-                }
-            )
-    return rows
 
 
 # ---------------------------------------------------------------- the job
@@ -403,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     from relay_demo.pairs import available, load_pair, registry, resolve
     from relay_demo.relay import Limits
+    from relay_demo.results.manifest import repo_relative
 
     spec = registry().get(cfg.pair)
     if spec is None:  # fail now, before any work
@@ -416,13 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     models = {r: resolve(spec[r]) for r in ("student", "teacher") if r in spec}
     models = models or {"build": spec.get("build")}
     limits = dataclasses.asdict(Limits(**{**spec.get("limits", {}), **cfg.limits}))
-    extra = {
-        "pair_spec": spec,
-        "method_pairs": {m.name: registry()[m.pair] for m in cfg.methods if m.pair},
-        "models": models,
-        "resolved_limits": limits,
-        "argv": sys.argv if argv is None else argv,
-    }
+    extra = repo_relative(  # the machine's absolute paths say nothing to a reader of the manifest
+        {
+            "pair_spec": spec,
+            "method_pairs": {m.name: registry()[m.pair] for m in cfg.methods if m.pair},
+            "models": models,
+            "resolved_limits": limits,
+            "argv": sys.argv if argv is None else argv,
+        }
+    )
     generate = engine_generate(cfg, lambda: load_pair(cfg.pair, backend=cfg.backend, **cfg.engine))
     run_dir = run(cfg, generate, extra_config=extra)
     print(f"results in {run_dir}; summary: python -m relay_demo.store summary --pair {cfg.pair}")

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from offline import config as cfglib
+from offline.common import MetricLog, generate, load_model
 from offline.tasks import arith
 from offline.tasks.base import Problem
-from offline.train_base import MetricLog, generate, load_model
 
 
 @dataclass
@@ -58,16 +58,6 @@ def pass_counts(model, tok, problems: list[Problem], cfg: FilterCfg) -> list[int
         seed=cfg.seed,
     )
     return [sum(arith.is_correct(t, p.answer) for t in ts) for ts, p in zip(texts, problems, strict=True)]
-
-
-def load_kept(path: str | Path) -> list[Problem]:
-    """The problems a filter run kept, as ``Problem`` objects."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [
-        Problem(r["id"], r["prompt"], r["answer"], arith.BENCHMARK, {"solution": r["solution"]})
-        for r in rows
-        if r["kept"]
-    ]
 
 
 def run(cfg: FilterCfg) -> dict:

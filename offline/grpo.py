@@ -22,18 +22,14 @@ import torch
 from transformers import TrainerCallback
 
 from offline import config as cfglib
-from offline.filter import load_kept
+from offline.common import LogCallback, MetricLog, load_kept, load_model, relay_eval, trainer_dir
 from offline.rewards import RewardCfg, trl_reward_func
 from offline.tasks import arith
-from offline.tasks.base import Problem
-from offline.train_base import MetricLog, load_model
 from offline.trl_rollout import make_rollout_func
-from offline.warmup import LogCallback
-from relay_demo.backends.base import Sampling
 from relay_demo.backends.hf_engine import HFEngine
 from relay_demo.pairs import Pair
 from relay_demo.policies import make_policy
-from relay_demo.relay import Limits, relay_batch
+from relay_demo.relay import Limits
 
 
 @dataclass
@@ -75,33 +71,6 @@ class GrpoCfg:
 
 def limits_of(cfg: GrpoCfg) -> Limits:
     return Limits(max_n=cfg.max_n, max_calls=cfg.max_calls if cfg.calls else 0, max_tokens=cfg.max_tokens)
-
-
-def relay_eval(
-    pair: Pair,
-    problems: list[Problem],
-    policy,
-    limits: Limits,
-    temperature: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 250,
-) -> dict:
-    """Accuracy, call ratio (teacher tokens / all response tokens, pooled) and calls per problem."""
-    correct = teacher = total = calls = 0
-    for i in range(0, len(problems), batch_size):
-        chunk = problems[i : i + batch_size]
-        res = relay_batch(
-            pair,
-            [p.prompt for p in chunk],
-            policy,
-            limits=limits,
-            sampling=Sampling(temperature=temperature, seed=seed),
-        )
-        for p, r in zip(chunk, res, strict=True):
-            correct += arith.is_correct(r.text, p.answer)
-            teacher, total, calls = teacher + r.teacher_tokens, total + len(r.token_ids), calls + r.calls
-    n = max(1, len(problems))
-    return {"acc": correct / n, "call_ratio": teacher / max(1, total), "calls_per_problem": calls / n, "n": n}
 
 
 class RelayEvalCallback(TrainerCallback):
@@ -152,7 +121,7 @@ def build_trainer(cfg: GrpoCfg, model, tok, teacher, log: MetricLog | None = Non
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     policy = make_policy(cfg.policy, **cfg.policy_args) if cfg.calls else make_policy("student-only")
     args = GRPOConfig(
-        output_dir=os.path.join("/tmp", "grpo-trainer"),
+        output_dir=trainer_dir(cfg.out),
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         num_generations=cfg.num_generations,
         max_steps=cfg.max_steps,

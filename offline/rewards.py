@@ -1,6 +1,6 @@
 """Rewards for GRPO on relay rollouts: the paper's difficulty-aware reward and plain accuracy.
 
-The difficulty-aware reward (DEVELOPERS.md) looks at the *group* of rollouts of one problem:
+The difficulty-aware reward of the RelayLLM paper looks at the *group* of rollouts of one problem:
 
 * some rollout solved it **without** a call (easy for the student): correct without a call -> ``solo_bonus``
   (1.5), correct with a call -> ``1 - call_ratio``, wrong -> 0;

@@ -40,9 +40,10 @@ import torch
 from offline import config as cfglib
 from offline.tasks import grade_response, load_benchmark
 from offline.tasks.base import Problem
+from relay_demo.backends.base import chat_ids
+from relay_demo.pairs import resolve
 from relay_demo.policies import RouterMLP
 
-ROOT = Path(__file__).resolve().parents[1]
 # position kinds; the router's target is 1 for KIND_TEACHER and KIND_NEITHER_FAIL
 KIND_STUDENT, KIND_TEACHER, KIND_NEITHER_OK, KIND_NEITHER_FAIL, KIND_UNROLLED = 0, 1, 2, 3, 4
 KIND_NAMES = (
@@ -104,20 +105,16 @@ class Positions:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def _path(p: str) -> str:
-    return str(ROOT / p) if not Path(p).is_absolute() and (ROOT / p).exists() else p
-
-
 def load_models(cfg: RouterCfg):
     """(tokenizer, student, teacher) in float32 eval mode; the teacher must share the student's vocabulary."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(_path(cfg.student))
-    t_tok = AutoTokenizer.from_pretrained(_path(cfg.teacher))
+    tok = AutoTokenizer.from_pretrained(resolve(cfg.student))
+    t_tok = AutoTokenizer.from_pretrained(resolve(cfg.teacher))
     if t_tok.get_vocab() != tok.get_vocab():
         raise ValueError("the teacher's tokenizer differs from the student's: CITER labels compare token ids")
     models = [
-        AutoModelForCausalLM.from_pretrained(_path(p), dtype=torch.float32)
+        AutoModelForCausalLM.from_pretrained(resolve(p), dtype=torch.float32)
         for p in (cfg.student, cfg.teacher)
     ]
     return tok, models[0].eval(), models[1].eval()
@@ -128,14 +125,8 @@ def encode(tok, problem: Problem) -> tuple[list[int], list[int]]:
     solution = problem.meta.get("solution")
     if not solution:
         raise ValueError(f"problem {problem.id} has no reference solution (meta['solution'])")
-    enc = tok.apply_chat_template(
-        [{"role": "user", "content": problem.prompt}],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=False,
-    )
-    prompt = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
-    return prompt, tok(solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    answer = tok(solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return chat_ids(tok, problem.prompt), answer
 
 
 @torch.no_grad()
@@ -386,7 +377,7 @@ def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=
             "recipe": cfglib.to_dict(cfg),
         }
     )
-    router.save(Path(cfg.out) if Path(cfg.out).is_absolute() else ROOT / cfg.out)
+    router.save(Path(resolve(cfg.out)))
     log(f"saved router to {cfg.out} ({router.config['seconds']}s)")
     return router
 

@@ -5,13 +5,13 @@ Byte-level BPE trained on the generator's own text, with Qwen2's pre-tokenizer r
 ``<call>`` and ``</call>`` are special tokens of their own, so a command is exactly ``<call> N </call>``
 (three tokens for N < 10). The chat template is minimal: ``<|user|>{prompt}<|assistant|>{answer}<|end|>``.
 
-    .venv/bin/python -m offline.tokenizer --out /tmp/tok   # writes tokenizer.json, tokenizer_config.json, ...
+    from offline.tokenizer import build
+    build().save_pretrained("/tmp/tok")   # writes tokenizer.json, tokenizer_config.json, ...
+
+A helper, not a job: ``offline.train_base`` builds it (seed 0) and saves it beside both models.
 """
 
 from __future__ import annotations
-
-import argparse
-from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -68,16 +68,3 @@ def build(vocab_size: int = 400, n_texts: int = 3000, seed: int = 0) -> PreTrain
     fast.padding_side = "left"  # generation pads on the left
     fast.model_max_length = 512
     return fast
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--vocab-size", type=int, default=400)
-    args = ap.parse_args()
-    build(args.vocab_size).save_pretrained(str(args.out))
-    print(f"saved tokenizer to {args.out}")
-
-
-if __name__ == "__main__":
-    main()

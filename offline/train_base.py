@@ -9,14 +9,13 @@ deliberately weak). Saves bf16 safetensors + tokenizer, logs JSON lines (step, l
     OMP_NUM_THREADS=1 .venv/bin/python -m offline.train_base --config offline/recipes/tiny-arith/base.yaml \
         max_steps=10 out=/tmp/t snapshot_at_val_acc=null snapshot_out=null
 
-Also home of the small greedy / sampled evaluation helpers the other tiny-arith jobs share.
+Shared helpers (loading, generation, metric logs) are in ``offline/common.py``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import random
 import time
@@ -24,15 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedTokenizerBase,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
 from offline import config as cfglib
+from offline.common import MetricLog, generate, load_model, prompt_ids
 from offline.tasks import arith
 from offline.tasks.base import Problem
 
@@ -109,13 +103,6 @@ def make_model(tok: PreTrainedTokenizerBase, m: ModelCfg, seed: int = 0) -> Qwen
     return Qwen3ForCausalLM(conf)
 
 
-def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    enc = tok.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-    )
-    return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
-
-
 def encode_example(tok: PreTrainedTokenizerBase, prompt: str, answer: str) -> tuple[list[int], list[int]]:
     """(input ids, labels) with labels -100 on the prompt; the answer ends with EOS."""
     p = prompt_ids(tok, prompt)
@@ -134,76 +121,10 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
     return {"input_ids": ids, "labels": lab, "attention_mask": att}
 
 
-@torch.no_grad()
-def generate(
-    model,
-    tok: PreTrainedTokenizerBase,
-    prompts: list[str],
-    *,
-    temperature: float = 0.0,
-    num_return: int = 1,
-    max_new_tokens: int = 96,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> list[list[str]]:
-    """``num_return`` completions per prompt (greedy when temperature == 0), decoded with commands kept."""
-    model.eval()
-    torch.manual_seed(seed)
-    out: list[list[str]] = []
-    side, tok.padding_side = tok.padding_side, "left"
-    for i in range(0, len(prompts), batch_size):
-        chunk = [prompt_ids(tok, p) for p in prompts[i : i + batch_size]]
-        n = max(map(len, chunk))
-        ids = torch.tensor([[tok.pad_token_id] * (n - len(c)) + c for c in chunk])
-        att = (torch.arange(n)[None, :] >= torch.tensor([n - len(c) for c in chunk])[:, None]).long()
-        kw = (
-            dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-            if temperature > 0
-            else dict(do_sample=False)
-        )
-        gen = model.generate(
-            input_ids=ids,
-            attention_mask=att,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=num_return,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            **kw,
-        )
-        texts = tok.batch_decode(gen[:, n:], skip_special_tokens=False)
-        texts = [t.split(tok.eos_token)[0].replace(tok.pad_token, "") for t in texts]
-        out += [texts[j : j + num_return] for j in range(0, len(texts), num_return)]
-    tok.padding_side = side
-    model.train()
-    return out
-
-
 def accuracy(model, tok, problems: list[Problem], temperature: float = 0.0, seed: int = 0) -> float:
     texts = generate(model, tok, [p.prompt for p in problems], temperature=temperature, seed=seed)
     hits = sum(arith.is_correct(t[0], p.answer) for t, p in zip(texts, problems, strict=True))
     return hits / max(1, len(problems))
-
-
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype), AutoTokenizer.from_pretrained(
-        str(path)
-    )
-
-
-class MetricLog:
-    """Append JSON lines to ``path`` (or nowhere) and echo them."""
-
-    def __init__(self, path: str | None, stage: str):
-        self.path, self.stage, self.t0 = (Path(path) if path else None), stage, time.time()
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, **row) -> None:
-        row = {"stage": self.stage, "wall_s": round(time.time() - self.t0, 2), **row}
-        print(json.dumps(row), flush=True)
-        if self.path:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
 
 
 def _lr_at(step: int, cfg: TrainBaseCfg) -> float:

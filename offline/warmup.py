@@ -19,20 +19,17 @@ Trained with TRL's ``SFTTrainer`` on pre-tokenized ``input_ids`` / ``labels``.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import TrainerCallback
 
 from offline import config as cfglib
-from offline.filter import load_kept
+from offline.common import LogCallback, MetricLog, load_kept, load_model, prompt_ids, relay_eval, trainer_dir
 from offline.tasks import arith
 from offline.tasks.base import Problem
-from offline.train_base import MetricLog, load_model, prompt_ids
 
 
 @dataclass
@@ -221,7 +218,7 @@ def train(cfg: WarmupCfg) -> dict:
     log(event="data", seconds=round(time.time() - t0, 1), **stats)
     ds = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     args = SFTConfig(
-        output_dir=os.path.join("/tmp", "warmup-trainer"),
+        output_dir=trainer_dir(cfg.out),
         per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
@@ -250,7 +247,6 @@ def train(cfg: WarmupCfg) -> dict:
         event="done", train_s=round(time.time() - t1, 1), steps=trainer.state.global_step, out=cfg.out
     )
     if cfg.teacher:  # the student with its own commands served by the teacher (greedy): what GRPO starts from
-        from offline.grpo import relay_eval
         from relay_demo.backends.hf_engine import HFEngine
         from relay_demo.pairs import Pair
         from relay_demo.policies import make_policy
@@ -265,19 +261,6 @@ def train(cfg: WarmupCfg) -> dict:
         )
     log(**summary)
     return summary
-
-
-class LogCallback(TrainerCallback):
-    """Forward the trainer's logs (loss, GRPO reward, ...) into our JSON lines."""
-
-    def __init__(self, log: MetricLog, keys: tuple[str, ...] = ("loss", "learning_rate", "grad_norm")):
-        self.log, self.keys = log, keys
-
-    def on_log(self, args, state, control, logs=None, **_):
-        if logs:
-            row = {k: v for k, v in logs.items() if any(k.startswith(p) for p in self.keys)}
-            if row:
-                self.log(step=state.global_step, **row)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import yaml
 
+from . import ROOT
 from .backends.base import ModelEngine
 from .relay import Limits
 
-ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("hf", "vllm")
 
 

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from .backends.base import Job, ModelEngine, Sampling, Session
+from .backends.base import Job, ModelEngine, Sampling, Session, chat_ids
 from .policies import Policy
 from .protocol import CLOSE, OPEN, find_command, strip_commands
 
@@ -110,9 +110,6 @@ class RelayResult:
             "stats": self.stats(),
         }
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 class _Detok:
     """Incremental detokenizer: the text each new token adds, robust to multi-byte characters."""
@@ -145,7 +142,6 @@ class _Seq:
         self.student: Session | None = None
         self.teacher: Session | None = None
         self.detok = _Detok(tokenizer)
-        self.tokenizer = tokenizer
         self.pstate = policy.new_state(seed)
         self.phase = TEACHER if policy.teacher_only else STUDENT
         self.handoff_n = 0
@@ -186,15 +182,7 @@ class _Seq:
 
 
 def _chat_ids(engine: ModelEngine, prompt, chat_kwargs: dict) -> list[int]:
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    tok = engine.tokenizer
-    if getattr(tok, "chat_template", None):
-        ids = tok.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False, **chat_kwargs
-        )
-        return [int(i) for i in ids]
-    text = "\n".join(m["content"] for m in messages)
-    return [int(i) for i in tok(text, add_special_tokens=True)["input_ids"]]
+    return chat_ids(engine.tokenizer, prompt, chat_kwargs)
 
 
 def validate_prompt(prompt) -> None:

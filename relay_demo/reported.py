@@ -3,8 +3,9 @@
 Source: RelayLLM (token-level collaborative decoding of a small and a large language model), main results:
 Qwen3-1.7B student relaying to a Qwen3-8B teacher, mean accuracy over the six math benchmarks (MATH-500,
 GSM8K, Minerva, OlympiadBench, AIME-24, AIME-25). The query-level random router that matches the relay's
-accuracy sends 60.4% of queries to the teacher, hence the paper's "98.2% cost reduction" (1 - 1.07 / 60.4; see
-``offline.metrics``). Accuracies and shares are fractions here. We never ran this pair: these are the paper's.
+accuracy sends 60.4% of queries to the teacher, hence the paper's "98.2% cost reduction" (1 - 1.07 / 60.4;
+see ``relay_demo.results.metrics``). Accuracies and shares are fractions here. We never ran this pair:
+these are the paper's.
 """
 
 from __future__ import annotations

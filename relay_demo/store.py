@@ -5,17 +5,17 @@
 Views (in an in-memory DuckDB; the parquet files are only read):
 
 * ``all_samples``: every live row of every run (``results/runs/<run_id>/samples.parquet``, see
-  ``offline/results_io.py``). A part that is corrupt or foreign (not parquet, or lacking the schema's columns)
-  is reported by name in a warning and skipped; the rest still loads.
+  ``relay_demo/results/parts.py``). A part that is corrupt or foreign (not parquet, or lacking the schema's
+  columns) is reported by name in a warning and skipped; the rest still loads.
 * ``samples``: one row per (pair, method, param, benchmark, problem): where several runs evaluated the same
   thing (a rerun, another backend), the most recently created run's row. Points never count a problem twice.
 * ``runs``: one row per run manifest (run_id, pair, created_at, finished_at, git commit).
 * ``points``: one row per (pair, benchmark, method, param): n, accuracy, call ratio, mean FLOPs, tokens,
   calls.
 
-:meth:`Store.summary` adds what SQL does not say well (``offline.metrics``): APGR against the pair's student
-and teacher on the same benchmark, CPT(50%) / CPT(80%) of each method's curve, the saving against the
-accuracy-matched random-query router, and the simulated band of the random-query rows.
+:meth:`Store.summary` adds what SQL does not say well (``relay_demo.results.metrics``): APGR against the
+pair's student and teacher on the same benchmark, CPT(50%) / CPT(80%) of each method's curve, the saving
+against the accuracy-matched random-query router, and the simulated band of the random-query rows.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from offline import metrics
-from offline.results_io import MANIFEST, REQUIRED, SAMPLES, SCHEMA, scan_parts
+from .results import metrics
+from .results.parts import MANIFEST, REQUIRED, SAMPLES, SCHEMA, scan_parts
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "results"
 METHOD_ORDER = (
@@ -156,7 +156,7 @@ class Store:
             for path, why in bad:
                 self._skip(path, why)
             for path in _foreign(run_dir, {*live, *dead, *(p for p, _ in bad)}):
-                self._skip(path, "foreign file: not a part written by offline/results_io.py")
+                self._skip(path, "foreign file: not a part written by relay_demo/results/parts.py")
             for path in live:
                 why = _check_part(path)
                 self._skip(path, why) if why else self.files.append(path)

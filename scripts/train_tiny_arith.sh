@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Rebuild the embedded tiny-arith pair from nothing on CPU (issue 3): base models, teacher filter, warm-up SFT,
-# GRPO with relay rollouts, the GRPO-only baseline, and the final test evaluation.
+# GRPO with relay rollouts, the GRPO-only baseline, the CITER-style router baseline, and the final test evaluation
+# (offline/evaluate.py with eval.yaml: every method on 1000 test problems, into results/runs/tiny-arith-eval).
 #
 #   scripts/train_tiny_arith.sh            # everything (about 2 CPU-hours on one core)
 #   scripts/train_tiny_arith.sh grpo-relay eval   # only some stages, in this order
 #
-# Stages: base filter warmup grpo-relay grpo-only eval. One thread each (the machine is shared);
+# Stages: base filter warmup grpo-relay grpo-only router eval. One thread each (the machine is shared);
 # THREADS=2 when it is idle. Wall-clock time of each stage goes to results/training/tiny-arith/stages.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ R=offline/recipes/tiny-arith
 M=results/training/tiny-arith
 THREADS=${THREADS:-1}
 export OMP_NUM_THREADS=$THREADS TOKENIZERS_PARALLELISM=false TRL_EXPERIMENTAL_SILENCE=1
+EVAL_METHODS=student,teacher,relay,relay-teacher-free,grpo-only,relay-call-bias,random-token,confidence,router
 mkdir -p "$M"
 
 stage() {  # stage NAME CMD...: run, time, record
@@ -33,11 +35,13 @@ run_stage() {
     warmup) stage warmup "$PY" -m offline.warmup --config $R/warmup.yaml threads=$THREADS ;;
     grpo-relay) stage grpo-relay "$PY" -m offline.grpo --config $R/grpo-relay.yaml threads=$THREADS ;;
     grpo-only) stage grpo-only "$PY" -m offline.grpo --config $R/grpo-only.yaml threads=$THREADS ;;
-    eval) stage eval "$PY" -m offline.tiny_arith_eval --config $R/final-eval.yaml threads=$THREADS ;;
-    *) echo "unknown stage $1 (base filter warmup grpo-relay grpo-only eval)" >&2; exit 2 ;;
+    router) stage router "$PY" -m offline.routers --config $R/router.yaml threads=$THREADS ;;
+    # the models were just rebuilt: the run's rows of every method are generated again (--redo)
+    eval) stage eval "$PY" -m offline.evaluate --config $R/eval.yaml --redo "$EVAL_METHODS" ;;
+    *) echo "unknown stage $1 (base filter warmup grpo-relay grpo-only router eval)" >&2; exit 2 ;;
   esac
 }
 
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(base filter warmup grpo-relay grpo-only eval)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(base filter warmup grpo-relay grpo-only router eval)
 for s in "${STAGES[@]}"; do run_stage "$s"; done

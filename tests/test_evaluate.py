@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from offline import evaluate as E
-from offline import results_io as rio
 from offline.config import ConfigError
 from relay_demo.relay import RelayResult, Span
+from relay_demo.results import parts as rio
 from relay_demo.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]

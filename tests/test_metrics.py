@@ -1,4 +1,4 @@
-"""APGR, CPT, the random-query router and the saving against it (offline/metrics.py).
+"""APGR, CPT, the random-query router and the saving against it (relay_demo/results/metrics.py).
 
 OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_metrics.py -q
 """
@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from offline import metrics as M
 from relay_demo import reported as R
+from relay_demo.results import metrics as M
 
 
 def _sides(n=400, seed=0):

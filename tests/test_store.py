@@ -1,4 +1,4 @@
-"""The DuckDB store over a toy results folder built here through results_io, its CLI, and the charts.
+"""The DuckDB store over a toy results folder built here through relay_demo.results, its CLI, and the charts.
 
 OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_store.py -q
 """
@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from offline import metrics as M
-from offline import results_io as rio
 from offline.evaluate import EvalCfg, MethodCfg, random_query_rows
 from relay_demo import charts, reported, store
+from relay_demo.results import metrics as M
+from relay_demo.results import parts as rio
 
 N = 10
 # per problem: (student correct, teacher correct); student 4/10, teacher 8/10

@@ -12,8 +12,9 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
+from offline.common import prompt_ids  # noqa: E402
 from offline.tasks import arith  # noqa: E402
-from offline.train_base import ModelCfg, make_model, prompt_ids  # noqa: E402
+from offline.train_base import ModelCfg, make_model  # noqa: E402
 from offline.warmup import WarmupCfg, build_example, random_calls, targeted_calls  # noqa: E402
 
 TINY = ModelCfg(hidden=32, layers=1, heads=1, kv_heads=1, head_dim=32, intermediate=64, max_positions=256)
@@ -118,7 +119,7 @@ def test_two_step_sft_loss_params_and_zero_teacher_gradient(tok, tmp_path):
         assert torch.count_nonzero(grads[row, start - 1 : start + 3]) > 0  # student positions do learn
 
 
-def test_two_step_grpo_loss_params_and_zero_teacher_gradient(tok):
+def test_two_step_grpo_loss_params_and_zero_teacher_gradient(tok, tmp_path):
     from offline.grpo import GrpoCfg, build_trainer
     from relay_demo.backends.hf_engine import HFEngine
 
@@ -138,6 +139,7 @@ def test_two_step_grpo_loss_params_and_zero_teacher_gradient(tok):
         max_tokens=12,
         lr=1e-2,
         metrics=None,
+        out=str(tmp_path / "student"),  # the trainer's own folder goes under it, never into results/
     )
 
     def length_reward(completions, relay_text, **_):
@@ -223,7 +225,7 @@ def test_config_loader_nested_overrides_and_errors(tmp_path):
         ("offline.warmup:WarmupCfg", "tiny-arith/warmup.yaml"),
         ("offline.grpo:GrpoCfg", "tiny-arith/grpo-relay.yaml"),
         ("offline.grpo:GrpoCfg", "tiny-arith/grpo-only.yaml"),
-        ("offline.tiny_arith_eval:FinalEvalCfg", "tiny-arith/final-eval.yaml"),
+        ("offline.routers:RouterCfg", "tiny-arith/router.yaml"),
         ("offline.filter:FilterCfg", "qwen3-1.7b-8b/filter.yaml"),
         ("offline.warmup:WarmupCfg", "qwen3-1.7b-8b/warmup.yaml"),
         ("offline.grpo:GrpoCfg", "qwen3-1.7b-8b/grpo-relay.yaml"),

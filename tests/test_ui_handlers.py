@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from offline import results_io as rio
 from relay_demo.relay import Limits
+from relay_demo.results import parts as rio
 from relay_demo.ui import explorer_data as x
 from relay_demo.ui import handlers as h
 from relay_demo.ui import render
@@ -348,7 +348,7 @@ def test_explorer_with_no_results(tmp_path):
 
 
 def test_runs_table_tells_a_finished_run_from_an_interrupted_one(tmp_path):
-    from offline import results_io as rio
+    from relay_demo.results import parts as rio
 
     rio.open_run(tmp_path, "done-run", {"pair": "tiny-random"}).close()
     # a run killed, or stopped by an error

@@ -1,8 +1,8 @@
 """Benchmark registry: name -> loader and grader.
 
 ``load_benchmark(name, split="test", n=None, seed=0)`` returns a list of :class:`~offline.tasks.base.Problem`;
-``grade_response(name, response, problem)`` returns a :class:`~offline.grading.Grade`. Modules load lazily, so
-importing this package costs nothing.
+``grade_response(name, response, problem)`` returns a :class:`~relay_demo.answers.Grade`. Modules load lazily,
+so importing this package costs nothing.
 
     >>> from offline.tasks import BENCHMARKS, load_benchmark, grade_response
     >>> probs = load_benchmark("gsm8k", n=3)
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib
 
-from offline.grading import Grade
 from offline.tasks.base import Problem
+from relay_demo.answers import Grade
 
 MATH_BENCHMARKS = ("math500", "gsm8k", "minerva_math", "olympiadbench", "aime24", "aime25", "amc23")
 PAPER_BENCHMARKS = ("math500", "gsm8k", "minerva_math", "olympiadbench", "aime24", "aime25")

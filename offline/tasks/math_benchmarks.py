@@ -26,10 +26,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from offline.grading import Grade, extract_boxed, grade
 from offline.tasks.base import Problem
+from relay_demo import ROOT as REPO_ROOT
+from relay_demo.answers import Grade, extract_boxed, grade
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 # name -> (hub dataset, config, split) for users without the local data folder (not reachable from this

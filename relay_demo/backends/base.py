@@ -29,6 +29,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def chat_ids(tokenizer, prompt, chat_kwargs: dict | None = None) -> list[int]:
+    """The prompt's token ids: a string (one user turn) or chat messages, through the tokenizer's chat
+    template with the generation prompt; a tokenizer without one reads the turns' text joined by newlines.
+
+    The one chat-to-ids function: the engines' callers (the relay loop), the app and the jobs all use it."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False, **(chat_kwargs or {})
+        )
+        return [int(i) for i in ids]
+    text = "\n".join(m["content"] for m in messages)
+    return [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Sampling settings. ``temperature == 0`` is greedy. ``seed`` makes a run reproducible."""
@@ -49,7 +64,6 @@ class Session:
 
     def __init__(self, prompt_ids: list[int]):
         self.ids: list[int] = list(prompt_ids)
-        self.prompt_len = len(self.ids)
         self.computed = 0  # token positions this model ran a forward pass on (prefill + decode)
         self.last_prefill = 0  # positions the latest run computed before its first new token
 

@@ -318,7 +318,7 @@ COMPARE_SIDES = ("student-only", "relay", "teacher-only")
 
 
 def final_answer(text: str) -> str | None:
-    from offline.grading import extract_answer  # regex only; imported late so the app starts fast
+    from ..answers import extract_answer  # regex only; imported late so the app starts fast
 
     return extract_answer(strip_commands(text))
 

@@ -8,6 +8,14 @@ from . import handlers as h
 from . import render
 from .settings import Controls
 
+# The first three problems of the synthetic task's test split (``offline.tasks.arith.load("test", n=3)``, the
+# tiny pair's training distribution; a test checks they still are), then word problems of our own.
+TASK_PROBLEMS = [
+    "Eva has 74 cards. She finds 95 cards. She buys 8 boxes of 23 cards. How many cards does she have now?",
+    "Eva has 53 cards. She wins 99 cards. She buys 3 boxes of 43 cards. How many cards does she have now?",
+    "Hugo has 34 marbles. He receives 89 marbles. He loses 28 marbles. He buys 2 boxes of 75 marbles. "
+    "How many marbles does he have now?",
+]
 WORD_PROBLEMS = [
     "A baker makes 14 trays of 12 rolls and sells 97 rolls. How many rolls are left?",
     "Mia reads 23 pages a day for 6 days, then 17 more pages. How many pages has she read?",
@@ -17,9 +25,7 @@ WORD_PROBLEMS = [
 
 def examples() -> list[str]:
     """Synthetic task problems (the tiny pair's training distribution) and word problems of our own."""
-    from offline.tasks import arith
-
-    return [p.prompt for p in arith.load("test", n=3)] + WORD_PROBLEMS
+    return TASK_PROBLEMS + WORD_PROBLEMS
 
 
 def build(ctl: Controls, hosted: bool) -> None:

