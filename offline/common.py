@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -149,3 +150,31 @@ class LogCallback(TrainerCallback):
 def trainer_dir(out: str | Path) -> str:
     """The folder a trainer may write to: inside the run's own output folder (ignored by git)."""
     return str(Path(out) / "trainer-state")
+
+
+class Jsonl:
+    """Rows appended chunk by chunk and fsynced; a torn last line (a kill mid-write) is cut off on open."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            data = path.read_bytes()
+            cut = data.rfind(b"\n") + 1
+            if cut != len(data):
+                with path.open("r+b") as f:
+                    f.truncate(cut)
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def append(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())

@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offline import config as cfglib
+from offline.common import Jsonl
 from offline.tasks import grade_response, load_benchmark
 from offline.tasks.base import Problem
-
-ROOT = Path(__file__).resolve().parents[1]
+from offline.vllm_batch import PairModels
+from relay_demo import ROOT
 
 
 @dataclass
@@ -83,37 +84,6 @@ class LabelCfg:
                 raise ValueError(f"trial ({cut}, {n}): cut must be in [0, n_cuts), N >= 1")
 
 
-# -- crash-safe jsonl ------------------------------------------------------------------------------
-
-
-class Jsonl:
-    """Rows appended chunk by chunk and fsynced; a torn last line (a kill mid-write) is cut off on open."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            data = path.read_bytes()
-            cut = data.rfind(b"\n") + 1
-            if cut != len(data):
-                with path.open("r+b") as f:
-                    f.truncate(cut)
-
-    def rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with self.path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-    def append(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def out_path(cfg: LabelCfg) -> Path:
     """The output folder; a relative ``out_dir`` is read from the repository root (and stored as given)."""
     return ROOT / cfg.out_dir
@@ -146,75 +116,6 @@ def keep_share(pid: str, share: float, seed: int) -> bool:
 # -- the engine calls ------------------------------------------------------------------------------
 
 
-class Models:
-    """The pair's two vLLM engines, used through ``vllm.LLM`` directly: batched greedy generation and
-    teacher-forced prompt log-probs (the relay engine interface has neither in one call)."""
-
-    def __init__(self, cfg: LabelCfg):
-        from relay_demo.pairs import load_pair
-
-        kw = dict(cfg.engine)
-        self.pair = load_pair(cfg.pair, backend="vllm", **kw)
-        self.tok = self.pair.student.tokenizer
-        self.tokens = {"student_prompt": 0, "student_gen": 0, "teacher_prompt": 0, "teacher_gen": 0}
-
-    def prompt_ids(self, problem: Problem) -> list[int]:
-        from relay_demo.relay import _chat_ids
-
-        return _chat_ids(self.pair.student, problem.prompt, self.pair.chat_kwargs)
-
-    def generate(self, role: str, prompts: list[list[int]], max_tokens: list[int]) -> list[list[int]]:
-        """Greedy continuations (an end token included when written); prompts with no budget get []."""
-        from vllm import SamplingParams, TokensPrompt
-
-        engine = getattr(self.pair, role)
-        out: list[list[int]] = [[] for _ in prompts]
-        todo = [i for i, m in enumerate(max_tokens) if m > 0]
-        if not todo:
-            return out
-        params = [
-            SamplingParams(
-                temperature=0.0,
-                max_tokens=max_tokens[i],
-                stop_token_ids=sorted(engine.eos_ids),
-                detokenize=False,
-            )
-            for i in todo
-        ]
-        res = engine.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in todo], params, use_tqdm=False
-        )
-        for i, r in zip(todo, res, strict=True):
-            out[i] = list(r.outputs[0].token_ids)
-            self.tokens[f"{role}_prompt"] += len(prompts[i])
-            self.tokens[f"{role}_gen"] += len(out[i])
-        return out
-
-    def margins(self, prompts: list[list[int]], starts: list[int]) -> list[list[tuple[float, int]]]:
-        """Teacher-forced: per response position, (teacher's top log-prob − the log-prob of the token there,
-        the top id)."""
-        from vllm import SamplingParams, TokensPrompt
-
-        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, detokenize=False)
-        res = self.pair.teacher.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
-        )
-        out = []
-        for p, start, r in zip(prompts, starts, res, strict=True):
-            self.tokens["teacher_prompt"] += len(p)
-            row = []
-            for pos in range(start, len(p)):
-                lps = r.prompt_logprobs[pos]
-                actual = lps[p[pos]].logprob
-                top_id, top = max(lps.items(), key=lambda kv: kv[1].logprob)
-                row.append((float(top.logprob - actual), int(top_id)))
-            out.append(row)
-        return out
-
-    def text(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
-
-
 def pick_cuts(margins: list[tuple[float, int]], n_cuts: int, min_gap: int, min_margin: float) -> list[int]:
     """The ``n_cuts`` positions of largest margin, at least ``min_gap`` apart, returned earliest first."""
     ranked = sorted(range(len(margins)), key=lambda i: (-margins[i][0], i))
@@ -238,7 +139,7 @@ class Stage:
         self.log = Jsonl(out_path(cfg) / f"{name}.jsonl")
         self.costs = Jsonl(out_path(cfg) / "costs.jsonl")
 
-    def record(self, models: Models, rows: list[dict], seconds: float, before: dict) -> None:
+    def record(self, models: PairModels, rows: list[dict], seconds: float, before: dict) -> None:
         self.log.append(rows)
         spent = {k: models.tokens[k] - before[k] for k in models.tokens}
         self.costs.append(
@@ -246,7 +147,7 @@ class Stage:
         )
 
 
-def _chunked(stage: Stage, models: Models, items: list, size: int, work) -> None:
+def _chunked(stage: Stage, models: PairModels, items: list, size: int, work) -> None:
     """Run ``work(chunk) -> rows`` over ``items`` chunk by chunk, recording each chunk as it ends."""
     for chunk in _chunks(items, size):
         before, t0 = dict(models.tokens), time.monotonic()
@@ -255,7 +156,7 @@ def _chunked(stage: Stage, models: Models, items: list, size: int, work) -> None
         print(f"[{stage.name}] +{len(rows)} rows ({time.monotonic() - t0:.0f}s)", flush=True)
 
 
-def stage_rollouts(cfg: LabelCfg, models: Models, problems: list[Problem]) -> dict[str, dict]:
+def stage_rollouts(cfg: LabelCfg, models: PairModels, problems: list[Problem]) -> dict[str, dict]:
     stage = Stage(cfg, "rollouts")
     done = {r["id"]: r for r in stage.log.rows()}
     todo = [p for p in problems if p.id not in done]
@@ -274,7 +175,9 @@ def stage_rollouts(cfg: LabelCfg, models: Models, problems: list[Problem]) -> di
     return {r["id"]: r for r in stage.log.rows()}
 
 
-def stage_scores(cfg: LabelCfg, models: Models, problems: list[Problem], rollouts: dict) -> dict[str, dict]:
+def stage_scores(
+    cfg: LabelCfg, models: PairModels, problems: list[Problem], rollouts: dict
+) -> dict[str, dict]:
     stage = Stage(cfg, "scores")
     done = {r["id"] for r in stage.log.rows()}
     todo = [p for p in problems if not rollouts[p.id]["correct"] and p.id not in done]
@@ -306,7 +209,7 @@ def next_trial(cfg: LabelCfg, cuts: list[int], tried: list[dict]) -> int | None:
 
 
 def stage_trials(
-    cfg: LabelCfg, models: Models, problems: list[Problem], rollouts: dict, scores: dict
+    cfg: LabelCfg, models: PairModels, problems: list[Problem], rollouts: dict, scores: dict
 ) -> list:
     stage = Stage(cfg, "trials")
     tried: dict[str, list[dict]] = {}
@@ -415,12 +318,12 @@ def write_stats(cfg, problems, rollouts, scores, trials, examples) -> dict:
     return stats
 
 
-def run(cfg: LabelCfg, models: Models | None = None) -> dict:
+def run(cfg: LabelCfg, models: PairModels | None = None) -> dict:
     out = out_path(cfg)
     out.mkdir(parents=True, exist_ok=True)
     dev, problems = split_problems(cfg)
     (out / "dev_ids.json").write_text(json.dumps([p.id for p in dev]) + "\n", encoding="utf-8")
-    models = models or Models(cfg)
+    models = models or PairModels(cfg.pair, cfg.engine)
     # the three stages chunk by chunk, so that a run stopped early leaves finished labels on a prefix
     for chunk in _chunks(problems, cfg.chunk):
         rollouts = stage_rollouts(cfg, models, chunk)

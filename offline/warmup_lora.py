@@ -32,8 +32,7 @@ from pathlib import Path
 
 from offline import config as cfglib
 from offline.tasks import load_benchmark
-
-ROOT = Path(__file__).resolve().parents[1]
+from relay_demo import ROOT
 
 
 @dataclass
@@ -96,7 +95,7 @@ def build_rows(tok, examples: list[dict], prompts: dict[str, list[int]], command
 
 
 def load_examples(cfg: LoraWarmupCfg, tok) -> list[dict]:
-    from relay_demo.relay import _chat_ids
+    from relay_demo.backends.base import chat_ids
 
     path = _path(cfg.labels) / "examples.jsonl"
     if not path.is_file():
@@ -109,10 +108,7 @@ def load_examples(cfg: LoraWarmupCfg, tok) -> list[dict]:
             f"{len(missing)} labelled problems are not in {cfg.benchmark}/{cfg.split}: {missing[:3]}"
         )
 
-    class _Eng:  # _chat_ids reads only .tokenizer
-        tokenizer = tok
-
-    prompts = {e["id"]: _chat_ids(_Eng, by_id[e["id"]].prompt, {}) for e in examples}
+    prompts = {e["id"]: chat_ids(tok, by_id[e["id"]].prompt) for e in examples}
     return build_rows(tok, examples, prompts, cfg.commands)
 
 
