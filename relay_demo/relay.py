@@ -197,6 +197,14 @@ def validate_prompt(prompt) -> None:
         raise ValueError("every message needs text content")
     if not messages[-1]["content"].strip():
         raise ValueError("the prompt is empty")
+    for m in messages:
+        try:
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate (e.g. invalid bytes read with surrogateescape)
+            raise ValueError(
+                f"the prompt is not valid text: an unpaired surrogate {m['content'][e.start]!r} at character "
+                f"{e.start} (invalid UTF-8 bytes in the input?)"
+            ) from None
 
 
 def _open_command(text: str) -> int | None:

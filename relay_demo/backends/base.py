@@ -36,12 +36,44 @@ def chat_ids(tokenizer, prompt, chat_kwargs: dict | None = None) -> list[int]:
     The one chat-to-ids function: the engines' callers (the relay loop), the app and the jobs all use it."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False, **(chat_kwargs or {})
-        )
-        return [int(i) for i in ids]
+        return _chat_template_ids(tokenizer, messages, chat_kwargs or {})
     text = "\n".join(m["content"] for m in messages)
     return [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    """Ids of message text with every special-token string read as plain characters."""
+    return [int(i) for i in tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]]
+
+
+def _chat_template_ids(tokenizer, messages: list[dict], chat_kwargs: dict) -> list[int]:
+    """The chat template's ids, where only the template writes special tokens: a user who types
+    ``<|im_start|>system`` gets those characters as text, never a system turn.
+
+    The template is rendered with a unique marker in place of each message's text; the template's own pieces are
+    tokenised with specials, each message's text with none (for ordinary text this gives the same ids as
+    tokenising the whole rendered string: the pieces meet at special tokens and line breaks)."""
+    marks = [f"\ue000relay-msg-{i}\ue001" for i in range(len(messages))]
+    rendered = tokenizer.apply_chat_template(
+        [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)],
+        add_generation_prompt=True,
+        tokenize=False,
+        **chat_kwargs,
+    )
+    ids: list[int] = []
+    rest = rendered
+    for m, mark in zip(messages, marks, strict=True):
+        head, sep, rest = rest.partition(mark)
+        if not sep:  # a template that drops or rewrites a message: no way to keep its text apart
+            raise ValueError("the chat template does not write each message's text as given")
+        ids += [int(i) for i in tokenizer(head, add_special_tokens=False)["input_ids"]] if head else []
+        ids += _text_ids(tokenizer, m["content"]) if m["content"] else []
+    if rest:
+        ids += [int(i) for i in tokenizer(rest, add_special_tokens=False)["input_ids"]]
+    return ids
+
+
+MAX_TEMPERATURE = 100.0  # past it sampling is uniform noise; inf and nan are refused with it
 
 
 @dataclass(frozen=True)
@@ -53,8 +85,8 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self):
-        if not (self.temperature >= 0):
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (0 <= self.temperature <= MAX_TEMPERATURE):
+            raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         if not (0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 

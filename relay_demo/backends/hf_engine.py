@@ -98,6 +98,8 @@ def _sample(logits: torch.Tensor, job: Job, session: HFSession) -> int:
     if s.temperature == 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / s.temperature, dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # a temperature so small that logits / T overflow: greedy
+        return int(torch.argmax(logits))
     if s.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_p, 0) - sorted_p < s.top_p  # always keeps the top token
