@@ -1,7 +1,8 @@
-"""Bad prompt text and sampling values: a result or one clear error, never a traceback, and user text is never a role.
+"""Bad prompt text and sampling values: a result or one clear error, never a traceback, and user text is never
+a role.
 
-Property-based over arbitrary unicode (hypothesis) through the library's prompt path, and the CLI given invalid
-bytes, role tokens and absurd sampling values as a user would type them."""
+Property-based over arbitrary unicode (hypothesis) through the library's prompt path, and the CLI given
+invalid bytes, role tokens and absurd sampling values as a user would type them."""
 
 from __future__ import annotations
 

@@ -50,8 +50,8 @@ def _chat_template_ids(tokenizer, messages: list[dict], chat_kwargs: dict) -> li
     """The chat template's ids, where only the template writes special tokens: a user who types
     ``<|im_start|>system`` gets those characters as text, never a system turn.
 
-    The template is rendered with a unique marker in place of each message's text; the template's own pieces are
-    tokenised with specials, each message's text with none (for ordinary text this gives the same ids as
+    The template is rendered with a unique marker in place of each message's text; the template's own pieces
+    are tokenised with specials, each message's text with none (for ordinary text this gives the same ids as
     tokenising the whole rendered string: the pieces meet at special tokens and line breaks)."""
     marks = [f"\ue000relay-msg-{i}\ue001" for i in range(len(messages))]
     rendered = tokenizer.apply_chat_template(
