@@ -34,7 +34,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .results import metrics
-from .results.parts import MANIFEST, REQUIRED, SAMPLES, SCHEMA, scan_parts
+from .results.manifest import MANIFEST, read_manifest
+from .results.parts import REQUIRED, SAMPLES, SCHEMA, scan_parts
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "results"
 METHOD_ORDER = (
@@ -77,6 +78,7 @@ SUMMARY_COLUMNS = [
 SAMPLES_SQL = """
 CREATE VIEW samples AS
 SELECT s.* FROM all_samples s LEFT JOIN runs r USING (run_id)
+WHERE s.correct BETWEEN 0 AND 1 AND isfinite(s.correct)  -- ungraded rows are left out (and reported), not 0s
 QUALIFY row_number() OVER (PARTITION BY s.pair, s.method, s.param, s.benchmark, s.problem_id
                            ORDER BY r.created_at DESC NULLS LAST, s.run_id DESC) = 1
 """
@@ -161,7 +163,7 @@ class Store:
                 why = _check_part(path)
                 self._skip(path, why) if why else self.files.append(path)
             try:
-                self.manifests.append(json.loads((run_dir / MANIFEST).read_text()))
+                self.manifests.append(read_manifest(run_dir))
             except (OSError, ValueError) as e:
                 if live:
                     self._skip(run_dir / MANIFEST, f"{type(e).__name__}: {e}")
@@ -193,6 +195,15 @@ class Store:
         self.con.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
         self.con.execute(SAMPLES_SQL)
         self.con.execute(POINTS_SQL)
+        ungraded = self.con.execute(
+            "SELECT run_id, count(*) FROM all_samples WHERE correct IS NULL OR NOT isfinite(correct) "
+            "OR correct < 0 OR correct > 1 GROUP BY run_id"
+        ).fetchall()
+        for run_id, n in ungraded:
+            self._skip(
+                self.results_dir / "runs" / str(run_id),
+                f"{n} rows without a grade (correct null, NaN or outside [0, 1]): left out",
+            )
 
     # ------------------------------------------------------------ queries
 
@@ -364,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--mean", action="store_true", help="add rows averaged over each pair's benchmarks")
     s.add_argument("--results", default=str(DEFAULT_RESULTS), help="results folder (default: %(default)s)")
     args = parser.parse_args(argv)
+    if not Path(args.results).is_dir():
+        parser.exit(2, f"{parser.prog}: error: --results {args.results}: no such folder\n")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)

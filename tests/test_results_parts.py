@@ -11,7 +11,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +27,7 @@ WRITER = r"""
 import hashlib, sys, time
 from relay_demo.results import parts as rio
 
-results, run_id, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+results, run_id, paced = sys.argv[1], sys.argv[2], sys.argv[3] == "paced"
 methods = [("student", None), ("confidence", 0.5), ("confidence", 0.9)]
 
 def row(method, param, i):
@@ -44,8 +43,11 @@ print("ready", len(w.done), flush=True)
 for method, param in methods:
     for i in range(120):
         if not w.is_done(method, param, "arith", f"p{i:03d}"):
+            if paced:  # one row per line the test sends: it decides how far the writer gets before its kill
+                sys.stdin.readline()
             w.add([row(method, param, i)])
-            time.sleep(delay)
+            if paced:
+                print("added", flush=True)
 w.close()
 print("finished", flush=True)
 """
@@ -74,10 +76,11 @@ def _row(i: int, method: str = "student", param: float | None = None, **kw) -> d
     return base | kw
 
 
-def _spawn(results: Path, run_id: str, delay: float) -> subprocess.Popen:
+def _spawn(results: Path, run_id: str, pace: str) -> subprocess.Popen:
+    """The writer: ``pace`` "paced" (one row per line sent to it) or "free" (as fast as it goes)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-c", WRITER, str(results), run_id, str(delay)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-c", WRITER, str(results), run_id, pace]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -156,8 +159,8 @@ def test_dead_parts_and_temp_files_from_a_killed_compaction_are_ignored(tmp_path
     assert sorted(rio.read_samples(run)["problem_id"]) == ["p0", "p1", "p2"]
 
 
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
-    reference = _spawn(tmp_path / "ref", "run", 0.0)
+def test_sigkill_at_random_rows_loses_and_duplicates_nothing(tmp_path):
+    reference = _spawn(tmp_path / "ref", "run", "free")
     assert reference.wait(timeout=120) == 0
     expected = _sorted(rio.read_samples(tmp_path / "ref" / "runs" / "run"))
     assert len(expected) == 360
@@ -165,15 +168,23 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
     rng = random.Random(1234)
     progress = []
     for _ in range(3):
-        proc = _spawn(tmp_path / "killed", "run", 0.004)
+        # the writer adds one row per line it is sent: after a random number of rows it gets one more go-ahead
+        # and the kill at once, so the kill lands while that row is added or flushed (or just before), and the
+        # writer can never have finished (no wall-clock luck: it waits for the test between rows)
+        proc = _spawn(tmp_path / "killed", "run", "paced")
         ready = proc.stdout.readline()
         assert ready.startswith("ready"), ready
         progress.append(int(ready.split()[1]))
-        time.sleep(rng.uniform(0.05, 1.2))
+        for _ in range(rng.randint(8, 60)):
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().startswith("added")
+        proc.stdin.write("\n")
+        proc.stdin.flush()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL, "the writer finished before the kill: this proves nothing"
-    final = _spawn(tmp_path / "killed", "run", 0.0)
+        assert proc.returncode == -signal.SIGKILL
+    final = _spawn(tmp_path / "killed", "run", "free")
     out, _ = final.communicate(timeout=120)
     assert final.returncode == 0 and "finished" in out
     progress.append(int(out.split()[1]))

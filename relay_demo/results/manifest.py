@@ -79,7 +79,17 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def read_manifest(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / MANIFEST).read_text())
+    """A run's manifest; ValueError (naming the file) when it is not a regular file holding a JSON object."""
+    path = Path(run_dir) / MANIFEST
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a manifest is a JSON object, got {type(data).__name__}")
+    for key in ("config", "git"):
+        if key in data and data[key] is not None and not isinstance(data[key], dict):
+            raise ValueError(f"{path}: {key!r} must be an object, got {type(data[key]).__name__}")
+    return data
 
 
 def repo_relative(value):

@@ -103,7 +103,29 @@ def _covers(path: Path) -> list[str]:
 
 
 def _parts(samples_dir: Path) -> list[Path]:
-    return sorted(p for p in samples_dir.iterdir() if _PART_RE.match(p.name)) if samples_dir.is_dir() else []
+    """Part files of a samples folder; only regular files (a FIFO of the same name would block a reader)."""
+    if not samples_dir.is_dir():
+        return []
+    return sorted(p for p in samples_dir.iterdir() if _PART_RE.match(p.name) and p.is_file())
+
+
+def _seq(path: Path) -> int:
+    return int(_PART_RE.match(path.name).group(1))
+
+
+def _keys(path: Path) -> set[tuple[str, str, str, str]]:
+    return {row_key(k) for k in pq.read_table(path, columns=list(KEY_COLUMNS)).to_pylist()}
+
+
+def _false_claim(part: Path, covered: str, on_disk: dict[str, Path]) -> str | None:
+    """Why ``part`` may not replace ``covered``, or None when it may: a compacted part comes later than what
+    it replaces and holds every one of its rows, so that honouring it can never hide a row."""
+    m = _PART_RE.match(covered)
+    if not m or int(m.group(1)) >= _seq(part):
+        return f"claims to replace {covered!r}, which is not an earlier part"
+    if covered in on_disk and not _keys(on_disk[covered]) <= _keys(part):
+        return f"claims to replace {covered} but lacks some of its rows"
+    return None
 
 
 def scan_parts(run_dir: str | Path) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
@@ -113,14 +135,23 @@ def scan_parts(run_dir: str | Path) -> tuple[list[Path], list[Path], list[tuple[
     the parts it may have replaced stay live: the store may then see a row twice, never lose one.
     """
     samples = Path(run_dir) / SAMPLES
-    if samples.is_file():
-        return [samples], [], []
+    if samples.exists() and not samples.is_dir():
+        return ([samples], [], []) if samples.is_file() else ([], [], [(samples, "not a regular file")])
     covers, bad = {}, []
     for p in _parts(samples):
         try:
             covers[p] = _covers(p)
         except Exception as e:  # noqa: BLE001 - any unreadable footer: report it, go on
             bad.append((p, f"{type(e).__name__}: {e}"))
+    on_disk = {p.name: p for p in covers}
+    for p, names in list(covers.items()):
+        try:
+            why = next((w for c in names if (w := _false_claim(p, c, on_disk))), None)
+        except Exception as e:  # noqa: BLE001 - a covered part we cannot read: keep both, say so
+            why = f"cannot check what it replaces: {type(e).__name__}: {e}"
+        if why:  # neither honoured nor read: the parts it names stay live
+            del covers[p]
+            bad.append((p, why))
     dead = {name for names in covers.values() for name in names}
     return [p for p in covers if p.name not in dead], [p for p in covers if p.name in dead], bad
 

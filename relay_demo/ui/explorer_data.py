@@ -152,6 +152,26 @@ def sample_choices(
     return out
 
 
+SOURCES = ("student", "teacher", "command")
+
+
+def trace_spans(raw) -> list[dict]:
+    """The spans of a samples row when they are a trace (a list of {source, text}), else [] (a random-query
+    row stores the expectation it was computed from as an object; a damaged file may store anything)."""
+    try:
+        spans = json.loads(raw or "[]")
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(spans, list):
+        return []
+    ok = [
+        s
+        for s in spans
+        if isinstance(s, dict) and s.get("source") in SOURCES and isinstance(s.get("text"), str)
+    ]
+    return ok if len(ok) == len(spans) else []
+
+
 def sample_trace(results_dir: str | Path, pair: str | None, benchmark: str | None, key: str | None) -> str:
     """One evaluated sample's relay trace, coloured like the Playground, with its outcome."""
     if not key or not pair or not benchmark:
@@ -170,10 +190,7 @@ def sample_trace(results_dir: str | Path, pair: str | None, benchmark: str | Non
     if df.empty:
         return render.note_html("That sample is not in the results any more.")
     row = df.iloc[0]
-    try:
-        spans = json.loads(row["spans"] or "[]")
-    except ValueError:
-        spans = []
+    spans = trace_spans(row["spans"])
     if not spans:  # no trace recorded: show the response as the student's
         spans = [
             {"source": "student", "text": row["response"] or "", "tokens": int(row["student_tokens"] or 0)}
