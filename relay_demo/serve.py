@@ -28,6 +28,7 @@ Bounds: at most ``--max-batch`` rows decode together and ``--max-queue`` more wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hmac
 import itertools
@@ -635,6 +636,11 @@ def create_app(settings: Settings):
         log.exception("request failed")
         return error(ApiError(500, f"internal error ({type(exc).__name__})", None, "internal_error"))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        scheduler.close()
+
     app = Starlette(
         routes=[
             Route("/v1/models", models, methods=["GET"]),
@@ -642,7 +648,7 @@ def create_app(settings: Settings):
             Route("/relay/status", status, methods=["GET"]),
         ],
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_any_error},
-        on_shutdown=[scheduler.close],
+        lifespan=lifespan,
     )
     app.state.scheduler = scheduler
     return app
