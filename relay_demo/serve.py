@@ -8,12 +8,22 @@ Batching. The relay loop of this version runs a fixed batch in rounds (student r
 It has no public way to add or drop a row, but its ``drive`` computes each round's rows afresh from the list
 of sequences it was given. One scheduler thread owns the engines (under ``pair.lock``) and runs one batch at a
 time: requests waiting when a batch starts join it, and a request that arrives while it decodes is appended
-to that list, so it joins at the next round boundary instead of waiting for the batch to end. Requests of one
-batch share what the loop keeps per batch (the policy with its knobs, ``max_calls``, ``max_n``, greedy or
-not); each row keeps its own sampling (temperature, top_p, seed), token budget and deadline. A request whose
+to that list, so it joins at the next round instead of waiting for the batch to end. A student round can
+last a whole answer (student-only, or a student that never calls), so a newcomer ends it early: its writers
+are paused as the loop's own preemption pauses them (job cancelled, tokens kept, one cache block re-read),
+which changes no greedy output; with sampling a row's draws then depend on its neighbours' arrivals (as
+with any batching server, a seed is best effort under concurrency). Teacher rounds are never cut.
+
+Requests of one batch share what the loop keeps per batch (the policy with its knobs, ``max_calls``,
+``max_n``, greedy or not); each row keeps its own sampling (temperature, top_p, seed), token budget and
+deadline. A request whose
 settings differ waits until the running batch drains (first come, first served: nothing more joins a batch
 while an older request of another kind waits). ``_ServeRelay`` is the only code that leans on the loop's
 internals; the continuous-batching rewrite of relay.py replaces it with the loop's own add/cancel.
+
+A row whose job is over for good (an end token, its budget) gets its last chunk at once, not when the
+round's slowest row ends; its sessions are released when that round ends (the engine writes every row's
+cache back then).
 
 Cancellation. A client that disconnects (or a row past its wall-time limit) has its current engine job
 cancelled at the next token the scheduler sees: the engine gives it no more tokens after that step (in a hf
@@ -44,7 +54,7 @@ from types import SimpleNamespace
 
 from .backends.base import Sampling
 from .protocol import OPEN
-from .relay import Limits, _chat_ids, _Relay, _Seq, _single_token_id, validate_prompt
+from .relay import STUDENT, Limits, _chat_ids, _Relay, _Seq, _single_token_id, validate_prompt
 
 log = logging.getLogger("relay_demo.serve")
 
@@ -280,6 +290,10 @@ class Prompter:
 # -- the scheduler ------------------------------------------------------------------------------------
 
 
+def _no_release() -> None:
+    pass
+
+
 class _ServeRelay(_Relay):
     """The relay loop with rows that come and go between rounds (see the module docstring)."""
 
@@ -291,6 +305,9 @@ class _ServeRelay(_Relay):
         self.reqs: dict[int, _Request] = {}
         self.jobs: dict[int, object] = {}
         self.in_round: set[int] = set()
+        self.phase_now: str | None = None
+        self.newcomers = False  # rows added during the running round
+        self.release_later: list = []
         self.rows = itertools.count()
         self.key = head.key  # what its rows share: policy and knobs, max_calls, max_n, greedy or not
 
@@ -307,15 +324,71 @@ class _ServeRelay(_Relay):
     def make_job(self, s: _Seq, phase: str):
         job = super().make_job(s, phase)
         job.sampling, job.row = s.sampling, 0  # each row its own sampling; seeds as a single-row relay's
+        job.start_len = len(job.session.ids)
         self.jobs[s.row] = job
         return job
 
     def round(self, engine, phase, rows):
-        self.in_round = {s.row for s in rows}
+        self.in_round, self.phase_now, self.newcomers = {s.row for s in rows}, phase, False
+        self.round_t0 = time.perf_counter()
         try:
             yield from super().round(engine, phase, rows)
         finally:
-            self.in_round = set()
+            self.in_round, self.phase_now = set(), None
+            for sess in self.release_later:  # rows finished during the round: the engine is done with them
+                sess.release()
+            self.release_later = []
+
+    def finish(self, s: _Seq):
+        """The row's RelayResult. Its sessions are released now, or, if its round is still running (the
+        engine writes every row's cache back when a round ends), as soon as that round ends."""
+        if s.row not in self.in_round:
+            return self.result(s)
+        sessions = [x for x in (s.student, s.teacher) if x is not None]
+        for x in sessions:
+            x.release = _no_release  # an instance attribute shadows the method while result() runs
+        try:
+            return self.result(s)
+        finally:
+            for x in sessions:
+                del x.release
+            self.release_later.extend(sessions)
+
+    def finish_early(self, s: _Seq) -> list | None:
+        """A row whose engine job is over for good (an end token, its token budget) is finished now, not when
+        the round's slowest row ends: what it held back is flushed (returned), its answer can be sent and its
+        sessions released. A cancelled row waits for the round's end (its job may still see one step)."""
+        if s.row not in self.in_round or s.phase == "done":
+            return None
+        if not (s.finish == "eos" or (s.finish is None and self.remaining(s) <= 0)):
+            return None
+        spans = [span for _, span in self.flush(s, STUDENT)]  # a held-back "<ca" is text after all
+        s.finish = s.finish or "max_tokens"
+        s.wall[self.phase_now] += time.perf_counter() - self.round_t0
+        s.phase = "done"
+        return spans
+
+    def end_round_early(self) -> bool:
+        """Let rows that arrived during a student round in: pause its writers as the loop's own preemption
+        does (jobs cancelled, tokens kept; they rejoin the next student round). Only once every writer has
+        kept a token this round (a row that wrote nothing would count as stalled). Teacher rounds are never
+        cut: a handoff writes its N tokens (and lasts at most max_n tokens)."""
+        if self.phase_now != STUDENT:
+            return False
+        live = [
+            self.jobs[s.row]
+            for s in self.seqs
+            if s.row in self.in_round
+            and s.phase == STUDENT
+            and s.finish is None
+            and not self.jobs[s.row].cancelled
+        ]
+        if not live or any(len(j.session.ids) <= j.start_len for j in live):
+            return False
+        for job in live:
+            job.cancel()
+        self.n_paused += len(live)
+        return True
 
     def stop(self, s: _Seq, why: str) -> None:
         if s.phase == "done":
@@ -417,6 +490,7 @@ class Scheduler:
                 self.running += 1
                 self.totals["joined_running"] += running
                 relay.add(req)
+                relay.newcomers = relay.newcomers or bool(relay.in_round)
 
     def _service(self, relay: _ServeRelay, admit: bool = True) -> None:
         """Between two tokens: stop rows whose client left or whose time is up, finish rows that are done,
@@ -428,10 +502,16 @@ class Scheduler:
                 relay.stop(s, "cancelled")
             elif req.deadline is not None and now > req.deadline:
                 relay.stop(s, "timeout")
+            else:
+                for span in relay.finish_early(s) or ():
+                    if span.text:
+                        req.emit(("span", span.source, span.text))
             if s.phase == "done":
                 self._finish(relay, req)
         if admit:
             self._admit(relay)
+            if relay.newcomers and relay.end_round_early():
+                relay.newcomers = False
 
     def _finish(self, relay: _ServeRelay, req: _Request, failed: bool = False) -> None:
         s = req.seq
@@ -440,7 +520,9 @@ class Scheduler:
         if s in relay.seqs:
             relay.seqs.remove(s)
         try:
-            result = relay.result(s)  # releases both sessions (their caches)
+            result = relay.finish(
+                s
+            )  # releases both sessions (their caches), at the round's end at the latest
         finally:
             with self.cv:
                 self.running -= 1
