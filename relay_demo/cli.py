@@ -4,6 +4,8 @@
         [--max-new-tokens K] [--temperature T] [--seed S] [--max-n N] [--max-calls C]
         [--tau 0.5 | --p 0.05 | --every 16 | --router PATH --threshold 0.5 | --call-bias 1] [--n 1] [--json]
 
+    python -m relay_demo serve --pair tiny-arith [--port 8000] [--api-key KEY] [policy flags]  (see serve.py)
+
 Without ``--json`` the answer streams to the terminal, teacher spans in colour. With ``--json`` it prints one
 object: {"text", "spans": [{"source", "text", "tokens"}], "stats": {...}}. Bad arguments: one line, exit 2.
 """
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--call-bias", type=float, default=None, help="learned policy: bias on the student's <call> logit"
     )
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    from .serve import add_parser
+
+    add_parser(sub)
     return ap
 
 
@@ -133,6 +138,10 @@ def generate(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
+        if a.cmd == "serve":
+            from .serve import serve
+
+            return serve(a)
         return generate(a)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
