@@ -83,6 +83,9 @@ QUALIFY row_number() OVER (PARTITION BY s.pair, s.method, s.param, s.benchmark, 
                            ORDER BY r.created_at DESC NULLS LAST, s.run_id DESC) = 1
 """
 
+UNGRADED_SQL = """SELECT run_id, count(*) FROM all_samples
+WHERE correct IS NULL OR NOT isfinite(correct) OR correct < 0 OR correct > 1 GROUP BY run_id"""
+
 POINTS_SQL = """
 CREATE OR REPLACE VIEW points AS
 SELECT pair, benchmark, method, param,
@@ -195,15 +198,8 @@ class Store:
         self.con.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
         self.con.execute(SAMPLES_SQL)
         self.con.execute(POINTS_SQL)
-        ungraded = self.con.execute(
-            "SELECT run_id, count(*) FROM all_samples WHERE correct IS NULL OR NOT isfinite(correct) "
-            "OR correct < 0 OR correct > 1 GROUP BY run_id"
-        ).fetchall()
-        for run_id, n in ungraded:
-            self._skip(
-                self.results_dir / "runs" / str(run_id),
-                f"{n} rows without a grade (correct null, NaN or outside [0, 1]): left out",
-            )
+        for run_id, n in self.con.execute(UNGRADED_SQL).fetchall():
+            self._skip(self.results_dir / "runs" / str(run_id), f"{n} rows without a valid grade: left out")
 
     # ------------------------------------------------------------ queries
 

@@ -66,7 +66,7 @@ def test_every_good_run_is_listed_and_each_broken_file_named(broken):
     assert "JSON object" in skipped["runs/numman/manifest.json"]
     assert "runs/fifo/samples.parquet/part-000777.parquet" in skipped
     assert "lacks some of its rows" in skipped["runs/stray/samples.parquet/part-000099.parquet"]
-    assert "without a grade" in skipped["runs/nan"] and "without a grade" in skipped["runs/null"]
+    assert "without a valid grade" in skipped["runs/nan"] and "without a valid grade" in skipped["runs/null"]
 
 
 def test_the_cli_lists_good_runs_names_broken_ones_and_exits_0(broken):

@@ -1,0 +1,288 @@
+"""HTTP routes of the OpenAI-compatible server and its command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+
+from ..backends.base import Sampling
+from .requests import FINISH, POLICY_KNOBS, STAT_KEYS, ApiError, Prompter, Settings, _Request
+from .scheduler import Scheduler
+
+log = logging.getLogger("relay_demo.serve")
+
+
+# -- HTTP -----------------------------------------------------------------------------------------
+
+
+def _stats(result) -> dict:
+    out = {k: getattr(result, k) for k in STAT_KEYS}
+    out["wall_s"] = round(result.wall_s, 4)
+    return out
+
+
+def _usage(req: _Request, result) -> dict:
+    n = len(result.token_ids)
+    return {"prompt_tokens": len(req.s_ids), "completion_tokens": n, "total_tokens": len(req.s_ids) + n}
+
+
+def create_app(settings: Settings):
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    prompter = Prompter(settings)
+    scheduler = Scheduler(settings)
+    pair = settings.pair
+
+    def error(e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    def check_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            raise ApiError(401, "missing or invalid API key", None, "invalid_api_key")
+
+    async def run_until_disconnect(receive, work) -> bool:
+        """Run ``work`` until it ends or the client disconnects; True when it ended."""
+        ended = False
+        async with anyio.create_task_group() as tg:
+
+            async def run():
+                nonlocal ended
+                await work()
+                ended = True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+            tg.cancel_scope.cancel()
+        return ended
+
+    class Stream(StreamingResponse):
+        """Server-sent events that stop, and cancel the request, as soon as the client disconnects."""
+
+        def __init__(self, req: _Request, gen):
+            super().__init__(gen, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+            self.req = req
+
+        async def __call__(self, scope, receive, send):
+            try:
+                await run_until_disconnect(receive, lambda: self.stream_response(send))
+            finally:
+                scheduler.cancel(self.req)
+
+    class Deferred(Response):
+        """A JSON answer computed while watching for a disconnect (which cancels the request)."""
+
+        def __init__(self, req: _Request, compute):
+            self.req, self.compute, self.response = req, compute, None
+
+        async def __call__(self, scope, receive, send):
+            async def work():
+                self.response = await self.compute()
+
+            try:
+                ended = await run_until_disconnect(receive, work)
+            finally:
+                scheduler.cancel(self.req)
+            if ended:
+                await self.response(scope, receive, send)
+
+    async def models(request: Request):
+        check_key(request)
+        now = int(time.time())
+        data = [
+            {"id": pair.name, "object": "model", "created": now, "owned_by": "relay_demo",
+             "relay": {"student": pair.student.name, "teacher": pair.teacher.name, "backend": pair.backend}},
+        ]  # fmt: skip
+        return JSONResponse({"object": "list", "data": data})
+
+    async def status(request: Request):
+        check_key(request)
+        return JSONResponse(scheduler.status())
+
+    async def chat(request: Request):
+        check_key(request)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "the request body is not valid JSON", None, "invalid_json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object", None, "invalid_json")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "model is required", "model", "invalid_value")
+        if model != pair.name:
+            msg = f"the model {model!r} does not exist; this server has {pair.name!r}"
+            raise ApiError(404, msg, "model", "model_not_found")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ApiError(400, "stream must be a boolean", "stream", "invalid_type")
+        req = prompter.build(body, asyncio.get_running_loop())
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        scheduler.submit(req)
+        created = int(time.time())
+        base = {"id": req.id, "created": created, "model": pair.name}
+        if stream:
+            return Stream(req, sse(req, base, include_usage))
+
+        async def compute():
+            spans, result = [], None
+            while result is None:
+                kind, *rest = await req.events.get()
+                if kind == "error":
+                    return error(ApiError(500, rest[0], None, "decoding_failed"))
+                if kind == "end":
+                    result = rest[0]
+            spans = [{"source": sp.source, "text": sp.text} for sp in result.spans if sp.text]
+            message = {"role": "assistant", "content": result.text}
+            finish = FINISH.get(result.finish_reason, "length")
+            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+            relay = {**_stats(result), "spans": spans}
+            return JSONResponse(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [choice],
+                    "relay": relay,
+                    "usage": _usage(req, result),
+                }
+            )
+
+        return Deferred(req, compute)
+
+    async def sse(req: _Request, base: dict, include_usage: bool):
+        def event(payload: dict) -> str:
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        def chunk(delta: dict, finish=None, **extra) -> str:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return event({**base, "object": "chat.completion.chunk", "choices": [choice], **extra})
+
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            kind, *rest = await req.events.get()
+            if kind == "span":
+                source, text = rest
+                yield chunk({"content": text}, relay={"source": source})
+            elif kind == "error":
+                yield event(ApiError(500, rest[0], None, "decoding_failed").body())
+                break
+            else:
+                result = rest[0]
+                yield chunk({}, FINISH.get(result.finish_reason, "length"), relay=_stats(result))
+                if include_usage:
+                    usage = _usage(req, result)
+                    yield event({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+                break
+        yield "data: [DONE]\n\n"
+
+    async def on_api_error(request, exc: ApiError):
+        return error(exc)
+
+    async def on_http_error(request, exc: HTTPException):
+        msg = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        return error(ApiError(exc.status_code, f"{msg}: {request.method} {request.url.path}"))
+
+    async def on_any_error(request, exc: Exception):
+        log.exception("request failed")
+        return error(ApiError(500, f"internal error ({type(exc).__name__})", None, "internal_error"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        scheduler.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/relay/status", status, methods=["GET"]),
+        ],
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_any_error},
+        lifespan=lifespan,
+    )
+    app.state.scheduler = scheduler
+    return app
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def add_parser(sub) -> None:
+    from ..pairs import PAIRS
+    from ..policies import POLICIES
+
+    g = sub.add_parser("serve", help="an OpenAI-compatible relay server")
+    g.add_argument("--pair", required=True, choices=PAIRS)
+    g.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    g.add_argument("--policy", default="learned", choices=list(POLICIES), help="default policy of a request")
+    g.add_argument("--n", type=int, default=None)
+    g.add_argument("--tau", type=float, default=None)
+    g.add_argument("--p", type=float, default=None)
+    g.add_argument("--every", type=int, default=None)
+    g.add_argument(
+        "--router", default=None, help="folder of a trained router (the only router a request gets)"
+    )
+    g.add_argument("--threshold", type=float, default=None)
+    g.add_argument("--call-bias", type=float, default=None)
+    g.add_argument(
+        "--max-new-tokens", type=int, default=None, help="largest max_tokens (default: the pair's)"
+    )
+    g.add_argument("--max-n", type=int, default=None)
+    g.add_argument("--max-calls", type=int, default=None)
+    g.add_argument("--max-wall-s", type=float, default=None, help="wall-time limit of one request")
+    g.add_argument("--temperature", type=float, default=0.7, help="when a request gives none")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-batch", type=int, default=32, help="rows decoded together, at most")
+    g.add_argument("--max-queue", type=int, default=64, help="requests waiting, at most; past that 429")
+
+
+def serve(a) -> int:
+    import uvicorn
+
+    from ..cli import policy_from_args
+    from ..pairs import load_pair
+
+    policy_from_args(a)  # bad flags fail here, before any model loads
+    if a.max_batch < 1 or a.max_queue < 0:
+        raise ValueError("--max-batch must be >= 1 and --max-queue >= 0")
+    Sampling(temperature=a.temperature, top_p=a.top_p)
+    pair = load_pair(a.pair, backend=a.backend)
+    given = {"max_tokens": a.max_new_tokens, "max_n": a.max_n, "max_calls": a.max_calls}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    defaults = SimpleNamespace(policy=a.policy, router=a.router, **{k: getattr(a, k) for k in POLICY_KNOBS})
+    settings = Settings(
+        pair=pair,
+        policy=defaults,
+        limits=replace(pair.limits, **overrides),
+        temperature=a.temperature,
+        top_p=a.top_p,
+        max_wall_s=a.max_wall_s or pair.limits.max_wall_s,
+        api_key=a.api_key,
+        max_batch=a.max_batch,
+        max_queue=a.max_queue,
+    )
+    app = create_app(settings)
+    print(f"relay server: pair {pair.name} on http://{a.host}:{a.port}/v1", flush=True)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    return 0
