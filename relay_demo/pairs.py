@@ -38,8 +38,9 @@ class Pair:
     limits: Limits = field(default_factory=Limits)
     chat_kwargs: dict = field(default_factory=dict)
     backend: str = "hf"
-    # one generation at a time per loaded pair: vLLM's step loop is not re-entrant
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # one generation at a time per loaded pair: vLLM's step loop is not re-entrant. relay() / relay_batch()
+    # take it themselves; re-entrant, so a caller that holds it (the app, the server) can call them too
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def close(self) -> None:
         self.student.close()

@@ -30,6 +30,7 @@ with sampling a row's random stream would depend on when its neighbours hand ove
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -547,11 +548,13 @@ def relay_batch(
     """Relay-decode many prompts at once. ``on_span(row, span)`` sees every delta as it happens.
     ``preempt``: end student rounds early (module docstring); default on in greedy decoding only."""
     relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling(), preempt)
-    seqs = relay.start(list(prompts))
-    for row, span in relay.drive(seqs):
-        if on_span is not None:
-            on_span(row, span)
-    return [relay.result(s) for s in seqs]
+    # two calls at once on one pair would interleave their engine steps (vLLM's are shared): one at a time
+    with getattr(pair, "lock", None) or contextlib.nullcontext():
+        seqs = relay.start(list(prompts))
+        for row, span in relay.drive(seqs):
+            if on_span is not None:
+                on_span(row, span)
+        return [relay.result(s) for s in seqs]
 
 
 def _stream(relay: _Relay, seq: _Seq) -> Generator[Span, None, RelayResult]:
@@ -563,7 +566,9 @@ def _stream(relay: _Relay, seq: _Seq) -> Generator[Span, None, RelayResult]:
 def relay_stream(
     pair, prompt, policy: Policy, *, limits: Limits | None = None, sampling: Sampling | None = None
 ) -> StreamResult:
-    """Relay-decode one prompt, yielding Span deltas; the RelayResult is ``.value`` afterwards."""
+    """Relay-decode one prompt, yielding Span deltas; the RelayResult is ``.value`` afterwards. A generator may be
+    resumed from any thread, so it takes no lock: a caller sharing the pair across threads holds ``pair.lock``
+    while it iterates (as the app does)."""
     relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
     (seq,) = relay.start([prompt])  # now, so bad input fails at the call and not at the first next()
     return StreamResult(_stream(relay, seq))
