@@ -566,9 +566,9 @@ def _stream(relay: _Relay, seq: _Seq) -> Generator[Span, None, RelayResult]:
 def relay_stream(
     pair, prompt, policy: Policy, *, limits: Limits | None = None, sampling: Sampling | None = None
 ) -> StreamResult:
-    """Relay-decode one prompt, yielding Span deltas; the RelayResult is ``.value`` afterwards. A generator may be
-    resumed from any thread, so it takes no lock: a caller sharing the pair across threads holds ``pair.lock``
-    while it iterates (as the app does)."""
+    """Relay-decode one prompt, yielding Span deltas; the RelayResult is ``.value`` afterwards. A generator
+    may be resumed from any thread, so it takes no lock: a caller sharing the pair across threads holds
+    ``pair.lock`` while it iterates (as the app does)."""
     relay = _Relay(pair, policy, limits or pair.limits, sampling or Sampling())
     (seq,) = relay.start([prompt])  # now, so bad input fails at the call and not at the first next()
     return StreamResult(_stream(relay, seq))
