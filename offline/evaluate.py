@@ -133,6 +133,7 @@ class EvalCfg:
     redo: list[str] = field(default_factory=list)  # --redo: delete these methods' rows, then generate them
 
     def validate(self) -> None:
+        rio.check_run_id(self.run_id)
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
         if unknown or not self.benchmarks:
             raise ValueError(f"unknown benchmarks {unknown}; known: {list(BENCHMARKS)}")
@@ -211,14 +212,21 @@ def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
     """
     from relay_demo.backends.base import Sampling
     from relay_demo.policies import make_policy
-    from relay_demo.relay import relay_batch
+    from relay_demo.relay import Limits, relay_batch
 
     def policy_of(method: MethodCfg, kwargs: dict):
         return make_policy(method.policy or DEFAULT_POLICY[method.name], **kwargs)
 
-    for m in cfg.methods:  # a bad knob or a missing router fails now, not hours into the run
+    # a bad knob, limit, sampling value or a missing router fails now, before the manifest records the
+    # settings
+    Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.seed)
+    for m in cfg.methods:
         for _, kwargs in [] if m.name == RANDOM_QUERY else m.settings():
             policy_of(m, kwargs)
+        try:
+            Limits(**{**cfg.limits, **DEFAULT_LIMITS.get(m.name, {}), **m.limits})
+        except TypeError as e:
+            raise ValueError(f"method {m.name}: limits: {e}") from None
 
     def generate(cell: Cell, problems: list[Problem], k: int) -> list:
         if cell.method.pair:
@@ -345,6 +353,15 @@ def parse_args(argv: list[str] | None) -> EvalCfg:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Config and settings errors end in one line and exit 2, before anything is written."""
+    try:
+        return _main(argv)
+    except (cfglib.ConfigError, ValueError, TypeError) as e:
+        print(f"python -m offline.evaluate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     cfg = parse_args(argv)
     from relay_demo.pairs import available, load_pair, registry, resolve
     from relay_demo.relay import Limits

@@ -324,6 +324,15 @@ class RunWriter:
         self.close(finished=exc_type is None)
 
 
+def check_run_id(run_id) -> None:
+    """A run id names one folder under ``runs/``: letters, digits, '.', '_', '-', not starting with '.'
+    (``..`` would be the parent folder, a leading dot a hidden one)."""
+    if not isinstance(run_id, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", run_id):
+        raise ValueError(
+            f"run_id {run_id!r} may only hold letters, digits, '.', '_' and '-', not first a '.'"
+        )
+
+
 def open_run(
     results_dir: str | Path, run_id: str, config: dict, *, identity: dict | None = None, **writer_kw
 ) -> RunWriter:
@@ -332,8 +341,7 @@ def open_run(
     ``config`` is recorded in the manifest. ``identity`` (default: ``config``) must equal the recorded one on
     resume: rows produced under other settings (pair, sampling, limits) must not be mixed into one run.
     """
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", run_id):
-        raise ValueError(f"run_id {run_id!r} may only hold letters, digits, '.', '_' and '-'")
+    check_run_id(run_id)
     run_dir = Path(results_dir) / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = config if identity is None else identity
