@@ -63,6 +63,9 @@ class RouterCfg:
     benchmark: str = "arith"
     split: str = "train"
     n_problems: int = 300
+    held_out: str | None = (
+        None  # a JSON list of problem ids never trained on (the dev set thresholds come from)
+    )
     data_seed: int = 7
     batch_size: int = 32  # problems per teacher-forced forward
     max_rollouts: int = 2000  # cap on the student's greedy continuations for "neither" positions
@@ -337,7 +340,10 @@ def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=
     torch.set_num_threads(cfg.threads)
     tok, student, teacher = models or load_models(cfg)
     if problems is None:
-        problems = load_benchmark(cfg.benchmark, split=cfg.split, n=cfg.n_problems, seed=cfg.data_seed)
+        held = set(json.loads(Path(resolve(cfg.held_out)).read_text())) if cfg.held_out else set()
+        n = cfg.n_problems + len(held)
+        problems = load_benchmark(cfg.benchmark, split=cfg.split, n=n, seed=cfg.data_seed)
+        problems = [p for p in problems if p.id not in held][: cfg.n_problems]
     pos = teacher_forced(tok, student, teacher, problems, cfg.batch_size)
     log(f"{len(problems)} problems, {len(pos.ref)} positions ({time.time() - t0:.1f}s)")
     kinds = label(

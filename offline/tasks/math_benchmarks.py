@@ -71,7 +71,21 @@ def _gsm8k(row: dict, i: int) -> tuple[str, str, str, dict]:
     m = re.search(r"####\s*(.+)$", row["answer"].strip())
     if not m:
         raise ValueError(f"gsm8k row {i}: no '####' in the answer")
-    return str(row.get("idx", i)), row["question"], m.group(1).replace(",", "").strip(), {}
+    answer = m.group(1).replace(",", "").strip()
+    return (
+        str(row.get("idx", i)),
+        row["question"],
+        answer,
+        {"solution": gsm8k_solution(row["answer"], answer)},
+    )
+
+
+def gsm8k_solution(text: str, answer: str) -> str:
+    """GSM8K's worked solution as a reference response in the prompt's format: calculator annotations
+    (``<<48/2=24>>``) removed, the ``#### N`` line written as the instruction asks (``\\boxed{N}``)."""
+    body = re.sub(r"<<[^>]*>>", "", text.strip())
+    body = re.sub(r"\n?####.*$", "", body).rstrip()
+    return f"{body}\nThe answer is \\boxed{{{answer}}}."
 
 
 def _math500(row: dict, i: int) -> tuple[str, str, str, dict]:
