@@ -142,6 +142,66 @@ def accuracy_vs_call_ratio(
     return _layout(fig, title or "Accuracy vs call ratio", "call ratio (% teacher tokens)", log_x)
 
 
+SYMBOLS = ("circle", "square", "triangle-up", "x", "star", "cross", "triangle-down", "pentagon")
+
+
+def apgr_vs_call_ratio(
+    df: pd.DataFrame, *, log_x: bool = False, reported: pd.DataFrame | None = None, title: str | None = None
+) -> go.Figure:
+    """Share of the student->teacher gap recovered (APGR, %) against call ratio, for every pair and benchmark
+    in ``df`` at once (colour: method; marker: pair and benchmark). Student = 0 and teacher = 100 by
+    definition, so different pairs compare fairly here; ``reported`` (rows like ``reported.apgr_points()``) is
+    drawn labelled."""
+    _check(df, ("pair", "benchmark", "apgr"))
+    fig = go.Figure()
+    for y, name, dash in ((0, "student alone", "dot"), (100, "teacher alone", "dash")):
+        fig.add_hline(
+            y=y, line_dash=dash, opacity=0.6, annotation_text=name, annotation_position="bottom right"
+        )
+    rows = df[~df["method"].isin(("student", "teacher")) & df["apgr"].notna()]
+    groups = list(dict.fromkeys(zip(rows["pair"], rows["benchmark"], strict=True)))
+    for g, (pair, bench) in enumerate(groups):
+        part = rows[(rows["pair"] == pair) & (rows["benchmark"] == bench)]
+        for method in _methods(part):
+            m = part[part["method"] == method].sort_values("call_ratio")
+            xs = m["call_ratio"].clip(lower=LOG_FLOOR) if log_x else m["call_ratio"]
+            fig.add_trace(
+                go.Scatter(
+                    x=100 * xs,
+                    y=100 * m["apgr"],
+                    mode="lines+markers" if len(m) > 1 else "markers",
+                    name=f"{method} · {pair} · {bench}",
+                    marker={"symbol": SYMBOLS[g % len(SYMBOLS)], "size": 8, "color": COLORS.get(method)},
+                    line={"color": COLORS.get(method), "width": 1.5},
+                    text=[f"{_label(r)} · {pair} · {bench}" for _, r in m.iterrows()],
+                    hovertemplate="%{text}<br>call ratio=%{x:.3g}%<br>APGR=%{y:.1f}%<extra></extra>",
+                )
+            )
+    if reported is not None and len(reported):
+        xs = reported["call_ratio"].clip(lower=LOG_FLOOR) if log_x else reported["call_ratio"]
+        fig.add_trace(
+            go.Scatter(
+                x=100 * xs,
+                y=100 * reported["apgr"],
+                mode="markers+text",
+                name=REPORTED_LABEL,
+                text=[
+                    f"{r['method']}, {r['pair']}, {r['benchmark']} ({REPORTED_LABEL})"
+                    for _, r in reported.iterrows()
+                ],
+                textposition="middle right",
+                cliponaxis=False,
+                marker={"symbol": "diamond-open", "size": 12, "color": "black"},
+                hovertemplate="%{text}<br>call ratio=%{x:.3g}%<br>APGR=%{y:.1f}%<extra></extra>",
+            )
+        )
+    fig = _layout(
+        fig, title or "Share of the gap recovered vs call ratio", "call ratio (% teacher tokens)", log_x
+    )
+    fig.update_layout(yaxis_title="gap recovered, APGR (%)", legend_title="method · pair · benchmark")
+    return fig
+
+
 def flops_vs_accuracy(df: pd.DataFrame, *, log_x: bool = True, title: str | None = None) -> go.Figure:
     """Accuracy (%) against mean FLOPs per problem (teacher prefill included), one series per method."""
     _check(df, ("flops",))

@@ -30,3 +30,11 @@ def points() -> list[dict]:
         {**common, "method": "relay", "call_ratio": RELAY_CALL_RATIO, "accuracy": RELAY_ACC},
         {**common, "method": "random-query", "call_ratio": RANDOM_ROUTER_MATCHED_P, "accuracy": RELAY_ACC},
     ]
+
+
+def apgr_points() -> list[dict]:
+    """The reported relay point on the share-of-the-gap axis (student = 0, teacher = 1): comparable across
+    pairs and benchmarks, unlike an accuracy, so the only axis on which it may stand beside our own pairs."""
+    apgr = (RELAY_ACC - STUDENT_ACC) / (TEACHER_ACC - STUDENT_ACC)
+    common = {"pair": PAIR, "benchmark": BENCHMARK, "param": None, "source": LABEL}
+    return [{**common, "method": "relay", "call_ratio": RELAY_CALL_RATIO, "apgr": apgr}]

@@ -320,13 +320,25 @@ def test_explorer_view_over_a_results_folder(results):
     assert set(f["methods"]) == {"student", "teacher", "relay", "confidence"}
     v = x.explorer_view(results, "tiny-random", "arith", f["methods"], log_x=True)
     names = [t.name for t in v.accuracy_fig.data]
-    assert "relay" in names and "confidence" in names and "reported in the paper" in names
+    # another pair's accuracy is not comparable: the paper's points never stand on this pair's accuracy chart
+    assert "relay" in names and "confidence" in names and "reported in the paper" not in names
     assert v.accuracy_fig.layout.xaxis.type == "log"
+    apgr = x.explorer_view(results, "tiny-random", "arith", f["methods"], y_axis="apgr")
+    names = [t.name for t in apgr.accuracy_fig.data]
+    assert "relay · tiny-random · arith" in names and "reported in the paper" in names
+    paper = next(t for t in apgr.accuracy_fig.data if t.name == "reported in the paper")
+    assert (
+        abs(paper.y[0] - 60.4) < 0.1
+        and "relayllm-qwen3-1.7b-8b" in paper.text[0]
+        and "reported" in paper.text[0]
+    )
+    assert apgr.accuracy_fig.layout.yaxis.title.text.startswith("gap recovered")
+    assert "qwen" not in apgr.provenance.lower() and "<table" in apgr.provenance
     assert len(v.flops_fig.data) >= 3
     relay = v.table[v.table["method"] == "relay"].iloc[0]
     assert relay["accuracy"] == "60.00%" and relay["APGR"] == "50.00%"
     assert len(v.samples) == 50 and sum(label.startswith("relay ·") for label, _ in v.samples) == 10
-    no_paper = x.explorer_view(results, "tiny-random", "arith", ["relay"], show_reported=False)
+    no_paper = x.explorer_view(results, "tiny-random", "arith", ["relay"], show_reported=False, y_axis="apgr")
     assert "reported in the paper" not in [t.name for t in no_paper.accuracy_fig.data]
 
 
@@ -336,7 +348,30 @@ def test_sample_trace_is_coloured_and_escaped(results):
     html = x.sample_trace(results, "tiny-random", "arith", v.samples[0][1])
     assert "relay-span relay-teacher" in html and "relay-span relay-command" in html
     assert "<script" not in html and "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    # the same problem as every other method setting answered it, side by side
+    assert (
+        'id="sample-sides"' in html and html.count('class="relay-side"') == 4
+    )  # student, teacher, 2 x conf.
     assert "relay-error" in x.sample_trace(results, "tiny-random", "arith", "not json")
+
+
+def test_provenance_comes_from_the_manifest(tmp_path):
+    from relay_demo.results import parts as rio
+    from relay_demo.ui import provenance
+
+    config = {
+        "pair": "p",
+        "run_id": "r",
+        "description": "d",
+        "argv": ["/x/offline/evaluate.py", "--config", "a.yaml"],
+    }
+    with rio.open_run(tmp_path, "r", config) as w:
+        w.flush()
+    store, _ = x.open_store(tmp_path)
+    facts = dict(provenance.run_facts(store.manifests[0]))
+    assert facts["recipe"] == "a.yaml" and facts["reproduce"].endswith("-m offline.evaluate --config a.yaml")
+    assert "CPU-minutes" in facts["cost"] and facts["sessions"] == "1"
+    assert "No run manifest" in provenance.provenance_html(store.manifests, "other")
 
 
 def test_explorer_with_no_results(tmp_path):

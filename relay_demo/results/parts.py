@@ -225,6 +225,7 @@ class RunWriter:
             self.done.update(row_key(k) for k in keys)
         self._buffer: list[dict] = []
         self._last_flush = time.monotonic()
+        self._t0, self._cpu0 = time.monotonic(), time.process_time()  # this session's cost, for the manifest
 
     def _next_seq(self) -> int:
         """One above every part on disk: a compacted part must sort after the parts it replaces."""
@@ -271,6 +272,21 @@ class RunWriter:
         self._write_buffer()
         if len(_parts(self.samples_dir)) > self.max_parts:
             self.compact()
+        self._write_manifest()
+
+    def _write_manifest(self, finished: bool = False) -> None:
+        """The manifest with this session's cost so far (wall and CPU seconds of this process, all threads): a
+        session killed later still says what it spent up to its last flush."""
+        manifest = read_manifest(self.run_dir)
+        manifest["updated_at"] = now()
+        manifest["rows"] = len(self.done)
+        if manifest.get("sessions"):
+            manifest["sessions"][-1].update(
+                wall_s=round(time.monotonic() - self._t0, 1), cpu_s=round(time.process_time() - self._cpu0, 1)
+            )
+        if finished:
+            manifest["finished_at"] = manifest["updated_at"]
+        write_json_atomic(self.run_dir / MANIFEST, manifest)
 
     def compact(self) -> None:
         """Merge every live part into one (see the module docstring for why a kill here is harmless)."""
@@ -308,12 +324,7 @@ class RunWriter:
     def close(self, *, finished: bool = True) -> None:
         """Flush, compact and mark the manifest finished (``finished=False`` after an error)."""
         self.compact()
-        manifest = read_manifest(self.run_dir)
-        manifest["updated_at"] = now()
-        manifest["rows"] = len(self.done)
-        if finished:
-            manifest["finished_at"] = manifest["updated_at"]
-        write_json_atomic(self.run_dir / MANIFEST, manifest)
+        self._write_manifest(finished)
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
 

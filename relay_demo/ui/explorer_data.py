@@ -20,7 +20,9 @@ import pandas as pd
 from .. import charts, reported
 from ..store import MEAN, Store
 from . import render
+from .provenance import provenance_html
 
+Y_AXES = ("accuracy", "apgr")
 MAX_SAMPLES = 400  # drill-down choices listed at once (the filters narrow them)
 PCT = ("accuracy", "call_ratio", "apgr", "cpt50", "cpt80", "saving_call", "saving_query", "saving_flops")
 TABLE_COLUMNS = {
@@ -46,6 +48,7 @@ class ExplorerView:
     table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(TABLE_COLUMNS.values())))
     samples: list[tuple[str, str]] = field(default_factory=list)  # (label, key) for the drill-down
     note: str = ""
+    provenance: str = ""  # HTML: the runs behind the charts, from their manifests
 
 
 def open_store(results_dir: str | Path) -> tuple[Store, list[str]]:
@@ -106,8 +109,15 @@ def explorer_view(
     *,
     log_x: bool = False,
     show_reported: bool = True,
+    y_axis: str = "accuracy",
 ) -> ExplorerView:
-    """Charts, summary table and drill-down choices for one pair and benchmark, restricted to ``methods``."""
+    """Charts, summary table and drill-down choices for one pair and benchmark, restricted to ``methods``.
+
+    ``y_axis="apgr"``: the first chart draws every pair and benchmark of the store on the share of the gap
+    recovered (student 0, teacher 1), where pairs compare fairly and the paper's reported point may stand. On
+    the accuracy axis the paper's points appear only on the paper's own pair."""
+    if y_axis not in Y_AXES:
+        raise ValueError(f"y_axis must be one of {Y_AXES}, got {y_axis!r}")
     if not pair or not benchmark:
         return ExplorerView(note="No results yet: run an evaluation (offline/evaluate.py) to fill results/.")
     store, skipped = open_store(results_dir)
@@ -118,15 +128,26 @@ def explorer_view(
     note = "; ".join(skipped)
     if summary.empty:
         return ExplorerView(note=note or f"No rows for pair {pair}, benchmark {benchmark} and these methods.")
-    paper = pd.DataFrame(reported.points()) if show_reported else None
     title = f"{pair} · {benchmark}"
-    view = ExplorerView(
-        accuracy_fig=charts.accuracy_vs_call_ratio(
+    if y_axis == "apgr":
+        every = store.summary(None, None)
+        if methods:
+            every = every[every["method"].isin(methods)]
+        paper = pd.DataFrame(reported.apgr_points()) if show_reported else None
+        first = charts.apgr_vs_call_ratio(
+            every, log_x=log_x, reported=paper, title="Share of the gap recovered vs call ratio · every pair"
+        )
+    else:  # another pair's accuracy is not comparable: the paper's points only on the paper's own pair
+        paper = pd.DataFrame(reported.points()) if show_reported and pair == reported.PAIR else None
+        first = charts.accuracy_vs_call_ratio(
             summary, log_x=log_x, reported=paper, title=f"Accuracy vs call ratio · {title}"
-        ),
+        )
+    view = ExplorerView(
+        accuracy_fig=first,
         flops_fig=charts.flops_vs_accuracy(summary, title=f"Accuracy vs FLOPs per problem · {title}"),
         table=summary_table(summary),
         note=note,
+        provenance=provenance_html(store.manifests, pair),
     )
     if benchmark != MEAN:
         view.samples = sample_choices(store, pair, benchmark, methods)
@@ -172,8 +193,29 @@ def trace_spans(raw) -> list[dict]:
     return ok if len(ok) == len(spans) else []
 
 
+def _row_trace(row, pair: str) -> str:
+    spans = trace_spans(row["spans"])
+    if not spans:  # no trace recorded: show the response as the student's
+        spans = [
+            {"source": "student", "text": row["response"] or "", "tokens": int(row["student_tokens"] or 0)}
+        ]
+    param = row["param"]
+    head = (
+        f"{row['method']}{'' if pd.isna(param) else f' {param:g}'} · {row['problem_id']} · "
+        f"{'correct' if row['correct'] >= 0.5 else 'wrong'} · extracted {row['extracted'] or '–'} · "
+        f"student {int(row['student_tokens'])} / teacher {int(row['teacher_tokens'])} / command "
+        f"{int(row['command_tokens'])} tokens · {int(row['calls'])} calls"
+    )
+    names = {"student": f"{pair} student", "teacher": f"{pair} teacher"}
+    return f'<div class="relay-answer">{render.esc(head)}</div>' + render.trace_html(
+        spans, names, empty="(empty response)"
+    )
+
+
 def sample_trace(results_dir: str | Path, pair: str | None, benchmark: str | None, key: str | None) -> str:
-    """One evaluated sample's relay trace, coloured like the Playground, with its outcome."""
+    """One evaluated sample's relay trace, coloured like the Playground, with its outcome; then the same
+    problem as every other method setting answered it, side by side (random-query rows are expectations: no
+    trace)."""
     if not key or not pair or not benchmark:
         return render.note_html("Pick a sample to see who wrote which tokens.", "info")
     try:
@@ -182,31 +224,22 @@ def sample_trace(results_dir: str | Path, pair: str | None, benchmark: str | Non
         return render.note_html(f"Not a sample key: {key!r}")
     store, _ = open_store(results_dir)
     df = store.query(
-        "SELECT * FROM samples WHERE pair = ? AND benchmark = ? AND method = ? AND problem_id = ? AND "
-        + ("param IS NULL" if param is None else "param = ?")
-        + " LIMIT 1",
-        [pair, benchmark, method, problem_id, *([] if param is None else [param])],
+        "SELECT * FROM samples WHERE pair = ? AND benchmark = ? AND problem_id = ? "
+        "AND method <> 'random-query' ORDER BY method, param NULLS FIRST",
+        [pair, benchmark, problem_id],
     )
-    if df.empty:
+    chosen = df[(df["method"] == method) & (df["param"].isna() if param is None else df["param"] == param)]
+    if chosen.empty:
         return render.note_html("That sample is not in the results any more.")
-    row = df.iloc[0]
-    spans = trace_spans(row["spans"])
-    if not spans:  # no trace recorded: show the response as the student's
-        spans = [
-            {"source": "student", "text": row["response"] or "", "tokens": int(row["student_tokens"] or 0)}
-        ]
-    head = (
-        f"{method}{'' if param is None else f' {param:g}'} · {problem_id} · "
-        f"{'correct' if row['correct'] >= 0.5 else 'wrong'} · extracted {row['extracted'] or '–'} · "
-        f"student {int(row['student_tokens'])} / teacher {int(row['teacher_tokens'])} / command "
-        f"{int(row['command_tokens'])} tokens · {int(row['calls'])} calls"
-    )
-    names = {"student": f"{pair} student", "teacher": f"{pair} teacher"}
-    return (
-        f'<div class="relay-answer">{render.esc(head)}</div>'
-        + render.legend_html()
-        + render.trace_html(spans, names, empty="(empty response)")
-    )
+    others = df.drop(chosen.index)
+    html = _row_trace(chosen.iloc[0], pair) + render.legend_html()
+    if len(others):
+        cols = "".join(f'<div class="relay-side">{_row_trace(r, pair)}</div>' for _, r in others.iterrows())
+        html += (
+            f"<h4>Every other method on {render.esc(problem_id)}</h4>"
+            f'<div class="relay-sides" id="sample-sides">{cols}</div>'
+        )
+    return html
 
 
 def runs_markdown(results_dir: str | Path) -> str:

@@ -46,6 +46,10 @@ CSS = """
 .relay-error { background: #fef2f2; border-color: #fca5a5; color: #991b1b; }
 .relay-info { background: #eff6ff; border-color: #bfdbfe; color: #1e3a8a; }
 .relay-answer { margin-top: 6px; font-size: 13px; color: #374151; }
+.relay-sides { display: flex; gap: 10px; overflow-x: auto; padding-bottom: 6px; }
+.relay-side { flex: 0 0 min(360px, 85vw); border: 1px solid #e5e7eb; border-radius: 8px; padding: 6px; }
+.relay-provenance th { text-align: left; padding-right: 10px; white-space: nowrap; vertical-align: top; }
+.relay-provenance td { overflow-wrap: anywhere; }
 """
 
 
