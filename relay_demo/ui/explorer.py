@@ -34,7 +34,7 @@ def build(results_dir: Path) -> None:
             refresh = gr.Button("Reload results", size="sm")
         note = gr.HTML("", js_on_load=None)
         # full width, one under the other: the paper's labelled points need the room
-        acc_plot = gr.Plot(label="accuracy vs call ratio", elem_id="plot-accuracy")
+        acc_plot = gr.Plot(label="accuracy or gap recovered vs call ratio", elem_id="plot-accuracy")
         flops_plot = gr.Plot(label="accuracy vs FLOPs", elem_id="plot-flops")
         table = gr.Dataframe(
             label="summary · saving = 1 − cost / cost of the random router matched in accuracy",
