@@ -117,6 +117,25 @@ def _spec(name: str) -> dict:
     return reg[name]
 
 
+def purpose(name: str) -> str:
+    """The pair's one line for the app: what it is for."""
+    return " ".join(str(_spec(name).get("purpose", "")).split())
+
+
+def examples(name: str) -> list[str]:
+    """Example prompts that fit the pair (``examples:`` in the registry; never test problems)."""
+    return [str(e) for e in _spec(name).get("examples") or []]
+
+
+def off_task_hint(name: str, prompt: str) -> str | None:
+    """A visible hint when ``prompt`` is outside what the pair knows (``task_pattern:`` in the registry, a
+    regular expression a prompt of its task matches), else None: the toy answers anything else with digits."""
+    pattern = _spec(name).get("task_pattern")
+    if not pattern or re.fullmatch(pattern, prompt.strip(), flags=re.S):
+        return None
+    return f"{purpose(name)} This prompt is not one of its task's problems: expect noise, or try an example."
+
+
 def available(name: str) -> tuple[bool, str]:
     """Whether a pair's models can be loaded here, and if not, why (for the UI and the slow tests)."""
     spec = _spec(name)

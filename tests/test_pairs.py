@@ -46,3 +46,21 @@ def test_load_pair_takes_a_dtype_override():
     bf16 = pairs.load_pair("tiny-random", "hf", dtype="bfloat16")
     assert bf16 is not default and pairs.load_pair("tiny-random", "hf") is default
     assert next(bf16.student.model.parameters()).dtype == torch.bfloat16
+
+
+def test_every_pair_says_what_it_is_for_and_has_examples():
+    for name in pairs.PAIRS:
+        assert pairs.purpose(name) and pairs.examples(name), name
+
+
+def test_the_toy_pairs_examples_are_its_task_from_the_train_generator_and_others_get_a_hint():
+    from offline.tasks import arith
+
+    test_prompts = {p.prompt for p in arith.load("test")}
+    for name in ("tiny-arith", "tiny-arith-base"):
+        for e in pairs.examples(name):
+            assert pairs.off_task_hint(name, e) is None and e not in test_prompts
+        assert all(pairs.off_task_hint(name, p.prompt) is None for p in arith.load("train", 200, seed=3))
+        hint = pairs.off_task_hint(name, "What is the capital of France?")
+        assert hint and "expect noise" in hint
+    assert pairs.off_task_hint("qwen2.5-coder-0.5b-1.5b", "What is the capital of France?") is None
