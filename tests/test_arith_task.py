@@ -89,10 +89,3 @@ def test_tokenizer_digits_and_commands():
     )
     assert chat == "<|user|>hi<|assistant|>"
     assert tok.eos_token == "<|end|>" and tok.pad_token_id != tok.eos_token_id
-
-
-def test_the_apps_task_examples_are_the_first_test_problems():
-    # the library holds them as constants so that the app never imports offline/; they must stay the task's
-    from relay_demo.ui.playground import TASK_PROBLEMS
-
-    assert TASK_PROBLEMS == [p.prompt for p in arith.load("test", n=3)]

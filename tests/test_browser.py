@@ -140,3 +140,18 @@ def test_about_tab(page):
     page.wait_for_selector("text=RelayLLM in a few lines", timeout=10_000)
     page.wait_for_selector("text=ui-run", timeout=10_000)
     page.screenshot(path=str(SHOTS / "about.png"), full_page=True)
+
+
+def test_playground_shows_the_pairs_own_examples_and_warns_off_task(page):
+    page.get_by_role("tab", name="Playground").click()
+    _pick(page, "pair", "tiny-arith")
+    page.wait_for_selector("#chat-purpose :text('synthetic arithmetic')", timeout=15_000)
+    page.locator("#chat-examples").get_by_text("Dan has 83 eggs", exact=False).first.click()
+    assert page.input_value("#prompt textarea").startswith("Dan has 83 eggs")
+    page.fill("#prompt textarea", "What is the capital of France?")
+    page.click("#send")
+    page.wait_for_selector("#chat-note :text('expect noise')", timeout=30_000)
+    page.screenshot(path=str(SHOTS / "playground-off-task.png"), full_page=True)
+    _pick(page, "pair", "tiny-random")
+    page.wait_for_selector("#chat-purpose :text('Random untrained')", timeout=15_000)
+    assert "Dan has 83 eggs" not in page.locator("#chat-examples").inner_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from . import handlers as h
-from . import render
+from . import pair_examples, render
 from .settings import Controls
 
 TITLES = {
@@ -31,6 +31,7 @@ def build(ctl: Controls, hosted: bool) -> None:
             )
             run = gr.Button("Compare", variant="primary", scale=1, elem_id="compare-run")
             stop = gr.Button("Stop", variant="stop", scale=1)
+        pair_examples.build(prompt, ctl.components["pair"], "compare")
         note = gr.HTML("", js_on_load=None)
         gr.HTML(render.legend_html(), js_on_load=None)
         outputs = []
@@ -44,7 +45,11 @@ def build(ctl: Controls, hosted: bool) -> None:
                     outputs += [trace, counters, answer]
 
     def compare(prompt_text, *values):
-        yield from h.compare_run(prompt_text, h.Settings.from_ui(hosted, *values))
+        settings = h.Settings.from_ui(hosted, *values)
+        off_task = pair_examples.hint(settings.pair, prompt_text)
+        for out in h.compare_run(prompt_text, settings):
+            # the last output is the note: an off-task hint shows there unless an error does
+            yield (*out[:-1], render.note_html(off_task, "info")) if off_task and not out[-1] else out
 
     # "minimal": the streamed text is the progress; Gradio's full overlay would hide it
     common = {"concurrency_id": "relay", "show_progress": "minimal"}

@@ -5,27 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from . import handlers as h
-from . import render
+from . import pair_examples, render
 from .settings import Controls
-
-# The first three problems of the synthetic task's test split (``offline.tasks.arith.load("test", n=3)``, the
-# tiny pair's training distribution; a test checks they still are), then word problems of our own.
-TASK_PROBLEMS = [
-    "Eva has 74 cards. She finds 95 cards. She buys 8 boxes of 23 cards. How many cards does she have now?",
-    "Eva has 53 cards. She wins 99 cards. She buys 3 boxes of 43 cards. How many cards does she have now?",
-    "Hugo has 34 marbles. He receives 89 marbles. He loses 28 marbles. He buys 2 boxes of 75 marbles. "
-    "How many marbles does he have now?",
-]
-WORD_PROBLEMS = [
-    "A baker makes 14 trays of 12 rolls and sells 97 rolls. How many rolls are left?",
-    "Mia reads 23 pages a day for 6 days, then 17 more pages. How many pages has she read?",
-    "A train leaves with 250 passengers, 68 get off and 41 get on. How many passengers are on the train?",
-]
-
-
-def examples() -> list[str]:
-    """Synthetic task problems (the tiny pair's training distribution) and word problems of our own."""
-    return TASK_PROBLEMS + WORD_PROBLEMS
 
 
 def build(ctl: Controls, hosted: bool) -> None:
@@ -46,14 +27,18 @@ def build(ctl: Controls, hosted: bool) -> None:
             send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
             stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
             clear = gr.Button("Clear", scale=1, elem_id="clear")
-        gr.Examples(examples(), inputs=prompt, label="Examples: synthetic task problems and word problems")
+        pair_examples.build(prompt, ctl.components["pair"], "chat")
         turns = gr.State([])  # per user; inside the Tab: a bare component in gr.Tabs breaks the tab bar
 
     def submit(prompt_text, turns_value, *values):
         cleared = False
+        settings = h.Settings.from_ui(hosted, *values)
+        off_task = pair_examples.hint(settings.pair, prompt_text)
         for chat_html, counters_html, note_html, turns_out, box in h.chat_submit(
-            prompt_text, turns_value, h.Settings.from_ui(hosted, *values)
+            prompt_text, turns_value, settings
         ):
+            if off_task and not note_html:  # the toy answers any question with digits: say so, visibly
+                note_html = render.note_html(off_task, "info")
             # clear the box once, then leave it alone: the user may type the next question while this streams
             yield chat_html, counters_html, note_html, turns_out, gr.skip() if cleared and box == "" else box
             cleared = cleared or box == ""
