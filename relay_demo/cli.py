@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="relay-decode one prompt")
     g.add_argument("--pair", required=True, choices=PAIRS)
     g.add_argument("--policy", default="learned", choices=list(POLICIES))
-    g.add_argument("--prompt", required=True)
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt (one user turn)")
+    src.add_argument(
+        "--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 file, '-' for standard input"
+    )
     g.add_argument("--backend", default="hf", choices=["hf", "vllm"])
     g.add_argument(
         "--max-new-tokens", type=int, default=None, help="response token budget (default: the pair's)"
@@ -89,14 +93,38 @@ def policy_from_args(a):
     return make_policy(a.policy, **given)
 
 
+MAX_PROMPT_BYTES = 16 * 2**20  # far past any pair's prompt limit; a larger file is a mistake
+
+
+def read_prompt(path: str) -> str:
+    """The prompt from a file or standard input (``-``), strictly UTF-8: bad bytes are an error naming
+    where."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
+    else:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_PROMPT_BYTES + 1)
+        except OSError as e:
+            raise ValueError(f"cannot read --prompt-file {path}: {e.strerror or e}") from None
+    if len(data) > MAX_PROMPT_BYTES:
+        raise ValueError(f"--prompt-file {path}: larger than {MAX_PROMPT_BYTES // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--prompt-file {path}: not valid UTF-8 (byte {e.start})") from None
+
+
 def generate(a) -> int:
     from dataclasses import replace
 
     from .backends.base import Sampling
     from .pairs import load_pair
+    from .protocol import visible
     from .relay import relay_stream, validate_prompt
 
-    validate_prompt(a.prompt)
+    prompt = a.prompt if a.prompt is not None else read_prompt(a.prompt_file)
+    validate_prompt(prompt)
     policy = policy_from_args(a)
     sampling = Sampling(temperature=a.temperature, top_p=a.top_p, seed=a.seed)
     if a.backend == "vllm":
@@ -113,12 +141,12 @@ def generate(a) -> int:
         if v is not None
     }
     limits = replace(pair.limits, **overrides)
-    stream = relay_stream(pair, a.prompt, policy, limits=limits, sampling=sampling)
+    stream = relay_stream(pair, prompt, policy, limits=limits, sampling=sampling)
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     for span in stream:
         if a.json:
             continue
-        text = span.text
+        text = visible(span.text)  # the model's ESC or backspace never reaches the terminal as one
         sys.stdout.write(f"{COLOURS[span.source]}{text}{RESET}" if colour and COLOURS[span.source] else text)
         sys.stdout.flush()
     result = stream.value

@@ -30,6 +30,7 @@ Grammar and the cases the official RelayLLM code leaves undefined:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 OPEN = "<call>"
@@ -110,3 +111,19 @@ def strip_commands(text: str) -> str:
 
 def contains_tag(text: str) -> bool:
     return OPEN in text or CLOSE in text
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+
+
+def visible(text: str) -> str:
+    """Text with C0/C1 control characters (except newline and tab) replaced by their Unicode pictures: a
+    model's ESC or backspace must not drive a terminal, nor hide text in a page."""
+    return _CONTROL.sub(_picture, text)
+
+
+def _picture(m: re.Match) -> str:
+    code = ord(m.group())
+    if code < 0x20:
+        return chr(0x2400 + code)  # U+2400..U+241F: control pictures
+    return "\u2421" if code == 0x7F else "\ufffd"

@@ -10,14 +10,14 @@ shown as Unicode control pictures (U+2400..) so the HTML stays valid and the use
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Iterable, Mapping
+
+from ..protocol import visible
 
 SOURCES = ("student", "teacher", "command")
 COLOURS = {"student": "#1f2937", "teacher": "#0e7490", "command": "#b45309"}
 BACKGROUNDS = {"student": "transparent", "teacher": "#cffafe", "command": "#fef3c7"}
 LABELS = {"student": "student", "teacher": "teacher", "command": "<call>N</call> command"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
 
 CSS = """
 .relay-out { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 14px; line-height: 1.6;
@@ -51,18 +51,6 @@ CSS = """
 .relay-provenance th { text-align: left; padding-right: 10px; white-space: nowrap; vertical-align: top; }
 .relay-provenance td { overflow-wrap: anywhere; }
 """
-
-
-def visible(text: str) -> str:
-    """Text with C0/C1 control characters (except newline and tab) replaced by their Unicode pictures."""
-    return _CONTROL.sub(_picture, text)
-
-
-def _picture(m: re.Match) -> str:
-    code = ord(m.group())
-    if code < 0x20:
-        return chr(0x2400 + code)  # U+2400..U+241F: control pictures
-    return "\u2421" if code == 0x7F else "\ufffd"
 
 
 def esc(text: str) -> str:
