@@ -177,11 +177,35 @@ class RouterMLP:
     The forward pass is numpy so the policy costs nothing to import.
     """
 
-    def __init__(self, weights: dict[str, np.ndarray], config: dict):
-        self.w1, self.b1 = weights["w1"], weights["b1"]
-        self.w2, self.b2 = weights["w2"], weights["b2"]
-        self.mean = np.asarray(config.get("mean", 0.0), dtype=np.float32)
-        self.std = np.asarray(config.get("std", 1.0), dtype=np.float32)
+    def __init__(self, weights: dict[str, np.ndarray], config: dict, source: str = "router"):
+        """``source`` names the files in errors. Shapes, finiteness and the config are checked here, once: a
+        router with NaN weights would otherwise never trigger, silently."""
+        missing = sorted({"w1", "b1", "w2", "b2"} - set(weights))
+        if missing or not isinstance(config, dict):
+            raise ValueError(f"{source}: not a router (missing weights {missing} or config not an object)")
+        self.w1, self.b1 = (np.asarray(weights[k], dtype=np.float32) for k in ("w1", "b1"))
+        self.w2, self.b2 = (np.asarray(weights[k], dtype=np.float32) for k in ("w2", "b2"))
+        try:
+            self.mean = np.asarray(config.get("mean", 0.0), dtype=np.float32)
+            self.std = np.asarray(config.get("std", 1.0), dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: mean/std are not numbers: {e}") from None
+        h = self.w1.shape[0] if self.w1.ndim == 2 else -1
+        ok = (
+            self.w1.ndim == 2 and self.b1.shape == (self.w1.shape[1],) and self.w2.size == self.w1.shape[1]
+            and self.b2.size == 1 and self.mean.size in (1, h) and self.std.size in (1, h)
+            and config.get("hidden_size", h) == h
+        )  # fmt: skip
+        if not ok:
+            raise ValueError(
+                f"{source}: inconsistent shapes (w1 {self.w1.shape}, b1 {self.b1.shape}, w2 {self.w2.shape}, "
+                f"b2 {self.b2.shape}, mean {self.mean.shape}, std {self.std.shape}, "
+                f"hidden_size {config.get('hidden_size')})"
+            )
+        arrays = (self.w1, self.b1, self.w2, self.b2, self.mean, self.std)
+        if not all(np.isfinite(a).all() for a in arrays) or not (self.std > 0).all():
+            raise ValueError(f"{source}: weights or mean/std are not finite (or std <= 0): a broken router")
+        self.hidden_size = h
         self.config = config
 
     @classmethod
@@ -191,7 +215,12 @@ class RouterMLP:
         path = Path(path)
         if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
             raise FileNotFoundError(f"no router at {path} (expected config.json and model.safetensors)")
-        return cls(load_file(str(path / "model.safetensors")), json.loads((path / "config.json").read_text()))
+        try:
+            weights = load_file(str(path / "model.safetensors"))
+            config = json.loads((path / "config.json").read_text())
+        except Exception as e:  # noqa: BLE001 - any unreadable file: one clear error naming it
+            raise ValueError(f"router at {path} cannot be read: {type(e).__name__}: {e}") from None
+        return cls(weights, config, source=f"router at {path}")
 
     def save(self, path: str | Path) -> None:
         from safetensors.numpy import save_file
@@ -204,7 +233,10 @@ class RouterMLP:
         (path / "config.json").write_text(json.dumps(self.config, indent=1))
 
     def score(self, hidden: np.ndarray) -> float:
-        x = (np.asarray(hidden, dtype=np.float32).reshape(-1) - self.mean) / self.std
+        x = np.asarray(hidden, dtype=np.float32).reshape(-1)
+        if x.size != self.hidden_size:
+            raise ValueError(f"the router reads hidden states of size {self.hidden_size}, got {x.size}")
+        x = (x - self.mean) / self.std
         h = np.maximum(x @ self.w1 + self.b1, 0.0)
         z = float((h @ self.w2 + self.b2).reshape(-1)[0])
         return 1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0)))

@@ -227,6 +227,13 @@ class _Relay:
                 f"policy {policy.name!r} needs the student's hidden states, which the {pair.student.backend} "
                 "backend does not expose; use the transformers backend (hf)"
             )
+        want = getattr(getattr(policy, "router", None), "hidden_size", None)
+        model = getattr(pair.student, "model", None)
+        have = getattr(getattr(model, "config", None), "hidden_size", None)
+        if want is not None and isinstance(have, int) and want != have:
+            raise ValueError(
+                f"the router was trained on hidden states of size {want}; this student's are {have}"
+            )
         self.pair, self.policy, self.limits, self.sampling = pair, policy, limits, sampling
         self.preempt = (sampling.temperature == 0) if preempt is None else bool(preempt)
         self.n_paused = 0  # student jobs paused by an early end of their round

@@ -178,3 +178,42 @@ def test_control_characters_are_shown_not_obeyed():
     from relay_demo.protocol import visible
 
     assert visible("a\x1b[2Jb\x08c\x07\n\td\x9b") == "a\u241b[2Jb\u2408c\u2407\n\td\ufffd"
+
+
+def _router(folder, hidden=64, **change):
+    import numpy as np
+
+    from relay_demo.policies import RouterMLP
+
+    rng = np.random.default_rng(0)
+    w = {
+        "w1": rng.normal(size=(hidden, 8)),
+        "b1": np.zeros(8),
+        "w2": rng.normal(size=(8, 1)),
+        "b2": np.zeros(1),
+    }
+    w = {k: v.astype(np.float32) for k, v in {**w, **change}.items()}
+    RouterMLP(w, {"hidden_size": hidden, "width": 8, "mean": 0.0, "std": 1.0}).save(folder)
+    return folder
+
+
+@pytest.mark.parametrize("broken", ["corrupt", "nan", "wrong-size"])
+def test_cli_refuses_a_broken_router_in_one_line(tmp_path, broken):
+    import numpy as np
+
+    folder = tmp_path / "router"
+    if broken == "corrupt":
+        _router(folder)
+        (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    elif broken == "nan":
+        from safetensors.numpy import load_file, save_file
+
+        _router(folder)
+        w = load_file(str(folder / "model.safetensors"))
+        save_file({**w, "b1": np.full(8, np.nan, dtype=np.float32)}, str(folder / "model.safetensors"))
+    else:
+        _router(folder, hidden=32)  # tiny-random's student has hidden size 64
+    out = _cli("--prompt", "hi", "--policy", "router", "--router", str(folder), "--threshold", "0.5")
+    err = out.stderr.decode().strip()
+    assert out.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "router" in err
