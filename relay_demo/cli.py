@@ -28,6 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .knobs import add_cli_flags
     from .pairs import PAIRS
     from .policies import POLICIES
 
@@ -51,17 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument(
-        "--n", type=int, default=None, help="tokens per handoff (confidence, random-token, router, interval)"
-    )
-    g.add_argument("--tau", type=float, default=None, help="confidence threshold")
-    g.add_argument("--p", type=float, default=None, help="random-token probability")
-    g.add_argument("--every", type=int, default=None, help="interval policy period")
-    g.add_argument("--router", default=None, help="folder of a trained router")
-    g.add_argument("--threshold", type=float, default=None, help="router threshold")
-    g.add_argument(
-        "--call-bias", type=float, default=None, help="learned policy: bias on the student's <call> logit"
-    )
+    add_cli_flags(g)  # the policy knobs, declared once (relay_demo/knobs.py)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     from .serve import add_parser
 
@@ -70,27 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def policy_from_args(a):
+    """The policy the flags describe; each knob checked against its declared range (``relay_demo.knobs``)."""
+    from .knobs import KNOBS, policy_kwargs
     from .policies import make_policy
 
-    names = ("n", "tau", "p", "every", "threshold", "call_bias")
-    given = {k: getattr(a, k) for k in names if getattr(a, k) is not None}
-    if a.router is not None:
-        given["path"] = a.router
-    accepted = {
-        "confidence": {"n", "tau"},
-        "random-token": {"n", "p"},
-        "interval": {"n", "every"},
-        "router": {"n", "threshold", "path"},
-        "learned": {"call_bias"},
-    }.get(a.policy, set())
-    extra = set(given) - accepted
-    if extra:
-        raise ValueError(
-            f"policy {a.policy!r} takes no {', '.join('--' + e.replace('_', '-') for e in sorted(extra))}"
-        )
-    if a.policy == "router" and "path" not in given:
+    values = {k: getattr(a, k, None) for k in KNOBS}
+    if values.get("path") is None:  # the server's namespace names it router
+        values["path"] = getattr(a, "router", None)
+    kwargs = policy_kwargs(a.policy, values)
+    if a.policy == "router" and "path" not in kwargs:
         raise ValueError("the router policy needs --router PATH")
-    return make_policy(a.policy, **given)
+    return make_policy(a.policy, **kwargs)
 
 
 MAX_PROMPT_BYTES = 16 * 2**20  # far past any pair's prompt limit; a larger file is a mistake

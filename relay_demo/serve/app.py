@@ -226,6 +226,7 @@ def create_app(settings: Settings):
 
 
 def add_parser(sub) -> None:
+    from ..knobs import add_cli_flags
     from ..pairs import PAIRS
     from ..policies import POLICIES
 
@@ -236,15 +237,7 @@ def add_parser(sub) -> None:
     g.add_argument("--port", type=int, default=8000)
     g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     g.add_argument("--policy", default="learned", choices=list(POLICIES), help="default policy of a request")
-    g.add_argument("--n", type=int, default=None)
-    g.add_argument("--tau", type=float, default=None)
-    g.add_argument("--p", type=float, default=None)
-    g.add_argument("--every", type=int, default=None)
-    g.add_argument(
-        "--router", default=None, help="folder of a trained router (the only router a request gets)"
-    )
-    g.add_argument("--threshold", type=float, default=None)
-    g.add_argument("--call-bias", type=float, default=None)
+    add_cli_flags(g)  # the policy knobs, declared once (relay_demo/knobs.py); --router is the only router
     g.add_argument(
         "--max-new-tokens", type=int, default=None, help="largest max_tokens (default: the pair's)"
     )
@@ -270,7 +263,7 @@ def serve(a) -> int:
     pair = load_pair(a.pair, backend=a.backend)
     given = {"max_tokens": a.max_new_tokens, "max_n": a.max_n, "max_calls": a.max_calls}
     overrides = {k: v for k, v in given.items() if v is not None}
-    defaults = SimpleNamespace(policy=a.policy, router=a.router, **{k: getattr(a, k) for k in POLICY_KNOBS})
+    defaults = SimpleNamespace(policy=a.policy, router=a.path, **{k: getattr(a, k) for k in POLICY_KNOBS})
     settings = Settings(
         pair=pair,
         policy=defaults,

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 from ..backends.base import Sampling
+from ..knobs import KNOBS
 from ..protocol import OPEN
 from ..relay import Limits, _chat_ids, _Seq, _single_token_id, validate_prompt
 
 log = logging.getLogger("relay_demo.serve")
 
 
-POLICY_KNOBS = ("n", "tau", "p", "every", "threshold", "call_bias")
+POLICY_KNOBS = tuple(k for k in KNOBS if k != "path")  # a request may not name a router folder
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 FINISH = {"eos": "stop", "stalled": "stop"}  # relay finish -> OpenAI finish_reason; the rest are "length"
 STAT_KEYS = ("student_tokens", "teacher_tokens", "command_tokens", "calls", "call_ratio", "finish_reason")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..backends.base import Sampling
+from ..knobs import KNOBS, POLICY_KNOBS, policy_kwargs
 from ..pairs import ROOT, available, load_pair, registry
 from ..policies import Policy, make_policy
 from ..protocol import strip_commands
@@ -122,12 +123,13 @@ class Settings:
 
     pair: str = FALLBACK_PAIR
     policy: str = "learned"
-    tau: float = 0.5
-    p: float = 0.05
-    n: int = 4
-    every: int = 16
-    threshold: float = 0.5
-    call_bias: float = 0.0
+    # the policy knobs start at their declared defaults (relay_demo/knobs.py)
+    tau: float = KNOBS["tau"].default
+    p: float = KNOBS["p"].default
+    n: int = KNOBS["n"].default
+    every: int = KNOBS["every"].default
+    threshold: float = KNOBS["threshold"].default
+    call_bias: float = KNOBS["call_bias"].default
     max_n: int = 16
     temperature: float = 0.7
     max_tokens: int = 128
@@ -161,13 +163,12 @@ def _int(name: str, v, lo: int, hi: int) -> int:
 
 def build_policy(s: Settings) -> Policy:
     """The policy the controls describe. In hosted mode the router comes only from the pair's folder."""
-    n = _int("tokens per handoff", s.n, 1, 1024)
-    if s.policy == "confidence":
-        return make_policy("confidence", tau=s.tau, n=n)
-    if s.policy == "random-token":
-        return make_policy("random-token", p=s.p, n=n, seed=_int("seed", s.seed, 0, 2**31 - 1))
-    if s.policy == "interval":
-        return make_policy("interval", every=_int("every", s.every, 1, 100_000), n=n)
+    # the knobs the policy declares (relay_demo/knobs.py), each checked against its range
+    values = {k: getattr(s, k) for k in POLICY_KNOBS.get(s.policy, ()) if k != "path"}
+    if s.policy == "random-token":  # the sidebar's seed also seeds the policy's own draws
+        return make_policy(
+            "random-token", **policy_kwargs(s.policy, values), seed=_int("seed", s.seed, 0, 2**31 - 1)
+        )
     if s.policy == "router":
         folder = router_folder(s.pair)
         if s.router_path and not hosted():  # a path from the UI: local mode only
@@ -177,9 +178,9 @@ def build_policy(s: Settings) -> Policy:
                 f"no trained router for pair {s.pair} (expected results/models/{s.pair}/router); "
                 "choose another policy"
             )
-        return make_policy("router", path=str(folder), threshold=s.threshold, n=n)
-    if s.policy == "learned":
-        return make_policy("learned", call_bias=s.call_bias)
+        values["path"] = str(folder)
+    if s.policy in POLICY_KNOBS:
+        return make_policy(s.policy, **policy_kwargs(s.policy, values))
     return make_policy(s.policy)  # student-only, teacher-only (unknown names: ValueError)
 
 

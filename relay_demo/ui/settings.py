@@ -10,17 +10,16 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from ..knobs import KNOBS, POLICY_KNOBS
 from . import handlers as h
 
-# which policy shows which parameter control (the others are hidden)
+# which policy shows which parameter control, from the one declaration of the knobs (relay_demo/knobs.py); a
+# router's folder is a text box, typed in local mode only
 POLICY_PARAMS = {
-    "confidence": {"tau", "n"},
-    "random-token": {"p", "n"},
-    "interval": {"every", "n"},
-    "router": {"threshold", "n", "router_path"},
-    "learned": {"call_bias"},
+    p: {"router_path" if k == "path" else k for k in names} for p, names in POLICY_KNOBS.items() if names
 }
-PARAM_FIELDS = ("tau", "p", "n", "every", "threshold", "call_bias", "router_path")
+SLIDERS = tuple(k for k, knob in KNOBS.items() if knob.ui)
+PARAM_FIELDS = (*SLIDERS, "router_path")
 
 
 @dataclass
@@ -66,39 +65,18 @@ def build(hosted: bool) -> Controls:
             "policy": gr.Dropdown(
                 h.POLICY_CHOICES, value=d.policy, label="Policy: who decides to hand over", elem_id="policy"
             ),
-            "tau": gr.Slider(
-                0.0, 1.0, value=d.tau, step=0.01, label="τ: hand over when top-token prob < τ", visible=False
-            ),
-            "p": gr.Slider(
-                0.0,
-                1.0,
-                value=d.p,
-                step=0.01,
-                label="p: hand-over probability per token",
-                visible=False,
-                elem_id="param-p",
-            ),
-            "n": gr.Slider(1, 64, value=d.n, step=1, label="tokens per handoff", visible=False),
-            "every": gr.Slider(
-                1,
-                128,
-                value=d.every,
-                step=1,
-                label="every k student tokens",
-                visible=False,
-                elem_id="param-every",
-            ),
-            "threshold": gr.Slider(
-                0.0, 1.0, value=d.threshold, step=0.01, label="router threshold", visible=False
-            ),
-            "call_bias": gr.Slider(
-                -4.0,
-                8.0,
-                value=d.call_bias,
-                step=0.5,
-                label="call bias: added to the student's <call> logit (0 = as trained)",
-                visible=d.policy == "learned",
-            ),
+            **{
+                name: gr.Slider(
+                    KNOBS[name].ui[0],
+                    KNOBS[name].ui[1],
+                    value=getattr(d, name),
+                    step=KNOBS[name].ui[2],
+                    label=KNOBS[name].help,
+                    visible=name in POLICY_PARAMS.get(d.policy, ()),
+                    elem_id=f"param-{name}",
+                )
+                for name in SLIDERS
+            },
         }
         router_note = gr.Markdown("")
         c["router_path"] = gr.Textbox(
