@@ -155,3 +155,14 @@ def parse(cls: type[T], argv: list[str] | None = None) -> T:
 def to_dict(cfg: Any) -> dict:
     """A plain dict of ``cfg`` (for manifests and metric logs)."""
     return dataclasses.asdict(cfg)
+
+
+def parse_or_exit(cls: type[T], argv: list[str] | None, prog: str) -> T:
+    """:func:`parse` for a job's ``main``: a bad recipe or override ends in one line and exit code 2."""
+    import sys
+
+    try:
+        return parse(cls, argv)
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -341,11 +341,7 @@ def rebuild(cfg: LabelCfg, problems: list[Problem]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = cfglib.parse(LabelCfg, argv)
-    except cfglib.ConfigError as e:
-        print(f"label_calls: {e}", file=sys.stderr)
-        return 2
+    cfg = cfglib.parse_or_exit(LabelCfg, argv, "python -m offline.label_calls")
     stats = run(cfg)
     keys = ("problems_rolled_out", "student_correct", "fixed_by_one_call", "examples", "examples_with_call")
     print(json.dumps({k: stats[k] for k in keys}))

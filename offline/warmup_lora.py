@@ -17,8 +17,8 @@ plus those two rows of ``embed_tokens`` and ``lm_head`` (peft ``trainable_token_
 TRL's ``SFTTrainer`` computes its loss through a fused LM head that skips the trained rows (and fails on
 peft's wrapper), so the loss here is the model's own (``transformers.Trainer.compute_loss``).
 
-Resumable: checkpoints every ``save_steps`` under ``<out>.checkpoints/`` (outside git); a rerun continues from
-the last one. The adapter and tokenizer are written to ``out`` (about 35 MB), the loss log and cost to
+Resumable: checkpoints every ``save_steps`` under ``<out>/trainer-state/`` (ignored by git); a rerun continues
+from the last one. The adapter and tokenizer are written to ``out`` (about 35 MB), the loss log and cost to
 ``metrics``.
 """
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offline import config as cfglib
+from offline.common import trainer_dir
 from offline.tasks import load_benchmark
 from relay_demo import ROOT
 
@@ -155,7 +156,7 @@ def train(cfg: LoraWarmupCfg) -> dict:
     rows = [r for r in rows if len(r["input_ids"]) <= cfg.max_length]
     model = make_model(cfg, tok)
     out = _path(cfg.out)
-    ckpt = out.with_name(out.name + ".checkpoints")
+    ckpt = Path(trainer_dir(out))  # checkpoints inside the adapter folder, ignored by git
     metrics = _path(cfg.metrics)
     metrics.parent.mkdir(parents=True, exist_ok=True)
 
@@ -219,11 +220,7 @@ def train(cfg: LoraWarmupCfg) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = cfglib.parse(LoraWarmupCfg, argv)
-    except cfglib.ConfigError as e:
-        print(f"warmup_lora: {e}", file=sys.stderr)
-        return 2
+    cfg = cfglib.parse_or_exit(LoraWarmupCfg, argv, "python -m offline.warmup_lora")
     summary = train(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0

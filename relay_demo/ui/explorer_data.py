@@ -225,13 +225,14 @@ def sample_trace(results_dir: str | Path, pair: str | None, benchmark: str | Non
     store, _ = open_store(results_dir)
     df = store.query(
         "SELECT * FROM samples WHERE pair = ? AND benchmark = ? AND problem_id = ? "
-        "AND method <> 'random-query' ORDER BY method, param NULLS FIRST",
+        "ORDER BY method, param NULLS FIRST",
         [pair, benchmark, problem_id],
     )
     chosen = df[(df["method"] == method) & (df["param"].isna() if param is None else df["param"] == param)]
     if chosen.empty:
         return render.note_html("That sample is not in the results any more.")
     others = df.drop(chosen.index)
+    others = others[others["method"] != "random-query"]  # expectations over two answers, not a trace
     html = _row_trace(chosen.iloc[0], pair) + render.legend_html()
     if len(others):
         cols = "".join(f'<div class="relay-side">{_row_trace(r, pair)}</div>' for _, r in others.iterrows())
