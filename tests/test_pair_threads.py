@@ -1,13 +1,15 @@
 """Two library calls at once on one loaded pair (threads) give what they give one after the other.
 
 vLLM's step loop is shared by every request of an engine: without the pair's lock, two ``relay_batch`` calls
-from two threads steal each other's outputs."""
+from two threads steal each other's outputs; and vLLM's CPU attention refuses a thread whose OpenMP thread
+count differs from the loading thread's, unless the engine gives it that count."""
 
 from __future__ import annotations
 
 import threading
 
 import pytest
+import torch
 
 from relay_demo.backends.base import Sampling
 from relay_demo.pairs import load_pair
@@ -29,6 +31,7 @@ def test_concurrent_calls_on_one_pair_do_not_corrupt_each_other(backend):
 
     def call(i: int) -> None:
         try:
+            torch._C.set_num_threads(1)  # a worker thread whose OpenMP count differs from the loading thread's
             got[i] = [
                 r.text for r in relay_batch(pair, prompts[i], policy, limits=limits, sampling=Sampling(0))
             ]

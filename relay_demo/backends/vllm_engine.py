@@ -43,6 +43,10 @@ Environment, set only when not already set and before vLLM is imported:
 makes the CPU backend ~30x slower) and, per engine, ``VLLM_CPU_KVCACHE_SPACE`` (``kv_cache_gib``,
 default 1 GiB, so a student and a teacher fit next to each other on a small CPU box).
 Note: vLLM's CPU worker replaces ``torch.set_num_threads`` by a no-op for the whole process.
+Threads: the CPU attention kernel refuses to run on a thread whose OpenMP thread count differs from the one
+its metadata was planned with (``cpu_attn_impl.hpp: thread_num ... (2 vs. 1)``), which is what a library
+call from a fresh thread (an app handler, a server worker) can meet; ``run`` gives the calling thread the
+thread count the engine was loaded with.
 """
 
 from __future__ import annotations
@@ -70,6 +74,21 @@ def _default_env() -> None:
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(cache_home, "relay_demo", "vllm"))
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _match_threads(n: int) -> None:
+    """Give the calling thread ``n`` OpenMP threads (per thread in OpenMP; vLLM patched out
+    ``torch.set_num_threads``, the binding underneath still works)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch._C.set_num_threads(n)
 
 
 def _count_params(path: str) -> int:
@@ -134,6 +153,7 @@ class VLLMEngine(ModelEngine):
     def __init__(self, name: str, llm, tokenizer, n_params: int, eos_ids: set[int]):
         super().__init__(name, tokenizer, n_params, eos_ids)
         self.llm = llm
+        self._threads = _torch_threads()  # the loading thread's OpenMP thread count, kept for every caller
         self._req_counter = itertools.count()
         self._running = False  # run() shares one vLLM engine: a second concurrent run would steal its outputs
         # vLLM's own finalizer tears down the process-wide distributed state, which would break the
@@ -271,6 +291,7 @@ class VLLMEngine(ModelEngine):
         if self._running:
             raise RuntimeError("VLLMEngine.run is not re-entrant: exhaust or close the previous run first")
         self._check(jobs)
+        _match_threads(self._threads)
         eng = self.llm.llm_engine
         live: dict[str, _Live] = {}
         first: list[Delta] = []
