@@ -31,7 +31,7 @@ def test_concurrent_calls_on_one_pair_do_not_corrupt_each_other(backend):
 
     def call(i: int) -> None:
         try:
-            torch._C.set_num_threads(1)  # a worker thread whose OpenMP count differs from the loading thread's
+            torch._C.set_num_threads(1)  # a worker with another OpenMP thread count than the loading thread
             got[i] = [
                 r.text for r in relay_batch(pair, prompts[i], policy, limits=limits, sampling=Sampling(0))
             ]
