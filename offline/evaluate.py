@@ -27,8 +27,8 @@ random-query           (none)              computed from this run's student and 
                                            (the exact expectation at each ``p``), never generated
 =====================  ==================  ===========================================================
 
-A method may name another registered ``pair:`` to generate with (the tiny pair's baselines run on the base
-student, its relay methods on the relay student); its rows are recorded under the run's pair.
+A method may name another registered ``pair:`` (the tiny pair's baselines run on the base student, its relay
+methods on the relay student); its rows are recorded under the run's pair; one pair is in memory at a time.
 
 Batches are fixed slices of each benchmark's problem list and batch ``k`` is sampled with seed
 ``sampling.seed + k``, so a resumed run draws what an uninterrupted one would have (given a deterministic
@@ -211,6 +211,7 @@ def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
     ``get_pair`` is called at the first batch, so a resumed run with nothing left loads no model.
     """
     from relay_demo.backends.base import Sampling
+    from relay_demo.pairs import OnePairAtATime, load_pair
     from relay_demo.policies import make_policy
     from relay_demo.relay import Limits, relay_batch
 
@@ -228,10 +229,11 @@ def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
         except TypeError as e:
             raise ValueError(f"method {m.name}: limits: {e}") from None
 
-    def generate(cell: Cell, problems: list[Problem], k: int) -> list:
-        if cell.method.pair:
-            from relay_demo.pairs import load_pair
+    held = OnePairAtATime()
 
+    def generate(cell: Cell, problems: list[Problem], k: int) -> list:
+        held.switch_to(cell.method.pair or cfg.pair)
+        if cell.method.pair:
             pair = load_pair(cell.method.pair, backend=cfg.backend, **cfg.engine)
         else:
             pair = get_pair()

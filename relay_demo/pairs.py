@@ -122,9 +122,25 @@ def purpose(name: str) -> str:
     return " ".join(str(_spec(name).get("purpose", "")).split())
 
 
+def _examples(name: str) -> list[tuple[str, str | None]]:
+    out = []
+    for e in _spec(name).get("examples") or []:
+        if isinstance(e, dict):
+            out.append((str(e.get("prompt", "")), None if e.get("answer") is None else str(e["answer"])))
+        else:
+            out.append((str(e), None))
+    return out
+
+
 def examples(name: str) -> list[str]:
     """Example prompts that fit the pair (``examples:`` in the registry; never test problems)."""
-    return [str(e) for e in _spec(name).get("examples") or []]
+    return [p for p, _ in _examples(name)]
+
+
+def example_answer(name: str, prompt: str) -> str | None:
+    """The known answer of ``prompt`` when it is one of the pair's examples that lists one, else None."""
+    want = " ".join(prompt.split())
+    return next((a for p, a in _examples(name) if " ".join(p.split()) == want), None)
 
 
 def off_task_hint(name: str, prompt: str) -> str | None:
@@ -193,6 +209,37 @@ def load_pair(name: str, backend: str = "hf", *, fresh: bool = False, **engine_k
         if not fresh:
             _loaded[key] = pair
         return pair
+
+
+def loaded_pairs() -> set[str]:
+    """Names of the pairs :func:`load_pair` holds now."""
+    with _load_lock:
+        return {k[0] for k in _loaded}
+
+
+class OnePairAtATime:
+    """For a job that moves from pair to pair: :meth:`switch_to` closes the pair used last, unless it was
+    loaded before this object was made (the caller's own pairs stay open)."""
+
+    def __init__(self):
+        self.callers = loaded_pairs()
+        self.last: str | None = None
+
+    def switch_to(self, name: str) -> None:
+        if self.last is not None and self.last != name and self.last not in self.callers:
+            unload_pairs([self.last])
+        self.last = name
+
+
+def unload_pairs(names) -> None:
+    """Close the pairs of these names that :func:`load_pair` holds, and free their memory (a job that moves
+    from one pair to the next holds one at a time: two real pairs do not fit a 24 GiB box)."""
+    import gc
+
+    with _load_lock:
+        for key in [k for k in _loaded if k[0] in set(names)]:
+            _loaded.pop(key).close()
+    gc.collect()
 
 
 # -- tiny-random ------------------------------------------------------------------------------------

@@ -46,6 +46,10 @@ class Policy:
     def trigger(self, state, top_prob: float | None, hidden: np.ndarray | None) -> bool:
         return False
 
+    def why(self, top_prob: float | None, hidden: np.ndarray | None) -> str:
+        """Why :meth:`trigger` fired at this token, in words (for the app's call inspector)."""
+        return f"the {self.name} policy"
+
     def params(self) -> dict:
         return {}
 
@@ -116,6 +120,9 @@ class Confidence(Policy):
     def trigger(self, state, top_prob, hidden) -> bool:
         return top_prob is not None and top_prob < self.tau
 
+    def why(self, top_prob, hidden) -> str:
+        return f"confidence {top_prob:.2f} < τ {self.tau:g} (the student's top token probability)"
+
     def params(self) -> dict:
         return {"tau": self.tau, "n": self.n}
 
@@ -136,6 +143,9 @@ class RandomToken(Policy):
 
     def trigger(self, state, top_prob, hidden) -> bool:
         return state.random() < self.p
+
+    def why(self, top_prob, hidden) -> str:
+        return f"a random draw under p {self.p:g} at this token"
 
     def params(self) -> dict:
         return {"p": self.p, "n": self.n}
@@ -165,6 +175,9 @@ class Interval(Policy):
             return True
         state.k += 1
         return False
+
+    def why(self, top_prob, hidden) -> str:
+        return f"{self.every} student tokens since the last handoff (interval)"
 
     def params(self) -> dict:
         return {"every": self.every, "n": self.n}
@@ -261,6 +274,9 @@ class Router(Policy):
 
     def trigger(self, state, top_prob, hidden) -> bool:
         return hidden is not None and self.router.score(hidden) > self.threshold
+
+    def why(self, top_prob, hidden) -> str:
+        return f"router score {self.router.score(hidden):.2f} > threshold {self.threshold:g}"
 
     def params(self) -> dict:
         return {"threshold": self.threshold, "n": self.n}

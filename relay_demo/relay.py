@@ -36,6 +36,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from .backends.base import Job, ModelEngine, Sampling, Session, chat_ids
+from .calls import Call
 from .policies import Policy
 from .protocol import CLOSE, OPEN, find_command, strip_commands
 
@@ -71,6 +72,7 @@ class Span:
     source: str  # "student" | "teacher" | "command"
     token_ids: list[int]
     text: str
+    call: int | None = None  # the call (index into RelayResult.call_log) of a command or teacher span
 
 
 @dataclass
@@ -96,6 +98,7 @@ class RelayResult:
         default_factory=list
     )  # per handoff: tokens the teacher ran to catch up
     teacher_new: list[int] = field(default_factory=list)  # per handoff: tokens it had never seen
+    call_log: list[Call] = field(default_factory=list)  # per call: trigger, asked, written, why it ended
 
     def stats(self) -> dict:
         keys = ("student_tokens", "teacher_tokens", "command_tokens", "calls", "call_ratio", "finish_reason")
@@ -107,8 +110,12 @@ class RelayResult:
     def to_json(self) -> dict:
         return {
             "text": self.text,
-            "spans": [{"source": s.source, "text": s.text, "tokens": len(s.token_ids)} for s in self.spans],
+            "spans": [
+                {"source": s.source, "text": s.text, "tokens": len(s.token_ids), "call": s.call}
+                for s in self.spans
+            ],
             "stats": self.stats(),
+            "calls": [c.to_json() for c in self.call_log],
         }
 
 
@@ -163,23 +170,25 @@ class _Seq:
         self.teacher_new: list[int] = []  # per handoff: tokens of its view it had never run
         self.teacher_known = 0  # teacher view tokens already run through the teacher
         self.cmd = None  # (first token index, Command) of the command that ended the segment
+        self.call_log: list[Call] = []
 
     @property
     def n_response(self) -> int:
         return len(self.ids) + len(self.seg_ids) - self.emitted  # held-back tokens count too
 
-    def add(self, source: str, tids: list[int], text: str) -> Span:
-        """Record tokens in the response; merge into the last span of the same source."""
+    def add(self, source: str, tids: list[int], text: str, call: int | None = None) -> Span:
+        """Record tokens in the response; merge into the last span of the same source (and call)."""
         self.ids.extend(tids)
         self.mask.extend([0 if source == TEACHER else 1] * len(tids))
         self.text_parts.append(text)
         self.counts[source] += len(tids)
-        if self.spans and self.spans[-1].source == source and source != COMMAND:
-            self.spans[-1].token_ids.extend(tids)
-            self.spans[-1].text += text
+        last = self.spans[-1] if self.spans else None
+        if last is not None and last.source == source and last.call == call and source != COMMAND:
+            last.token_ids.extend(tids)
+            last.text += text
         else:
-            self.spans.append(Span(source, list(tids), text))
-        return Span(source, list(tids), text)
+            self.spans.append(Span(source, list(tids), text, call))
+        return Span(source, list(tids), text, call)
 
 
 def _chat_ids(engine: ModelEngine, prompt, chat_kwargs: dict) -> list[int]:
@@ -312,6 +321,8 @@ class _Relay:
         for s, n, p in zip(rows, produced, paused, strict=True):
             s.wall[phase] += elapsed
             self.after_round(s, phase, n, paused=p)
+            if phase == TEACHER and s.call_log and not self.policy.teacher_only:
+                s.call_log[-1].close(n, elapsed, s.teacher.last_prefill, s.finish, self.limits.max_n)
             if s.phase == "done":
                 yield from self.flush(s, STUDENT)
 
@@ -357,6 +368,8 @@ class _Relay:
         s.seg_ids, s.seg_text, s.seg_ends, s.emitted = [], "", [], 0
         s.teacher_new.append(len(s.teacher.ids) - s.teacher_known)
         n = budget if self.policy.teacher_only else min(s.handoff_n, budget)
+        if s.call_log and not self.policy.teacher_only:
+            s.call_log[-1].granted, s.call_log[-1].start = n, len(s.ids)
         return Job(s.teacher, n, self.sampling, row=s.row)
 
     # -- student side ------------------------------------------------------------------------------
@@ -378,6 +391,8 @@ class _Relay:
                 # the teacher writes this position: drop the student's token, hand over
                 s.student.truncate(len(s.student.ids) - (len(d.token_ids) - i))
                 yield from self.flush(s, STUDENT)
+                why = self.policy.why(top, hid)
+                s.call_log.append(Call(s.calls, self.policy.name, why, self.policy.n, at=len(s.ids)))
                 self.handoff(s, self.policy.n, job)
                 break
             if tid in self.pair.student.eos_ids:
@@ -441,11 +456,15 @@ class _Relay:
         start_char = s.seg_ends[first - 1] if first else 0
         yield from self.flush(s, STUDENT, hold=start_char)
         s.emitted = first
-        tids = s.seg_ids[first:]
-        yield s.row, s.add(COMMAND, tids, s.seg_text[start_char:])
+        tids, text = s.seg_ids[first:], s.seg_text[start_char:]
+        honoured = s.calls < self.limits.max_calls  # past max_calls a command is text, and no call
+        at = len(s.ids)
+        yield s.row, s.add(COMMAND, tids, text, call=s.calls if honoured else None)
         s.emitted = len(s.seg_ids)
-        if s.calls < self.limits.max_calls:
+        if honoured:
             s.cmd = (first, cmd)
+            written = s.seg_text[cmd.start : cmd.end]
+            s.call_log.append(Call(s.calls, "command", f"the student wrote {written}", cmd.n, at=at))
             self.handoff(s, cmd.n, job)
 
     def handoff(self, s: _Seq, n: int, job: Job) -> None:
@@ -471,15 +490,16 @@ class _Relay:
     # -- teacher side ------------------------------------------------------------------------------
 
     def on_teacher(self, s: _Seq, job: Job, d) -> Iterator[tuple[int, Span]]:
+        call = None if self.policy.teacher_only else s.calls - 1
         for tid in d.token_ids:
             if s.student is not None:  # teacher-only runs have no student
                 s.student.extend([tid])
             if tid in self.pair.teacher.eos_ids:
-                yield s.row, s.add(TEACHER, [tid], "")
+                yield s.row, s.add(TEACHER, [tid], "", call)
                 s.finish = "eos"
                 job.cancel()
                 break
-            yield s.row, s.add(TEACHER, [tid], s.detok.push(tid))
+            yield s.row, s.add(TEACHER, [tid], s.detok.push(tid), call)
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
@@ -527,6 +547,7 @@ class _Relay:
             teacher_computed=tc,
             teacher_prefill=s.teacher_prefill,
             teacher_new=s.teacher_new,
+            call_log=s.call_log,
         )
 
 

@@ -5,14 +5,16 @@
 
 It types a prompt holding ``<script>`` and ``<img onerror>``, picks the ``interval`` policy (forced handoffs),
 waits for streamed text with a teacher-coloured span, checks the markup rendered as text and never ran,
-checks the empty-prompt message, opens Compare and the Explorer (the plotly chart renders, a sample's trace
-is coloured) and saves screenshots to ``artifacts/screenshots/``. Skips only when chromium or playwright is
-missing.
+clicks a teacher span and finds the call inspector filled (asked, written, the student's own text; the
+ending without the call), checks the empty-prompt message, opens Compare and the Explorer (the plotly chart
+renders, a sample's trace is coloured) and saves screenshots to ``artifacts/screenshots/``. Skips only when
+chromium or playwright is missing.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -93,6 +95,27 @@ def test_playground_streams_coloured_spans_and_escapes_markup(page):
     page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
 
 
+def test_clicking_a_teacher_span_fills_the_call_inspector(page):
+    # the answer of the test above: interval handoffs on tiny-random, finished
+    page.locator("#chat .relay-teacher").first.click()
+    box = page.locator("#call-inspector")
+    page.wait_for_selector("#call-inspector #inspector-student .relay-student", timeout=30_000)
+    text = box.inner_text()
+    assert "Call 1 of" in text and "asked 4" in text and re.search(r"written \d", text)  # the sidebar's n
+    assert "student tokens since the last handoff" in text and "prefilled" in text
+    assert box.locator("#inspector-student .relay-student").inner_text().strip()  # the student's own text
+    box.screenshot(path=str(SHOTS / "call-inspector.png"))
+    page.click("#inspect-continue")
+    page.wait_for_selector("#call-continue #continue-without", timeout=30_000)
+    assert "without call 1" in page.locator("#call-continue").inner_text().lower()  # headings in capitals
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the settings sidebar folded away
+    toggle = page.get_by_label("Toggle Sidebar").first
+    toggle.click()
+    page.locator("#inspector-box").screenshot(path=str(SHOTS / "call-inspector-phone.png"))
+    toggle.click()
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
 def test_empty_prompt_shows_a_message(page):
     page.fill("#prompt textarea", "")
     page.click("#send")
@@ -108,6 +131,9 @@ def test_compare_tab(page):
     page.wait_for_selector("#cmp-teacher-only-answer :text('Final answer')", timeout=45_000)
     assert page.locator("#cmp-relay .relay-teacher").count() >= 1
     assert page.locator("#cmp-student-only .relay-teacher").count() == 0
+    page.locator("#cmp-relay .relay-teacher").nth(1).click()
+    page.wait_for_selector("#compare-call-inspector #inspector-student .relay-student", timeout=30_000)
+    assert "Call 2 of" in page.locator("#compare-call-inspector").inner_text()
     page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
 
 

@@ -261,3 +261,50 @@ def test_router_policy_needs_hidden_states(random_models, byte_tok, tmp_path):
         sampling=GREEDY,
     )
     assert r.teacher_tokens == 12 and r.calls == 12
+
+
+# -- per-call records (the call inspector reads them) ------------------------------------------------
+
+
+def test_a_command_call_is_recorded_with_its_spans(bpe_pair, tok):
+    s, t = bpe_pair
+    r = relay(_pair(s, t, tok, max_tokens=64, max_n=16), "hi", make_policy("learned"), sampling=GREEDY)
+    [c] = r.call_log
+    assert (c.index, c.trigger, c.detail) == (0, "command", "the student wrote <call>3</call>")
+    assert (c.asked, c.granted, c.written, c.ended) == (3, 3, 3, "n")
+    assert (c.at, c.start) == (3, 11)  # three student tokens, then eight of the command
+    assert c.prefill == r.teacher_prefill[0] and c.teacher_s > 0
+    assert [x.call for x in r.spans] == [None, 0, 0, None]
+
+
+def test_trigger_calls_record_the_caps_and_why_they_ended(random_models, byte_tok):
+    s, t = random_models
+    pair = _pair(s, t, byte_tok, max_tokens=35, max_n=3)
+    r = relay(pair, PROMPTS[0], make_policy("interval", every=6, n=5), sampling=GREEDY)
+    assert r.calls == len(r.call_log) == 4  # at 6, 15, 24, 33: six student tokens, three of the teacher
+    first, last = r.call_log[0], r.call_log[-1]
+    assert first.detail == "6 student tokens since the last handoff (interval)"
+    assert (first.asked, first.granted, first.written, first.ended) == (5, 3, 3, "n")  # capped by max N
+    assert last.granted == last.written == 35 - last.start == 2 and last.ended == "max_tokens"
+    teacher = [x for x in r.spans if x.source == "teacher"]
+    assert [x.call for x in teacher] == list(range(4))
+    assert [sum(len(x.token_ids) for x in teacher if x.call == c.index) for c in r.call_log] == [
+        c.written for c in r.call_log
+    ]
+    assert all(r.source_mask[c.start : c.start + c.written] == [0] * c.written for c in r.call_log)
+
+
+def test_student_alone_is_the_students_own_greedy_text(random_models, byte_tok):
+    from relay_demo.calls import student_alone
+
+    s, t = random_models
+    pair = _pair(s, t, byte_tok, max_tokens=30)
+    alone = relay(pair, PROMPTS[1], make_policy("student-only"), sampling=GREEDY)
+    r = relay(pair, PROMPTS[1], make_policy("interval", every=4, n=3), sampling=GREEDY)
+    c = r.call_log[0]
+    assert c.at == 4 and r.token_ids[:4] == alone.token_ids[:4]
+    ids, text, finish = student_alone(pair, r.prompt_ids, r.token_ids, c.at, c.granted)
+    assert ids == alone.token_ids[4 : 4 + c.granted] and finish == "length"
+    assert student_alone(pair, r.prompt_ids, r.token_ids, c.at, c.granted) == (ids, text, finish)  # cached
+    with pytest.raises(ValueError, match="outside the answer"):
+        student_alone(pair, r.prompt_ids, r.token_ids, len(r.token_ids) + 1, 3)

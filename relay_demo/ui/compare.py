@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from . import handlers as h
-from . import pair_examples, render
+from . import inspector, pair_examples, render
 from .settings import Controls
 
 TITLES = {
@@ -39,20 +39,29 @@ def build(ctl: Controls, hosted: bool) -> None:
             for side in h.COMPARE_SIDES:
                 with gr.Column(min_width=260):
                     gr.Markdown(f"#### {TITLES[side]}")
-                    trace = gr.HTML(render.trace_html([], empty="—"), js_on_load=None, elem_id=f"cmp-{side}")
+                    js = inspector.CLICK_JS if side == "relay" else None
+                    trace = gr.HTML(render.trace_html([], empty="—"), js_on_load=js, elem_id=f"cmp-{side}")
+                    if side == "relay":
+                        relay_trace = trace
                     counters = gr.HTML("", js_on_load=None)
                     answer = gr.HTML("", js_on_load=None, elem_id=f"cmp-{side}-answer")
                     outputs += [trace, counters, answer]
+        record = gr.State(None)  # the relay column's finished answer, for the call inspector
+        with gr.Accordion("Call inspector (relay column)", open=True):
+            inspector.build(relay_trace, lambda rec, _turn: rec, record, "compare", h.get_pair)
 
     def compare(prompt_text, *values):
         settings = h.Settings.from_ui(hosted, *values)
         off_task = pair_examples.hint(settings.pair, prompt_text)
-        for out in h.compare_run(prompt_text, settings):
+        got: list = [None]
+        for out in h.compare_run(prompt_text, settings, on_relay_result=lambda rec: got.__setitem__(0, rec)):
             # the last output is the note: an off-task hint shows there unless an error does
-            yield (*out[:-1], render.note_html(off_task, "info")) if off_task and not out[-1] else out
+            out = (*out[:-1], render.note_html(off_task, "info")) if off_task and not out[-1] else out
+            yield (*out, got[0])
 
     # "minimal": the streamed text is the progress; Gradio's full overlay would hide it
     common = {"concurrency_id": "relay", "show_progress": "minimal"}
-    ev = run.click(compare, [prompt, *ctl.inputs], [*outputs, note], api_name="compare", **common)
-    ev2 = prompt.submit(compare, [prompt, *ctl.inputs], [*outputs, note], api_visibility="private", **common)
+    outs = [*outputs, note, record]
+    ev = run.click(compare, [prompt, *ctl.inputs], outs, api_name="compare", **common)
+    ev2 = prompt.submit(compare, [prompt, *ctl.inputs], outs, api_visibility="private", **common)
     stop.click(None, None, None, cancels=[ev, ev2], queue=False)

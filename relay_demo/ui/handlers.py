@@ -22,7 +22,7 @@ from ..pairs import ROOT, available, load_pair, registry
 from ..policies import Policy, make_policy
 from ..protocol import strip_commands
 from ..relay import Limits
-from . import render
+from . import inspector, render
 from .stream import generate, prompt_tokens
 
 DEFAULT_PAIR, FALLBACK_PAIR = "tiny-arith", "tiny-random"
@@ -292,6 +292,9 @@ def chat_submit(
     shown = [*turns, turn]  # the state holds the partial answer too, so Stop keeps what was written
     for snap in generate(pair, messages, policy, limits, sampling):
         turn.update(spans=[dict(x) for x in snap.spans], text=snap.text)
+        if snap.result is not None:  # what the call inspector reads when a span of this answer is clicked
+            user = messages[-1]["content"]
+            turn["inspect"] = inspector.record(s.pair, pair, snap.result, user, limits.max_tokens)
         if snap.error:  # nothing was lost: the conversation as before, the prompt back in the box
             yield (
                 render.chat_html(turns),
@@ -324,11 +327,12 @@ def final_answer(text: str) -> str | None:
     return extract_answer(strip_commands(text))
 
 
-def compare_run(prompt, s: Settings) -> Iterator[tuple]:
+def compare_run(prompt, s: Settings, on_relay_result=None) -> Iterator[tuple]:
     """Compare: the same prompt by the student alone, the relay (the chosen policy), the teacher alone.
 
     Runs one after another (the pair runs one generation at a time) and streams each column.
-    Yields 9 HTML strings (trace, counters, answer per column) and a note.
+    Yields 9 HTML strings (trace, counters, answer per column) and a note. ``on_relay_result(record)``
+    receives the relay column's inspection record when it finishes.
     """
     columns = [["", "", ""] for _ in COMPARE_SIDES]
     try:
@@ -344,4 +348,7 @@ def compare_run(prompt, s: Settings) -> Iterator[tuple]:
             columns[i][1] = render.counters_html(snap.counters)
             if snap.result is not None:
                 columns[i][2] = render.answer_html(final_answer(snap.text))
+                if i == 1 and on_relay_result is not None:
+                    user = messages[-1]["content"]
+                    on_relay_result(inspector.record(s.pair, pair, snap.result, user, limits.max_tokens))
             yield (*[x for c in columns for x in c], render.note_html(snap.error))

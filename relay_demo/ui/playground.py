@@ -5,14 +5,18 @@ from __future__ import annotations
 import gradio as gr
 
 from . import handlers as h
-from . import pair_examples, render
+from . import inspector, pair_examples, render
 from .settings import Controls
+
+
+def _turn_record(turns, i):
+    return turns[i].get("inspect") if isinstance(turns, list) and 0 <= i < len(turns) else None
 
 
 def build(ctl: Controls, hosted: bool) -> None:
     with gr.Tab("Playground"):
         gr.HTML(render.legend_html(), js_on_load=None)
-        chat = gr.HTML(render.chat_html([]), elem_id="chat", js_on_load=None, autoscroll=True)
+        chat = gr.HTML(render.chat_html([]), elem_id="chat", js_on_load=inspector.CLICK_JS, autoscroll=True)
         note = gr.HTML("", elem_id="chat-note", js_on_load=None)
         counters = gr.HTML(render.counters_html({}), elem_id="chat-counters", js_on_load=None)
         with gr.Row(equal_height=True):
@@ -29,6 +33,8 @@ def build(ctl: Controls, hosted: bool) -> None:
             clear = gr.Button("Clear", scale=1, elem_id="clear")
         pair_examples.build(prompt, ctl.components["pair"], "chat")
         turns = gr.State([])  # per user; inside the Tab: a bare component in gr.Tabs breaks the tab bar
+        with gr.Accordion("Call inspector", open=True, elem_id="inspector-box"):
+            inspector.build(chat, _turn_record, turns, "", h.get_pair)
 
     def submit(prompt_text, turns_value, *values):
         cleared = False

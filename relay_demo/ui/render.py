@@ -48,6 +48,22 @@ CSS = """
 .relay-answer { margin-top: 6px; font-size: 13px; color: #374151; }
 .relay-sides { display: flex; gap: 10px; overflow-x: auto; padding-bottom: 6px; }
 .relay-side { flex: 0 0 min(360px, 85vw); border: 1px solid #e5e7eb; border-radius: 8px; padding: 6px; }
+.relay-span[data-call] { cursor: pointer; }
+.relay-span[data-call]:hover, .relay-span[data-call]:focus { outline: 2px solid #0e7490;
+                                                              outline-offset: 1px; }
+.relay-inspector { border: 1px solid #bae6fd; border-radius: 8px; padding: 8px 12px; background: #f0f9ff;
+                   font-size: 14px; }
+.relay-inspector h4 { margin: 0 0 6px 0; }
+.relay-inspector table { border-collapse: collapse; margin-bottom: 8px; border: none; }
+.relay-inspector tr { border: none; border-bottom: 1px solid #e0f2fe; }
+.relay-inspector th, .relay-inspector td { border: none; padding: 2px 10px 2px 0; background: none; }
+.relay-inspector th { text-align: left; white-space: nowrap; vertical-align: top;
+                      color: #374151; font-weight: 600; }
+.relay-inspector td { overflow-wrap: anywhere; }
+.relay-inspector .relay-side h5 { margin: 0 0 4px 0; font-size: 12px; text-transform: uppercase;
+                                  letter-spacing: .04em; color: #6b7280; }
+.relay-right { color: #166534; font-weight: 600; }
+.relay-wrong { color: #991b1b; font-weight: 600; }
 .relay-provenance th { text-align: left; padding-right: 10px; white-space: nowrap; vertical-align: top; }
 .relay-provenance td { overflow-wrap: anywhere; }
 """
@@ -58,13 +74,18 @@ def esc(text: str) -> str:
     return html.escape(visible(str(text)), quote=True)
 
 
-def span_html(source: str, text: str, tokens: int, model: str) -> str:
+def span_html(source: str, text: str, tokens: int, model: str, call: int | None = None) -> str:
+    """One span; a teacher or command span of a call carries ``data-call`` (clicked: the call inspector)."""
     source = source if source in SOURCES else "student"
     title = f"{model} · {tokens} token{'s' if tokens != 1 else ''}"
     if not text:
         return ""
+    extra = ""
+    if isinstance(call, int) and source != "student":
+        title += f" · click to inspect call {call + 1}"
+        extra = f' data-call="{call}" tabindex="0" role="button"'
     return (
-        f'<span class="relay-span relay-{source}" data-source="{source}" data-tokens="{tokens}" '
+        f'<span class="relay-span relay-{source}" data-source="{source}" data-tokens="{tokens}"{extra} '
         f'title="{esc(title)}">{esc(text)}</span>'
     )
 
@@ -78,7 +99,7 @@ def spans_html(spans: Iterable[Mapping], names: Mapping[str, str] | None = None)
         model = names.get("teacher" if src == "teacher" else "student", src)
         if src == "command":
             model = f"{model} (command)"
-        out.append(span_html(src, s.get("text", ""), int(s.get("tokens", 0)), model))
+        out.append(span_html(src, s.get("text", ""), int(s.get("tokens", 0)), model, s.get("call")))
     return "".join(out)
 
 
@@ -96,14 +117,15 @@ def trace_html(spans: Iterable[Mapping], names: Mapping[str, str] | None = None,
 def chat_html(turns: Iterable[Mapping], names: Mapping[str, str] | None = None) -> str:
     """The conversation: user turns as escaped text, assistant turns as coloured spans."""
     parts = []
-    for t in turns:
+    for i, t in enumerate(turns):
         parts.append(
             f'<div class="relay-msg relay-user"><div class="relay-role">you</div>{esc(t["user"])}</div>'
         )
         spans = t.get("spans") or []
         body = spans_html(spans, t.get("names") or names) or '<span class="relay-empty">…</span>'
         parts.append(
-            f'<div class="relay-msg relay-bot"><div class="relay-role">relay · {esc(t.get("policy", ""))}'
+            f'<div class="relay-msg relay-bot" data-turn="{i}"><div class="relay-role">relay · '
+            f"{esc(t.get('policy', ''))}"
             f'</div><div class="relay-out">{body}</div></div>'
         )
     if not parts:

@@ -31,7 +31,7 @@ STREAM_EVERY_S = 0.05  # the UI is refreshed at most this often (batches tokens,
 class Snapshot:
     """What the UI shows at one moment of a generation."""
 
-    spans: list[dict] = field(default_factory=list)  # merged {source, text, tokens}
+    spans: list[dict] = field(default_factory=list)  # merged {source, text, tokens, call}
     counters: dict = field(default_factory=dict)
     result: RelayResult | None = None
     error: str = ""
@@ -97,12 +97,13 @@ class _Counter:
         }
 
 
-def _merge(spans: list[dict], source: str, text: str, tokens: int) -> None:
-    if spans and spans[-1]["source"] == source and source != "command":
-        spans[-1]["text"] += text
-        spans[-1]["tokens"] += tokens
+def _merge(spans: list[dict], source: str, text: str, tokens: int, call: int | None = None) -> None:
+    last = spans[-1] if spans else None
+    if last is not None and last["source"] == source and last.get("call") == call and source != "command":
+        last["text"] += text
+        last["tokens"] += tokens
     else:
-        spans.append({"source": source, "text": text, "tokens": tokens})
+        spans.append({"source": source, "text": text, "tokens": tokens, "call": call})
 
 
 def prompt_tokens(pair, messages) -> int:
@@ -165,7 +166,7 @@ def generate(
                     counter.t0 = time.perf_counter()
                 elif kind == "span":
                     first = not snap.spans
-                    _merge(snap.spans, payload.source, payload.text, len(payload.token_ids))
+                    _merge(snap.spans, payload.source, payload.text, len(payload.token_ids), payload.call)
                     counter.add(payload.source, len(payload.token_ids))
                     if first:  # the first token is shown at once (first-token latency), later ones batched
                         break

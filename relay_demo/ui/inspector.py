@@ -1,0 +1,237 @@
+"""The call inspector: click a teacher or command span to see why that call happened, what it asked and
+got, what it cost, and what the student alone would have written in its place.
+
+A finished answer keeps an *inspection record* (:func:`record`): the pair, the student's prompt and response
+ids, the relay's per-call records (``RelayResult.call_log``) and, when the prompt is one of the pair's
+examples with a known answer, that answer. The student's own counterfactual is computed only on a click
+(greedy, calls blocked; cached per call in :mod:`relay_demo.calls`), so it never delays a stream.
+
+    rec = record("tiny-random", pair, result, "hello")
+    html = call_html(rec, 0, alone=student_text)                 # the panel for the first call
+    html = continue_html(rec, 0, without_text)                   # both endings side by side
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gradio as gr
+
+from .. import pairs
+from ..calls import ENDED, student_alone
+from ..protocol import strip_commands
+from . import render
+
+# Delegated click: the chat's HTML is re-rendered while it streams, its container stays.
+CLICK_JS = """
+element.addEventListener('click', (e) => {
+  const span = e.target.closest('[data-call]');
+  if (!span) return;
+  const turn = span.closest('[data-turn]');
+  trigger('inspect', {turn: turn ? Number(turn.dataset.turn) : 0, call: Number(span.dataset.call)});
+});
+element.addEventListener('keydown', (e) => {
+  if ((e.key === 'Enter' || e.key === ' ') && e.target.closest('[data-call]')) {
+    e.preventDefault();
+    e.target.click();
+  }
+});
+"""
+EMPTY = "Click a teacher or command span of a finished answer to inspect that call."
+
+
+def record(pair_name: str, pair, result, user_prompt: str, max_tokens: int | None = None) -> dict:
+    """What the inspector needs of one finished answer (kept in the Gradio state, per user)."""
+    return {
+        "pair": pair_name,
+        "prompt_ids": list(result.prompt_ids),
+        "token_ids": list(result.token_ids),
+        "calls": [c.to_json() for c in result.call_log],
+        "max_tokens": max_tokens or pair.limits.max_tokens,  # the answer's own limit
+        "gold": pairs.example_answer(pair_name, user_prompt),
+        "spans": [
+            {"source": s.source, "text": s.text, "tokens": len(s.token_ids), "call": s.call}
+            for s in result.spans
+        ],
+    }
+
+
+def _get(rec: dict | None, k) -> dict | None:
+    calls = (rec or {}).get("calls") or []
+    return calls[k] if isinstance(k, int) and 0 <= k < len(calls) else None
+
+
+def _teacher_text(rec: dict, k: int) -> str:
+    return "".join(s["text"] for s in rec["spans"] if s["source"] == "teacher" and s.get("call") == k)
+
+
+def _rows(c: dict) -> str:
+    asked = f"asked {c['asked']}"
+    if c["granted"] != c["asked"]:
+        asked += f" · granted {c['granted']} (capped)"
+    cells = [
+        ("trigger", c["detail"]),
+        ("tokens", f"{asked} · written {c['written']}"),
+        ("span ended", ENDED.get(c["ended"], c["ended"] or "still running")),
+        ("teacher", f"{c['teacher_s']:.3g} s · prefilled {c['prefill']} tokens to catch up"),
+        ("at", f"response token {c['at']}"),
+    ]
+    return "".join(f"<tr><th>{render.esc(k)}</th><td>{render.esc(v)}</td></tr>" for k, v in cells)
+
+
+def _side(title: str, source: str, text: str, extra: str = "", elem: str = "", tokens: int = 0) -> str:
+    empty = '<span class="relay-empty">(nothing)</span>'
+    body = render.span_html(source, text, tokens, source) if text else empty
+    ident = f' id="{elem}"' if elem else ""
+    return (
+        f'<div class="relay-side"{ident}><h5>{render.esc(title)}</h5>'
+        f'<div class="relay-out">{body}</div>{extra}</div>'
+    )
+
+
+def call_html(rec: dict | None, k: int | None, alone: str | None = None, error: str = "") -> str:
+    """The panel for call ``k``: its record, the teacher's span and (once computed) the student's own."""
+    c = _get(rec, k)
+    if c is None:
+        return render.note_html(EMPTY, "info")
+    n = len(rec["calls"])
+    if error:
+        own = render.note_html(error)
+    elif alone is None:
+        own = '<span class="relay-empty">computing the student\'s own tokens…</span>'
+    else:
+        own = ""
+    sides = _side(
+        f"teacher wrote ({c['written']} tokens)", "teacher", _teacher_text(rec, k), tokens=c["written"]
+    )
+    student = alone if alone is not None else ""
+    sides += _side(
+        f"student alone, greedy, in its place ({c['granted']} tokens at most)",
+        "student",
+        student,
+        own,
+        elem="inspector-student",
+        tokens=c["granted"],
+    )
+    return (
+        f'<div class="relay-inspector"><h4>Call {k + 1} of {n}</h4><table>{_rows(c)}</table>'
+        f'<div class="relay-sides">{sides}</div></div>'
+    )
+
+
+def _verdict(answer: str | None, gold: str | None) -> str:
+    from ..answers import answers_match
+
+    shown = render.esc(answer) if answer else "no final answer"
+    if gold is None or answer is None:
+        return f'<div class="relay-answer">Final answer: <b>{shown}</b></div>'
+    ok = answers_match(answer, gold)
+    mark = '<span class="relay-right">right</span>' if ok else '<span class="relay-wrong">wrong</span>'
+    expected = render.esc(gold)
+    return f'<div class="relay-answer">Final answer: <b>{shown}</b> · {mark} (expected {expected})</div>'
+
+
+def continue_html(rec: dict | None, k: int | None, without: str | None, error: str = "") -> str:
+    """The answer as given (from call ``k`` on) beside the student's teacher-free ending from that point."""
+    from ..answers import extract_answer
+
+    c = _get(rec, k)
+    if c is None:
+        return render.note_html(EMPTY, "info")
+    if error:
+        return render.note_html(error)
+    if without is None:
+        return render.note_html(f"Continuing from call {k + 1} without it (student only, greedy)…", "info")
+    before, after = _split_at(rec, c["at"])
+    with_call = render.spans_html(after) or '<span class="relay-empty">(nothing)</span>'
+    full_with = strip_commands("".join(s["text"] for s in rec["spans"]))
+    full_without = strip_commands(before + without)
+    left = (
+        f'<div class="relay-side" id="continue-with"><h5>as answered, with call {k + 1}</h5>'
+        f'<div class="relay-out">{with_call}</div>'
+        f"{_verdict(extract_answer(full_with), rec.get('gold'))}</div>"
+    )
+    right = _side(
+        f"without call {k + 1}: the student alone from there",
+        "student",
+        without,
+        _verdict(extract_answer(full_without), rec.get("gold")),
+        elem="continue-without",
+    )
+    return f'<div class="relay-inspector"><div class="relay-sides">{left}{right}</div></div>'
+
+
+def _split_at(rec: dict, at: int) -> tuple[str, list[dict]]:
+    """The response text before token ``at`` and the spans from there on (a call always starts a span)."""
+    before, after, pos = [], [], 0
+    for s in rec["spans"]:
+        if pos + s["tokens"] <= at:
+            before.append(s["text"])
+        else:
+            after.append(s)
+        pos += s["tokens"]
+    return "".join(before), after
+
+
+def inspect(get_pair, rec: dict | None, k: int | None) -> Iterator[str]:
+    """Panel for call ``k``: at once with the record, then with the student's own tokens."""
+    c = _get(rec, k)
+    yield call_html(rec, k)
+    if c is None:
+        return
+    try:
+        pair = get_pair(rec["pair"])
+        _, text, _ = student_alone(pair, rec["prompt_ids"], rec["token_ids"], c["at"], max(1, c["granted"]))
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        yield call_html(rec, k, error=f"Could not run the student: {e}")
+        return
+    yield call_html(rec, k, alone=text)
+
+
+def continue_without(get_pair, rec: dict | None, k: int | None) -> Iterator[str]:
+    c = _get(rec, k)
+    yield continue_html(rec, k, None)
+    if c is None:
+        return
+    try:
+        pair = get_pair(rec["pair"])
+        left = max(1, rec["max_tokens"] - c["at"])
+        _, text, _ = student_alone(pair, rec["prompt_ids"], rec["token_ids"], c["at"], left)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        yield continue_html(rec, k, None, error=f"Could not run the student: {e}")
+        return
+    yield continue_html(rec, k, text)
+
+
+def build(trace: gr.HTML, get_record, records: gr.State, prefix: str, get_pair) -> None:
+    """Under a trace whose HTML was built with ``js_on_load=CLICK_JS``: the panel, the button, the wiring.
+
+    ``get_record(records_value, turn) -> record | None`` picks the inspected answer from the state."""
+    ids = {"panel": "call-inspector", "button": "inspect-continue", "out": "call-continue"}
+    if prefix:
+        ids = {k: f"{prefix}-{v}" for k, v in ids.items()}
+    panel = gr.HTML(render.note_html(EMPTY, "info"), elem_id=ids["panel"], js_on_load=None)
+    button = gr.Button("Continue without this call", elem_id=ids["button"], size="sm")
+    out = gr.HTML("", elem_id=ids["out"], js_on_load=None)
+    chosen = gr.State(None)  # (turn, call) of the inspected call
+
+    def on_inspect(value, evt: gr.EventData):
+        data = getattr(evt, "_data", None) or {}
+        turn, k = data.get("turn"), data.get("call")
+        if not isinstance(turn, int) or not isinstance(k, int):
+            yield render.note_html(EMPTY, "info"), None, ""
+            return
+        rec = get_record(value, turn)
+        for html in inspect(get_pair, rec, k):
+            yield html, (turn, k), ""
+
+    def on_continue(value, sel):
+        if not sel:
+            yield render.note_html("Click a teacher or command span first.", "info")
+            return
+        turn, k = sel
+        yield from continue_without(get_pair, get_record(value, turn), k)
+
+    common = {"concurrency_id": "relay", "show_progress": "minimal", "api_visibility": "private"}
+    trace.inspect(on_inspect, records, [panel, chosen, out], **common)
+    button.click(on_continue, [records, chosen], out, **common)
