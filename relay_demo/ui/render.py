@@ -62,6 +62,8 @@ CSS = """
 .relay-inspector td { overflow-wrap: anywhere; }
 .relay-inspector .relay-side h5 { margin: 0 0 4px 0; font-size: 12px; text-transform: uppercase;
                                   letter-spacing: .04em; color: #6b7280; }
+.relay-inspector .relay-sides { flex-wrap: wrap; overflow-x: visible; }
+.relay-inspector .relay-side { flex: 1 1 260px; min-width: 0; overflow-wrap: anywhere; }
 .relay-right { color: #166534; font-weight: 600; }
 .relay-wrong { color: #991b1b; font-weight: 600; }
 .relay-provenance th { text-align: left; padding-right: 10px; white-space: nowrap; vertical-align: top; }
