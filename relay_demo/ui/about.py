@@ -39,6 +39,10 @@ teacher-only* compares with the teacher writing an answer of the same length.
 which a method reaches x% of that gap; *saving* compares with a random query-level router tuned to the same
 accuracy.
 
+**Serve it**: `python -m relay_demo serve --pair <pair> --port 8000` runs the same relay behind an
+OpenAI-compatible API (`/v1/chat/completions`, streamed or not; each chunk says who wrote it); the
+README's "Server" section has curl and `openai` client examples.
+
 **Speed of this app** is measured by `benchmarks/app_latency.py` (first-token latency and streaming tokens/s
 through the app's queue and HTTP stream); the evaluation runs below list the machine each ran on.
 """
