@@ -120,8 +120,8 @@ def test_lora_warmup_trains_the_command_rows_and_the_merged_copy_matches(qwen_to
     _examples(add_command_tokens(qwen_tok, ROWS), labels)
     cfg = warmup_lora.LoraWarmupCfg(
         student=str(tiny_student), labels=str(labels), out=str(tmp_path / "adapter"),
-        metrics=str(tmp_path / "m.jsonl"), max_steps=3, batch_size=2, grad_accum=1, lr=5e-2, dtype="float32",
-        threads=1, save_steps=2, lora_r=4, lora_alpha=8,
+        metrics=str(tmp_path / "m.jsonl"), max_steps=3, batch_size=2, grad_accum=1, lr=1e-4, token_lr=5e-2,
+        dtype="float32", threads=1, save_steps=2, lora_r=4, lora_alpha=8,
     )  # fmt: skip
     summary = warmup_lora.train(cfg)
     assert summary["steps"] == 3 and summary["examples"] == 2
@@ -135,6 +135,8 @@ def test_lora_warmup_trains_the_command_rows_and_the_merged_copy_matches(qwen_to
     e0, e1 = base.get_input_embeddings().weight, merged.get_input_embeddings().weight
     changed = (e0 - e1).abs().sum(-1).nonzero().flatten().tolist()
     assert changed == [151665, 151666]  # only the command rows of the embedding moved
+    # at their own rate: Adam at the LoRA rate (1e-4) could move a row of 64 by at most ~3 * 1e-4 * 8 = 0.0024
+    assert ((e0 - e1)[151665:151667].norm(dim=-1) > 0.05).all()
     assert command_ids(AutoTokenizer.from_pretrained(merged_dir)) == (151665, 151666)
     probe = torch.tensor([[87, 151665, 18, 17, 151666, 88]])
     with torch.no_grad():
