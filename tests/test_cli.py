@@ -23,6 +23,10 @@ STATS = {
     "wall_s",
     "flops",
 }
+CALL_KEYS = {
+    "index", "trigger", "detail", "asked", "at", "start",
+    "granted", "written", "ended", "teacher_s", "prefill",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +83,12 @@ def test_json_output_has_the_documented_shape(policy, capsys, router_dir):
     )
     assert code == 0
     obj = json.loads(out.strip().splitlines()[-1])
-    assert set(obj) == {"text", "spans", "stats"}
+    assert set(obj) == {"text", "spans", "stats", "calls"}
     assert set(obj["stats"]) == STATS
-    assert all(set(s) == {"source", "text", "tokens"} for s in obj["spans"])
+    assert all(set(s) == {"source", "text", "tokens", "call"} for s in obj["spans"])
+    assert len(obj["calls"]) == obj["stats"]["calls"]
+    assert all(set(c) == CALL_KEYS for c in obj["calls"])
+    assert {s["call"] for s in obj["spans"] if s["source"] == "teacher"} <= set(range(len(obj["calls"])))
     assert "".join(s["text"] for s in obj["spans"]) == obj["text"]
     st = obj["stats"]
     assert (
