@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 from .backends.base import Job, Sampling
-from .protocol import OPEN
+from .protocol import OPEN, single_token_id
 
 ENDED = {
     "n": "N reached",
@@ -57,17 +57,13 @@ class Call:
         else:
             self.ended = "stopped"
 
-    @property
-    def ended_text(self) -> str:
-        return ENDED.get(self.ended, self.ended or "still running")
-
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def _call_token(tokenizer) -> int | None:
-    ids = tokenizer.encode(OPEN, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 else None
+def ended_text(key: str) -> str:
+    """Why a call's span ended, in words (``Call.ended``; empty while the teacher is writing)."""
+    return ENDED.get(key, key or "still running")
 
 
 _CACHE: OrderedDict[tuple, tuple[list[int], str, str]] = OrderedDict()
@@ -97,7 +93,7 @@ def student_alone(
             return _CACHE[key]
     student = pair.student
     n = min(n, max(1, getattr(student, "max_model_len", len(context) + n) - len(context)))
-    call_id = _call_token(student.tokenizer)
+    call_id = single_token_id(student.tokenizer, OPEN)
     job = Job(
         student.session(context),
         n,

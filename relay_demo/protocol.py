@@ -127,3 +127,10 @@ def _picture(m: re.Match) -> str:
     if code < 0x20:
         return chr(0x2400 + code)  # U+2400..U+241F: control pictures
     return "\u2421" if code == 0x7F else "\ufffd"
+
+
+def single_token_id(tokenizer, text: str) -> int | None:
+    """The id of ``text`` when the tokenizer encodes it as exactly one token, else None (``<call>`` is one
+    token of a student trained with the command tokens: what a logit bias on it needs)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from .backends.base import Job, ModelEngine, Sampling, Session, chat_ids
 from .calls import Call
 from .policies import Policy
-from .protocol import CLOSE, OPEN, find_command, strip_commands
+from .protocol import CLOSE, OPEN, find_command, single_token_id, strip_commands
 
 STUDENT, TEACHER, COMMAND = "student", "teacher", "command"
 HARD_MAX_TOKENS = 1 << 20  # no configuration may ask for more response tokens than this
@@ -223,12 +223,6 @@ def _open_command(text: str) -> int | None:
     return lo if lo >= 0 and text.find(CLOSE, lo) < 0 else None
 
 
-def _single_token_id(tokenizer, text: str) -> int | None:
-    """The id of ``text`` when the tokenizer encodes it as exactly one token, else None."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[0] if len(ids) == 1 else None
-
-
 class _Relay:
     def __init__(self, pair, policy: Policy, limits: Limits, sampling: Sampling, preempt: bool | None = None):
         if policy.needs_hidden and not pair.student.supports_hidden:
@@ -249,7 +243,7 @@ class _Relay:
         self.tok = pair.student.tokenizer
         self.call_bias = None  # the learned policy's bias on the student's <call> token
         if getattr(policy, "call_bias", 0.0):
-            call_id = _single_token_id(self.tok, OPEN)
+            call_id = single_token_id(self.tok, OPEN)
             if call_id is None:
                 raise ValueError(
                     f"call_bias needs {OPEN} to be one token of the student's vocabulary; in this student's "
@@ -321,7 +315,7 @@ class _Relay:
         for s, n, p in zip(rows, produced, paused, strict=True):
             s.wall[phase] += elapsed
             self.after_round(s, phase, n, paused=p)
-            if phase == TEACHER and s.call_log and not self.policy.teacher_only:
+            if phase == TEACHER and s.call_log:  # this turn served the last call (teacher-only has none)
                 s.call_log[-1].close(n, elapsed, s.teacher.last_prefill, s.finish, self.limits.max_n)
             if s.phase == "done":
                 yield from self.flush(s, STUDENT)
@@ -368,7 +362,7 @@ class _Relay:
         s.seg_ids, s.seg_text, s.seg_ends, s.emitted = [], "", [], 0
         s.teacher_new.append(len(s.teacher.ids) - s.teacher_known)
         n = budget if self.policy.teacher_only else min(s.handoff_n, budget)
-        if s.call_log and not self.policy.teacher_only:
+        if s.call_log:
             s.call_log[-1].granted, s.call_log[-1].start = n, len(s.ids)
         return Job(s.teacher, n, self.sampling, row=s.row)
 

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 from ..backends.base import Sampling
 from ..knobs import KNOBS
-from ..protocol import OPEN
-from ..relay import Limits, _chat_ids, _Seq, _single_token_id, validate_prompt
+from ..protocol import OPEN, single_token_id
+from ..relay import Limits, _chat_ids, _Seq, validate_prompt
 
 log = logging.getLogger("relay_demo.serve")
 
@@ -214,7 +214,7 @@ class Prompter:
         )
         if policy.needs_hidden and not s.pair.student.supports_hidden:
             raise ApiError(400, f"policy {policy.name!r} needs the hf backend", "policy")
-        if getattr(policy, "call_bias", 0.0) and _single_token_id(self.student.tokenizer, OPEN) is None:
+        if getattr(policy, "call_bias", 0.0) and single_token_id(self.student.tokenizer, OPEN) is None:
             raise ApiError(
                 400, f"call_bias needs {OPEN} to be one token of the student's vocabulary", "call_bias"
             )

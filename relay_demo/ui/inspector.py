@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import gradio as gr
 
 from .. import pairs
-from ..calls import ENDED, student_alone
+from ..calls import ended_text, student_alone
 from ..protocol import strip_commands
 from . import render
 
@@ -72,7 +72,7 @@ def _rows(c: dict) -> str:
     cells = [
         ("trigger", c["detail"]),
         ("tokens", f"{asked} · written {c['written']}"),
-        ("span ended", ENDED.get(c["ended"], c["ended"] or "still running")),
+        ("span ended", ended_text(c["ended"])),
         ("teacher", f"{c['teacher_s']:.3g} s · prefilled {c['prefill']} tokens to catch up"),
         ("at", f"response token {c['at']}"),
     ]
