@@ -5,8 +5,10 @@
 Views (in an in-memory DuckDB; the parquet files are only read):
 
 * ``all_samples``: every live row of every run (``results/runs/<run_id>/samples.parquet``, see
-  ``relay_demo/results/parts.py``). A part that is corrupt or foreign (not parquet, or lacking the schema's
-  columns) is reported by name in a warning and skipped; the rest still loads.
+  ``relay_demo/results/parts.py``); rows of a split other than test are their own benchmark
+  (``gsm8k-train``: a dev run is never mixed into the test split's points). A part that is corrupt or foreign
+  (not parquet, or lacking the schema's columns) is reported by name in a warning and skipped; the rest still
+  loads.
 * ``samples``: one row per (pair, method, param, benchmark, problem): where several runs evaluated the same
   thing (a rerun, another backend), the most recently created run's row. Points never count a problem twice.
 * ``runs``: one row per run manifest (run_id, pair, created_at, finished_at, git commit).
@@ -73,6 +75,12 @@ SUMMARY_COLUMNS = [
     "calls",
     "wall_s",
 ]
+
+# Problems of a split other than test carry it in their id ("gsm8k-train/19"; the test split's: "gsm8k/19"):
+# such rows are the benchmark "gsm8k-train", so a dev run on held-out train problems is never averaged with
+# the test split's rows of the same pair (nor its APGR computed against the test split's student and teacher).
+BENCHMARK_SQL = """CASE WHEN strpos(problem_id, '/') > 0 AND starts_with(problem_id, benchmark || '-')
+    THEN split_part(problem_id, '/', 1) ELSE benchmark END AS benchmark"""
 
 # One row per (pair, method, param, benchmark, problem): when several runs hold it, the latest run's.
 SAMPLES_SQL = """
@@ -173,7 +181,8 @@ class Store:
 
     def _create_views(self) -> None:
         if self.files:
-            cols = ", ".join(f'"{c}"' for c in REQUIRED)  # foreign extra columns are ignored
+            # foreign extra columns are ignored; rows of a non-test split are a benchmark of their own
+            cols = ", ".join(BENCHMARK_SQL if c == "benchmark" else f'"{c}"' for c in REQUIRED)
             files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in self.files) + "]"
             self.con.execute(
                 f"CREATE VIEW all_samples AS SELECT {cols} FROM read_parquet({files}, union_by_name=true)"

@@ -226,3 +226,18 @@ def test_a_problem_evaluated_by_two_runs_counts_once(results):
     assert len(st.query("SELECT * FROM all_samples WHERE pair = 'toy' AND method = 'student'")) == 2 * N
     student = _one(st.points("toy", "arith"), "student")
     assert (student["n"], student["accuracy"]) == (N, 1.0)  # the later run's rows
+
+
+def test_rows_of_a_train_split_are_their_own_benchmark(tmp_path):
+    """A dev run on held-out train problems (ids "gsm8k-train/<n>") never mixes into the test split's."""
+    rows = []
+    for i in range(4):
+        test = _row("student", None, i, 1, 100, 0, bench="gsm8k")
+        dev = _row("student", None, i, 0, 100, 0, bench="gsm8k")
+        test["problem_id"], dev["problem_id"] = f"gsm8k/{i}", f"gsm8k-train/{i}"
+        rows += [test, dev]
+    with rio.open_run(tmp_path, "toy-run", {"pair": "toy"}) as w:
+        w.add(rows)
+    points = store.Store(tmp_path).points("toy").set_index("benchmark")
+    assert points.loc["gsm8k", "accuracy"] == 1.0 and points.loc["gsm8k", "n"] == 4
+    assert points.loc["gsm8k-train", "accuracy"] == 0.0 and points.loc["gsm8k-train", "n"] == 4
