@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from relay_demo.reported import LABEL as REPORTED_LABEL
-from relay_demo.store import METHOD_ORDER
+from relay_demo.results.summary import METHOD_ORDER
 
 COLORS = {
     "relay": "#d62728",
