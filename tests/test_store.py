@@ -283,7 +283,9 @@ def test_a_run_written_before_the_split_still_loads(tmp_path):
     assert st.skipped == []
     relay = _one(st.points("split"), "relay")
     assert pd.isna(relay["decode_vs_teacher"]) and pd.isna(relay["flops_student"])
-    assert relay["flops_vs_teacher"] == pytest.approx(1.8 / 5) and relay["wall_vs_teacher"] == pytest.approx(0.5)
+    assert relay["flops_vs_teacher"] == pytest.approx(1.8 / 5) and relay["wall_vs_teacher"] == pytest.approx(
+        0.5
+    )
     assert rio.read_samples(part.parent.parent)["flops_student"].isna().all()
     more = [dict(r, problem_id=f"q{r['problem_id']}") for r in _split_rows("old-run")]
     with rio.open_run(tmp_path, "old-run", {"pair": "split"}) as w:  # resume: new rows, then compaction

@@ -59,6 +59,16 @@ def aligned(student: metrics.Side | None, teacher: metrics.Side | None) -> bool:
     return student is not None and teacher is not None and student.correct.size == teacher.correct.size
 
 
+def _gap_metrics(points: pd.DataFrame, acc_s: float, acc_t: float) -> None:
+    """APGR of every point and CPT(50%) / CPT(80%) of each method's curve, in place."""
+    points["apgr"] = [metrics.apgr(a, acc_s, acc_t) for a in points["accuracy"]]
+    for _, rows in points.groupby("method"):
+        curve = list(zip(rows["call_ratio"], rows["accuracy"], strict=True))
+        for x, col in ((0.5, "cpt50"), (0.8, "cpt80")):
+            value = metrics.cpt(curve, acc_s, acc_t, x)
+            points.loc[rows.index, col] = np.nan if value is None else value
+
+
 def enrich(group: pd.DataFrame, student, teacher, n_seeds: int) -> pd.DataFrame:
     for col in SUMMARY_COLUMNS:
         if col not in group:
@@ -66,12 +76,7 @@ def enrich(group: pd.DataFrame, student, teacher, n_seeds: int) -> pd.DataFrame:
     if not aligned(student, teacher):
         return group  # no APGR without both baselines on the same problems
     acc_s, acc_t = student.accuracy, teacher.accuracy
-    group["apgr"] = [metrics.apgr(a, acc_s, acc_t) for a in group["accuracy"]]
-    for _, rows in group.groupby("method"):
-        curve = list(zip(rows["call_ratio"], rows["accuracy"], strict=True))
-        for x, col in ((0.5, "cpt50"), (0.8, "cpt80")):
-            value = metrics.cpt(curve, acc_s, acc_t, x)
-            group.loc[rows.index, col] = np.nan if value is None else value
+    _gap_metrics(group, acc_s, acc_t)
     for i, row in group.iterrows():
         if row["method"] == "random-query" and not pd.isna(row["param"]):
             sim = metrics.simulate_random_query(student, teacher, float(row["param"]), n_seeds=n_seeds)
@@ -111,12 +116,7 @@ def mean_rows(df: pd.DataFrame) -> pd.DataFrame:
     if base["student"].empty or base["teacher"].empty:
         return m[SUMMARY_COLUMNS]
     acc_s, acc_t = float(base["student"].iloc[0]), float(base["teacher"].iloc[0])
-    m["apgr"] = [metrics.apgr(a, acc_s, acc_t) for a in m["accuracy"]]
-    for _, rows in m.groupby("method"):
-        curve = list(zip(rows["call_ratio"], rows["accuracy"], strict=True))
-        for x, col in ((0.5, "cpt50"), (0.8, "cpt80")):
-            value = metrics.cpt(curve, acc_s, acc_t, x)
-            m.loc[rows.index, col] = np.nan if value is None else value
+    _gap_metrics(m, acc_s, acc_t)
     for i, row in m[~m["method"].isin(NO_SAVING)].iterrows():
         p = metrics.matched_p(row["accuracy"], acc_s, acc_t)
         m.loc[i, "p_star"] = np.nan if p is None else p
