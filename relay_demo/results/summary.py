@@ -55,7 +55,7 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def aligned(student: metrics.Side | None, teacher: metrics.Side | None) -> bool:
+def _aligned(student: metrics.Side | None, teacher: metrics.Side | None) -> bool:
     return student is not None and teacher is not None and student.correct.size == teacher.correct.size
 
 
@@ -73,7 +73,7 @@ def enrich(group: pd.DataFrame, student, teacher, n_seeds: int) -> pd.DataFrame:
     for col in SUMMARY_COLUMNS:
         if col not in group:
             group[col] = np.nan
-    if not aligned(student, teacher):
+    if not _aligned(student, teacher):
         return group  # no APGR without both baselines on the same problems
     acc_s, acc_t = student.accuracy, teacher.accuracy
     _gap_metrics(group, acc_s, acc_t)
