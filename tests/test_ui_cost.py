@@ -157,3 +157,18 @@ def test_about_states_both_models_sizes(monkeypatch):
     monkeypatch.setattr(pairs, "param_counts", lambda name: (_ for _ in ()).throw(OSError("no such model")))
     monkeypatch.setattr(about, "param_counts", pairs.param_counts)
     assert "not known here (OSError: no such model)" in about.sizes_markdown("relayllm-qwen3-1.7b-8b")
+
+
+def test_live_counters_are_estimates_and_know_the_teacher_alone_writes_no_student_text():
+    pair = h.get_pair("tiny-random")
+    s = h.Settings(pair="tiny-random", policy="teacher-only", max_tokens=24, temperature=0.0)
+    messages, limits = [{"role": "user", "content": "hi"}], h.build_limits(pair.limits, s)
+    gen = h.generate(pair, messages, h.build_policy(s), limits, h.build_sampling(s))
+    counters = [dict(snap.counters) for snap in gen]  # one Snapshot object, updated: copy each state
+    live, final = counters[-2], counters[-1]
+    assert not live.get("final") and live["calls"] == 0 and live["flops_student"] == 0
+    assert _cell(render.counters_html(live), "FLOPs vs teacher alone")[0].startswith("~")
+    # the estimate of the teacher's answer so far is exact: the prompt once, a position per token but the last
+    assert 0 < live["flops"] == live["teacher_alone_flops"] and final["flops"] == final["teacher_alone_flops"]
+    assert _cell(render.counters_html(final), "FLOPs vs teacher alone")[0] == "100%"
+    assert render.counters_html({}).count("~") == 0  # nothing known yet: dashes, not estimates

@@ -163,11 +163,12 @@ COUNTER_HELP = {  # what each counter means, on hover (the cost figures' definit
 }
 
 
-def fmt_share(x: float) -> str:
-    """A share of the teacher alone's cost: one decimal under 10%, none above; '–' when unknown."""
+def fmt_share(x: float, estimate: bool = False) -> str:
+    """A share of the teacher alone's cost: one decimal under 10%, none above; '–' when unknown; '~' before an
+    estimate (while streaming, from the spans seen so far: the exact figure replaces it at the end)."""
     if x is None or math.isnan(x):
         return "–"
-    return f"{100 * x:.1f}%" if 100 * x < 9.95 else f"{100 * x:.0f}%"
+    return ("~" if estimate else "") + (f"{100 * x:.1f}%" if 100 * x < 9.95 else f"{100 * x:.0f}%")
 
 
 def _wall_share(c: Mapping, share: float) -> tuple[str, str]:
@@ -194,10 +195,15 @@ def counters_html(c: Mapping) -> str:
         ("calls", str(c.get("calls", 0)), ""),
         ("call ratio", f"{100 * ratio:.1f}%", ""),
         ("FLOPs", fmt_flops(c.get("flops", 0.0)) + ("" if c.get("final") else " (est.)"), ""),
-        ("FLOPs vs teacher alone", fmt_share(share["flops"]), ""),
-        ("student FLOPs", fmt_share(share["flops_student"]), ""),
-        ("teacher decode FLOPs", fmt_share(share["flops_teacher_decode"]), ""),
-        ("teacher prefill FLOPs", fmt_share(share["flops_teacher_prefill"]), ""),
+        *(
+            (name, fmt_share(share[key], estimate=not c.get("final")), "")
+            for name, key in (
+                ("FLOPs vs teacher alone", "flops"),
+                ("student FLOPs", "flops_student"),
+                ("teacher decode FLOPs", "flops_teacher_decode"),
+                ("teacher prefill FLOPs", "flops_teacher_prefill"),
+            )
+        ),
     ]
     if c.get("final"):
         cells.append(("wall time", f"{c.get('wall_s', 0.0):.3g} s", ""))

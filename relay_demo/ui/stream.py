@@ -46,9 +46,10 @@ class Snapshot:
 class _Counter:
     """Live counts and a FLOPs estimate from the spans seen so far; exact figures replace them at the end."""
 
-    def __init__(self, pair, n_prompt: int):
+    def __init__(self, pair, n_prompt: int, teacher_only: bool = False):
         self.ps, self.pt = pair.student.n_params, pair.teacher.n_params
         self.n_prompt = n_prompt
+        self.teacher_only = teacher_only  # one teacher turn from the prompt, no call, no student
         self.counts = {"student": 0, "teacher": 0, "command": 0}
         self.calls = 0
         self.teacher_seen = 0  # non-command response positions the teacher has run (KV cache: each once)
@@ -56,7 +57,7 @@ class _Counter:
         self.t0 = time.perf_counter()
 
     def add(self, source: str, tokens: int) -> None:
-        if source == "teacher" and self.last != "teacher":
+        if source == "teacher" and self.last != "teacher" and not self.teacher_only:
             self.calls += 1
         self.counts[source] += tokens
         if source == "teacher":
@@ -68,9 +69,10 @@ class _Counter:
         total = sum(c.values())
         # the teacher ran the prompt and the text up to its last token once (a KV cache), one position of
         # each catch-up sampling its first token: the rest of those positions is prefill
-        ran = self.n_prompt + self.teacher_seen - self.calls if self.teacher_seen else 0
+        turns = 1 if self.teacher_only else self.calls
+        ran = self.n_prompt + self.teacher_seen - turns if self.teacher_seen else 0
         split = {
-            "flops_student": 2.0 * self.ps * (self.n_prompt + total),
+            "flops_student": 0.0 if self.teacher_only else 2.0 * self.ps * (self.n_prompt + total),
             "flops_teacher_decode": 2.0 * self.pt * c["teacher"],
             "flops_teacher_prefill": 2.0 * self.pt * max(ran - c["teacher"], 0),
         }
@@ -151,7 +153,7 @@ def generate(
     """
     validate_prompt(messages)
     stream = relay_stream(pair, messages, policy, limits=limits, sampling=sampling)
-    counter = _Counter(pair, prompt_tokens(pair, messages))
+    counter = _Counter(pair, prompt_tokens(pair, messages), policy.teacher_only)
     snap = Snapshot(counters=counter.live())
     out: queue.Queue = queue.Queue()
     stop = threading.Event()
