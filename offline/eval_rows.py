@@ -8,9 +8,11 @@ rows (never generated).
 from __future__ import annotations
 
 import json
+import math
 
 from offline.tasks import grade_response
 from offline.tasks.base import Problem
+from relay_demo.cost import PARTS
 
 RANDOM_QUERY = "random-query"
 
@@ -37,10 +39,20 @@ def result_row(cfg, method: str, param: float | None, problem: Problem, result) 
         "spans": json.dumps(spans),
         "extracted": g.extracted,
         "finish_reason": result.finish_reason,
+        **{k: float(getattr(result, k)) for k in PARTS},
     }
 
 
-EXPECTED = ("correct", "student_tokens", "teacher_tokens", "command_tokens", "calls", "flops", "wall_s")
+EXPECTED = (
+    *("correct", "student_tokens", "teacher_tokens", "command_tokens", "calls", "flops", "wall_s"),
+    *PARTS,
+)
+
+
+def _expectation(p: float, s: float, t: float) -> float | None:
+    """(1 - p) s + p t; None (a null) where a student or teacher row predates a column (NaN)."""
+    value = (1 - p) * s + p * t
+    return None if math.isnan(value) else value
 
 
 def random_query_rows(cfg, samples, benchmark: str, ps: list[float]) -> list[dict]:
@@ -52,7 +64,7 @@ def random_query_rows(cfg, samples, benchmark: str, ps: list[float]) -> list[dic
     rows = []
     for p in ps:
         for pid in common:
-            row = {c: (1 - p) * float(s.at[pid, c]) + p * float(t.at[pid, c]) for c in EXPECTED}
+            row = {c: _expectation(p, float(s.at[pid, c]), float(t.at[pid, c])) for c in EXPECTED}
             rows.append(
                 {
                     **row,

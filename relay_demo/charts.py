@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from relay_demo.reported import LABEL as REPORTED_LABEL
-from relay_demo.store import METHOD_ORDER
+from relay_demo.results.summary import METHOD_ORDER
 
 COLORS = {
     "relay": "#d62728",
@@ -208,6 +208,56 @@ def flops_vs_accuracy(df: pd.DataFrame, *, log_x: bool = True, title: str | None
     fig = go.Figure()
     _series(fig, df, "flops", log_x=False)
     return _layout(fig, title or "Accuracy vs FLOPs per problem", "FLOPs per problem", log_x)
+
+
+def _pct(v) -> str:
+    return "–" if pd.isna(v) else f"{100 * v:.1f}%"
+
+
+def decode_vs_accuracy(df: pd.DataFrame, *, log_x: bool = False, title: str | None = None) -> go.Figure:
+    """Accuracy (%) against decode FLOPs (student + teacher-written tokens) as % of the teacher alone's on the
+    same problems, the teacher's prefill and the measured wall time in the hover (``relay_demo/cost.py``). A
+    setting whose run recorded no split stands at its total FLOPs share, hollow, and says so."""
+    _check(df, ("decode_vs_teacher", "prefill_vs_teacher", "flops_vs_teacher", "wall_vs_teacher"))
+    fig = go.Figure()
+    fig.add_vline(x=100, line_dash="dash", opacity=0.6, annotation_text="teacher alone")
+    for method in _methods(df):
+        rows = df[df["method"] == method]
+        split, total = rows[rows["decode_vs_teacher"].notna()], rows[rows["decode_vs_teacher"].isna()]
+        for part, x, hollow in ((split, "decode_vs_teacher", False), (total, "flops_vs_teacher", True)):
+            part = part[part[x].notna()].sort_values(x)
+            if part.empty:
+                continue
+            text = [
+                f"{_label(r)}<br>decode {_pct(r['decode_vs_teacher'])} + teacher prefill "
+                f"{_pct(r['prefill_vs_teacher'])} = {_pct(r['flops_vs_teacher'])} of the teacher alone's "
+                "FLOPs"
+                f"<br>wall time {_pct(r['wall_vs_teacher'])} of the teacher alone's"
+                + ("<br>(no FLOPs split recorded: x is all FLOPs)" if hollow else "")
+                for _, r in part.iterrows()
+            ]
+            fig.add_trace(
+                go.Scatter(
+                    x=100 * part[x],
+                    y=100 * part["accuracy"],
+                    mode="lines+markers" if len(part) > 1 else "markers",
+                    name=f"{method} (all FLOPs, no split recorded)" if hollow else method,
+                    marker={
+                        "size": 9 if method.startswith("relay") else 7,
+                        "color": COLORS.get(method),
+                        "symbol": "circle-open" if hollow else "circle",
+                    },
+                    line={"color": COLORS.get(method), "dash": "dot" if hollow else "solid"},
+                    text=text,
+                    hovertemplate="%{text}<br>accuracy=%{y:.2f}%<extra></extra>",
+                )
+            )
+    return _layout(
+        fig,
+        title or "Accuracy vs decode FLOPs against the teacher alone",
+        "decode FLOPs, % of the teacher alone's on the same problems (prefill in the hover)",
+        log_x,
+    )
 
 
 def _layout(fig: go.Figure, title: str, xaxis_title: str, log_x: bool) -> go.Figure:

@@ -211,6 +211,22 @@ def load_pair(name: str, backend: str = "hf", *, fresh: bool = False, **engine_k
         return pair
 
 
+def param_counts(name: str) -> tuple[int, int]:
+    """(student, teacher) parameters: a loaded pair's engines', else counted from the configs alone (no
+    weights loaded; merging an adapter changes no count, so a LoRA student counts as its base model)."""
+    with _load_lock:
+        pair = next((p for k, p in _loaded.items() if k[0] == name), None)
+    if pair is not None:
+        return pair.student.n_params, pair.teacher.n_params
+    from .backends.base import count_params
+
+    spec = _spec(name)
+    paths = (resolve(spec["student"]), resolve(spec["teacher"])) if spec.get("adapter") else pair_paths(name)
+    if not all(Path(p).is_dir() for p in paths):  # hub ids: no network from here, the engines count them
+        raise LookupError(f"{name} is not loaded and its models are on the hub: sizes show once it loads")
+    return count_params(paths[0]), count_params(paths[1])
+
+
 def loaded_pairs() -> set[str]:
     """Names of the pairs :func:`load_pair` holds now."""
     with _load_lock:

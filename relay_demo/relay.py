@@ -99,12 +99,21 @@ class RelayResult:
     )  # per handoff: tokens the teacher ran to catch up
     teacher_new: list[int] = field(default_factory=list)  # per handoff: tokens it had never seen
     call_log: list[Call] = field(default_factory=list)  # per call: trigger, asked, written, why it ended
+    # -- FLOPs split (issue #20; relay_demo/cost.py defines each): the three sum to ``flops``
+    flops_student: float = 0.0  # 2 * student params * student_computed
+    flops_teacher_decode: float = 0.0  # 2 * teacher params * tokens the teacher sampled (one position each)
+    flops_teacher_prefill: float = 0.0  # 2 * teacher params * its other positions: catching up on context
 
     def stats(self) -> dict:
         keys = ("student_tokens", "teacher_tokens", "command_tokens", "calls", "call_ratio", "finish_reason")
         out = {k: getattr(self, k) for k in keys}
         out["wall_s"] = round(self.wall_s, 4)
         out["flops"] = self.flops
+        out.update(
+            flops_student=self.flops_student,
+            flops_teacher_decode=self.flops_teacher_decode,
+            flops_teacher_prefill=self.flops_teacher_prefill,
+        )
         return out
 
     def to_json(self) -> dict:
@@ -169,6 +178,7 @@ class _Seq:
         self.teacher_prefill: list[int] = []  # per handoff: tokens the teacher ran to catch up
         self.teacher_new: list[int] = []  # per handoff: tokens of its view it had never run
         self.teacher_known = 0  # teacher view tokens already run through the teacher
+        self.teacher_sampled = 0  # tokens the teacher's runs sampled: its decode positions (FLOPs split)
         self.cmd = None  # (first token index, Command) of the command that ended the segment
         self.call_log: list[Call] = []
 
@@ -499,6 +509,7 @@ class _Relay:
 
     def after_round(self, s: _Seq, phase: str, produced: int, paused: bool = False) -> None:
         if phase == TEACHER:
+            s.teacher_sampled += produced
             s.teacher_prefill.append(s.teacher.last_prefill)
             s.teacher_known = len(s.teacher.ids) - 1  # its last sampled token was never run
         if s.finish is None and self.remaining(s) <= 0:
@@ -534,6 +545,12 @@ class _Relay:
             calls=s.calls,
             call_ratio=s.counts[TEACHER] / total if total else 0.0,
             flops=2.0 * (ps * sc + pt * tc),
+            # -- FLOPs split: both engines count a run that samples k tokens after a catch-up of P positions
+            # as P + k - 1 positions (the last sampled token is fed by the next run), and the catch-up's last
+            # position samples the first token: so k positions are decode and the other tc - k prefill
+            flops_student=2.0 * ps * sc,
+            flops_teacher_decode=2.0 * pt * s.teacher_sampled,
+            flops_teacher_prefill=2.0 * pt * (tc - s.teacher_sampled),
             wall_s=s.wall[STUDENT] + s.wall[TEACHER],
             wall_student_s=s.wall[STUDENT],
             wall_teacher_s=s.wall[TEACHER],

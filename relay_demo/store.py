@@ -12,10 +12,15 @@ Views (in an in-memory DuckDB; the parquet files are only read):
 * ``samples``: one row per (pair, method, param, benchmark, problem): where several runs evaluated the same
   thing (a rerun, another backend), the most recently created run's row. Points never count a problem twice.
 * ``runs``: one row per run manifest (run_id, pair, created_at, finished_at, git commit).
-* ``points``: one row per (pair, benchmark, method, param): n, accuracy, call ratio, mean FLOPs, tokens,
-  calls.
+* ``points``: one row per (pair, benchmark, method, param): n, accuracy, call ratio, mean FLOPs and its
+  split (``relay_demo/cost.py``; null where a run predates it), tokens, calls, wall time, and the cost against
+  the teacher alone on the same problems of the same run (its ``teacher`` rows): all FLOPs, decode FLOPs
+  (student + teacher-written tokens) and the teacher's prefill, each a ratio of sums over the problems both
+  have, and the wall time likewise. A row's ``wall_s`` sums the whole durations of the batch rounds it took
+  part in (each to its slowest row's end; ``parts.SCHEMA``), not its share of the batch's time, so wall
+  ratios compare methods run at the same batch size.
 
-:meth:`Store.summary` adds what SQL does not say well (``relay_demo.results.metrics``): APGR against the
+:meth:`Store.summary` adds what SQL does not say well (``relay_demo.results.summary``): APGR against the
 pair's student and teacher on the same benchmark, CPT(50%) / CPT(80%) of each method's curve, the saving
 against the accuracy-matched random-query router, and the simulated band of the random-query rows.
 """
@@ -35,46 +40,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .results import metrics
+from .results import metrics, summary
 from .results.manifest import MANIFEST, read_manifest
-from .results.parts import REQUIRED, SAMPLES, SCHEMA, scan_parts
+from .results.parts import ADDED, REQUIRED, SAMPLES, SCHEMA, scan_parts
+from .results.summary import MEAN as MEAN  # the explorer's and the tests' name for the averaged rows
+from .results.summary import SHARES, SUMMARY_COLUMNS, mean_rows
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "results"
-METHOD_ORDER = (
-    "student",
-    "teacher",
-    "relay",
-    "relay-teacher-free",
-    "relay-call-bias",
-    "random-query",
-    "random-token",
-    "confidence",
-    "router",
-)  # tables and legends list methods in this order, others after them
-MEAN = "mean"  # the benchmark name of rows averaged over a pair's benchmarks (the paper reports such means)
-NO_SAVING = ("student", "teacher", "random-query")
-SUMMARY_COLUMNS = [
-    "pair",
-    "benchmark",
-    "method",
-    "param",
-    "n",
-    "accuracy",
-    "call_ratio",
-    "flops",
-    "apgr",
-    "cpt50",
-    "cpt80",
-    "p_star",
-    "saving_call",
-    "saving_query",
-    "saving_flops",
-    "acc_lo",
-    "acc_hi",
-    "tokens",
-    "calls",
-    "wall_s",
-]
 
 # Problems of a split other than test carry it in their id ("gsm8k-train/19"; the test split's: "gsm8k/19"):
 # such rows are the benchmark "gsm8k-train", so a dev run on held-out train problems is never averaged with
@@ -94,20 +66,37 @@ QUALIFY row_number() OVER (PARTITION BY s.pair, s.method, s.param, s.benchmark, 
 UNGRADED_SQL = """SELECT run_id, count(*) FROM all_samples
 WHERE correct IS NULL OR NOT isfinite(correct) OR correct < 0 OR correct > 1 GROUP BY run_id"""
 
+# The teacher alone on the same problem of the same run is the yardstick of the *_vs_teacher ratios (a ratio
+# of sums over the rows that have what it needs; the split's averages only where every row has a split).
 POINTS_SQL = """
 CREATE OR REPLACE VIEW points AS
+WITH alone AS (
+    SELECT run_id, pair, benchmark, problem_id, flops AS t_flops, wall_s AS t_wall FROM all_samples
+    WHERE method = 'teacher' AND param IS NULL AND correct BETWEEN 0 AND 1
+), costed AS (
+    SELECT s.*, a.t_flops, a.t_wall, s.flops_student + s.flops_teacher_decode AS decode,
+           a.t_flops > 0 AS t_ok, a.t_flops > 0 AND s.flops_teacher_prefill IS NOT NULL AS split_ok
+    FROM samples s LEFT JOIN alone a USING (run_id, pair, benchmark, problem_id)
+)
 SELECT pair, benchmark, method, param,
        COUNT(*) AS n,
        AVG(correct) AS accuracy,
        COALESCE(SUM(teacher_tokens) / NULLIF(SUM(student_tokens + teacher_tokens + command_tokens), 0), 0)
            AS call_ratio,
        AVG(flops) AS flops,
+       SUM(flops) FILTER (t_ok) / SUM(t_flops) FILTER (t_ok) AS flops_vs_teacher,
+       SUM(decode) FILTER (split_ok) / SUM(t_flops) FILTER (split_ok) AS decode_vs_teacher,
+       SUM(flops_teacher_prefill) FILTER (split_ok) / SUM(t_flops) FILTER (split_ok) AS prefill_vs_teacher,
+       SUM(wall_s) FILTER (t_wall > 0) / SUM(t_wall) FILTER (t_wall > 0) AS wall_vs_teacher,
        AVG(student_tokens + teacher_tokens + command_tokens) AS tokens,
        AVG(calls) AS calls,
-       AVG(wall_s) AS wall_s
-FROM samples
+       AVG(wall_s) AS wall_s,
+       {split}
+FROM costed
 GROUP BY pair, benchmark, method, param
-"""
+""".format(
+    split=",\n       ".join(f"CASE WHEN COUNT({c}) = COUNT(*) THEN AVG({c}) END AS {c}" for c in ADDED)
+)
 
 PER_PROBLEM_SQL = """
 SELECT problem_id, AVG(correct) AS correct,
@@ -126,8 +115,9 @@ def _check_part(path: Path) -> str | None:
         missing = [c for c in REQUIRED if c not in schema.names]
         if missing:
             return f"not a results file: missing columns {missing}"
+        present = [c for c in SCHEMA.names if c in schema.names]  # an ADDED column may be absent (null)
         wrong = [
-            f"{c} is {schema.field(c).type}" for c in REQUIRED if schema.field(c).type != SCHEMA.field(c).type
+            f"{c} is {schema.field(c).type}" for c in present if schema.field(c).type != SCHEMA.field(c).type
         ]
         if wrong:
             return f"not a results file: {', '.join(wrong)}"
@@ -181,8 +171,13 @@ class Store:
 
     def _create_views(self) -> None:
         if self.files:
-            # foreign extra columns are ignored; rows of a non-test split are a benchmark of their own
-            cols = ", ".join(BENCHMARK_SQL if c == "benchmark" else f'"{c}"' for c in REQUIRED)
+            have = {c for p in self.files for c in pq.read_schema(p).names}
+            # foreign extra columns are ignored; a column no part has yet (parts.ADDED, float64) is null;
+            # rows of a non-test split are a benchmark of their own (BENCHMARK_SQL)
+            cols = ", ".join(
+                BENCHMARK_SQL if c == "benchmark" else f'"{c}"' if c in have else f'NULL::DOUBLE AS "{c}"'
+                for c in SCHEMA.names
+            )
             files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in self.files) + "]"
             self.con.execute(
                 f"CREATE VIEW all_samples AS SELECT {cols} FROM read_parquet({files}, union_by_name=true)"
@@ -259,13 +254,14 @@ class Store:
         pts = self.points(pair, benchmark)
         out = []
         for (p, b), group in pts.groupby(["pair", "benchmark"], sort=True):
-            out.append(_enrich(group.copy(), self.side(p, b, "student"), self.side(p, b, "teacher"), n_seeds))
+            student, teacher = self.side(p, b, "student"), self.side(p, b, "teacher")
+            out.append(summary.enrich(group.copy(), student, teacher, n_seeds))
         if not out:
             return pd.DataFrame(columns=SUMMARY_COLUMNS)
         df = pd.concat(out, ignore_index=True)[SUMMARY_COLUMNS]
         if mean:
             df = pd.concat([df, *[mean_rows(g) for _, g in df.groupby("pair")]], ignore_index=True)
-        return _ordered(df)
+        return summary.ordered(df)
 
 
 def _filters(pair: str | None, benchmark: str | None) -> tuple[str, list]:
@@ -275,76 +271,6 @@ def _filters(pair: str | None, benchmark: str | None) -> tuple[str, list]:
             conds.append(f"{col} = ?")
             params.append(val)
     return ("WHERE " + " AND ".join(conds) if conds else ""), params
-
-
-def _aligned(student: metrics.Side | None, teacher: metrics.Side | None) -> bool:
-    return student is not None and teacher is not None and student.correct.size == teacher.correct.size
-
-
-def _enrich(group: pd.DataFrame, student, teacher, n_seeds: int) -> pd.DataFrame:
-    for col in SUMMARY_COLUMNS:
-        if col not in group:
-            group[col] = np.nan
-    if not _aligned(student, teacher):
-        return group  # no APGR without both baselines on the same problems
-    acc_s, acc_t = student.accuracy, teacher.accuracy
-    group["apgr"] = [metrics.apgr(a, acc_s, acc_t) for a in group["accuracy"]]
-    for _, rows in group.groupby("method"):
-        curve = list(zip(rows["call_ratio"], rows["accuracy"], strict=True))
-        for x, col in ((0.5, "cpt50"), (0.8, "cpt80")):
-            value = metrics.cpt(curve, acc_s, acc_t, x)
-            group.loc[rows.index, col] = np.nan if value is None else value
-    for i, row in group.iterrows():
-        if row["method"] == "random-query" and not pd.isna(row["param"]):
-            sim = metrics.simulate_random_query(student, teacher, float(row["param"]), n_seeds=n_seeds)
-            group.loc[i, ["acc_lo", "acc_hi"]] = [sim.lo, sim.hi]
-        elif row["method"] not in NO_SAVING:
-            s = metrics.saving_vs_random(row["accuracy"], row["call_ratio"], row["flops"], student, teacher)
-            group.loc[i, ["p_star", "saving_call", "saving_query", "saving_flops"]] = [
-                np.nan if v is None else v for v in (s.p_star, s.saving_call, s.saving_query, s.saving_flops)
-            ]
-    return group
-
-
-def _ordered(df: pd.DataFrame) -> pd.DataFrame:
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    key = df["method"].map(lambda m: rank.get(m, len(rank)))
-    order = ["pair", "benchmark", "_rank", "method", "param"]
-    df = df.assign(_rank=key).sort_values(order, na_position="first")
-    return df.drop(columns="_rank").reset_index(drop=True)
-
-
-def mean_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Unweighted means over one pair's benchmarks, as the paper reports: one row per (method, param) present
-    on every benchmark. APGR, CPT and the paper's saving (``1 - call_ratio / p*``) are recomputed from the
-    means; the per-token and FLOPs savings need per-problem data and are left empty."""
-    benches = df["benchmark"].nunique()
-    if benches < 2:
-        return pd.DataFrame(columns=df.columns)
-    cols = ["accuracy", "call_ratio", "flops", "tokens", "calls", "wall_s"]
-    grouped = df.groupby(["method", "param"], dropna=False)
-    m = grouped[cols].mean().join(grouped["n"].sum())
-    m = m.join(grouped["benchmark"].nunique().rename("b")).reset_index()
-    m = m[m["b"] == benches].drop(columns="b").assign(pair=df["pair"].iloc[0], benchmark=MEAN)
-    for col in SUMMARY_COLUMNS:
-        if col not in m:
-            m[col] = np.nan
-    base = {k: m.loc[m["method"].eq(k) & m["param"].isna(), "accuracy"] for k in ("student", "teacher")}
-    if base["student"].empty or base["teacher"].empty:
-        return m[SUMMARY_COLUMNS]
-    acc_s, acc_t = float(base["student"].iloc[0]), float(base["teacher"].iloc[0])
-    m["apgr"] = [metrics.apgr(a, acc_s, acc_t) for a in m["accuracy"]]
-    for _, rows in m.groupby("method"):
-        curve = list(zip(rows["call_ratio"], rows["accuracy"], strict=True))
-        for x, col in ((0.5, "cpt50"), (0.8, "cpt80")):
-            value = metrics.cpt(curve, acc_s, acc_t, x)
-            m.loc[rows.index, col] = np.nan if value is None else value
-    for i, row in m[~m["method"].isin(NO_SAVING)].iterrows():
-        p = metrics.matched_p(row["accuracy"], acc_s, acc_t)
-        m.loc[i, "p_star"] = np.nan if p is None else p
-        s = metrics.paper_saving(row["accuracy"], row["call_ratio"], acc_s, acc_t)
-        m.loc[i, "saving_query"] = np.nan if s is None else s
-    return m[SUMMARY_COLUMNS]
 
 
 # ---------------------------------------------------------------- CLI
@@ -361,7 +287,7 @@ def _jsonable(value):
 def _table(df: pd.DataFrame) -> str:
     if df.empty:
         return "no results"
-    pct = ["accuracy", "call_ratio", "apgr", "cpt50", "cpt80", "saving_call", "saving_query"]
+    pct = ["accuracy", "call_ratio", *SHARES, "apgr", "cpt50", "cpt80", "saving_call", "saving_query"]
     shown = df[SUMMARY_COLUMNS[: SUMMARY_COLUMNS.index("p_star")] + pct[-2:]].copy()
     for col in pct:
         shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
@@ -373,7 +299,10 @@ def _table(df: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_demo.store", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summary", help="accuracy, call ratio, FLOPs, APGR, CPT and saving per method setting")
+    s = sub.add_parser(
+        "summary",
+        help="accuracy, call ratio, FLOPs and wall time vs the teacher alone, APGR, CPT, saving per setting",
+    )
     s.add_argument("--pair")
     s.add_argument("--benchmark")
     s.add_argument("--json", action="store_true", help="print a JSON list of rows")

@@ -98,7 +98,7 @@ def test_explorer_through_the_app(app):
     pair, bench, methods = (u["value"] for u in c.predict(api_name="/explorer_filters"))  # gr.update dicts
     assert pair == "tiny-random" and bench == "arith" and "relay" in methods
     acc, flops, table, sample, note, provenance = c.predict(
-        pair, bench, methods, True, True, "apgr", api_name="/explorer_view"
+        pair, bench, methods, True, True, "apgr", "decode", api_name="/explorer_view"
     )
     assert "<table" in provenance
     assert acc and flops and "relay" in str(table)

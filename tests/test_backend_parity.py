@@ -132,3 +132,19 @@ def test_early_round_end_changes_no_greedy_output(pairs, backend):
     assert _Relay(pairs[backend], policy, pairs[backend].limits, GREEDY).preempt
     sampled = Sampling(temperature=0.7, seed=1)
     assert not _Relay(pairs[backend], policy, pairs[backend].limits, sampled).preempt
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_flops_split_is_exact_on_both_backends(pairs, backend):
+    """Decode = one teacher position per token it wrote; prefill = every other position (on vLLM including the
+    re-read of a partly cached block); the three parts sum to the FLOPs."""
+    policy = make_policy("interval", every=7, n=3)
+    pt = pairs[backend].teacher.n_params
+    for r in relay_batch(pairs[backend], PROMPTS, policy, sampling=GREEDY):
+        turns = len(r.teacher_prefill)  # every turn wrote a token here: the budget outlasts the handoffs
+        assert r.calls == turns > 0 and r.teacher_tokens >= turns
+        assert r.flops_student + r.flops_teacher_decode + r.flops_teacher_prefill == pytest.approx(r.flops)
+        assert r.flops_teacher_decode == 2 * pt * r.teacher_tokens
+        assert r.flops_teacher_prefill == 2 * pt * (sum(r.teacher_prefill) - turns)
+        assert r.teacher_computed == sum(r.teacher_prefill) + r.teacher_tokens - turns
+        assert r.flops_student == 2 * pairs[backend].student.n_params * r.student_computed

@@ -92,6 +92,11 @@ def test_playground_streams_coloured_spans_and_escapes_markup(page):
     assert page.evaluate("window.__xss") is None and page.dialogs == []
     title = chat.locator(".relay-teacher").first.get_attribute("title")
     assert "teacher" in title and "token" in title
+    counters = page.locator("#chat-counters")  # the FLOPs split and the wall time, each defined on hover
+    assert "size ratio" in counters.locator("[data-counter='student FLOPs']").get_attribute("title")
+    # measured right after the answer (the tiny pair's teacher alone takes milliseconds)
+    wall = "#chat-counters [data-counter='wall vs teacher alone']"
+    page.wait_for_selector(f"{wall}[title*='for the teacher alone']", timeout=30_000)
     page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
 
 
@@ -150,6 +155,9 @@ def test_explorer_renders_the_chart_and_a_trace(page):
     assert trace.locator("img").count() == 0 and "<img src=x onerror" in trace.inner_text()
     trace.screenshot(path=str(SHOTS / "explorer-trace.png"))
     assert page.evaluate("window.__xss") is None and page.dialogs == []
+    page.locator("#cost-axis").get_by_text("decode FLOPs vs teacher alone").click()  # rows without a split
+    page.wait_for_selector("#plot-flops .legend :text('no split recorded')", timeout=30_000)
+    page.locator("#plot-flops").screenshot(path=str(SHOTS / "explorer-cost.png"))
 
 
 def test_explorer_apgr_axis_labels_the_paper_point(page):
@@ -165,6 +173,7 @@ def test_about_tab(page):
     page.get_by_role("tab", name="About").click()
     page.wait_for_selector("text=RelayLLM in a few lines", timeout=10_000)
     page.wait_for_selector("text=ui-run", timeout=10_000)
+    page.wait_for_selector("#about-sizes :text('teacher 0.36M')", timeout=10_000)  # the sidebar's pair
     page.screenshot(path=str(SHOTS / "about.png"), full_page=True)
 
 

@@ -22,6 +22,9 @@ STATS = {
     "finish_reason",
     "wall_s",
     "flops",
+    "flops_student",
+    "flops_teacher_decode",
+    "flops_teacher_prefill",
 }
 CALL_KEYS = {
     "index", "trigger", "detail", "asked", "at", "start",

@@ -73,6 +73,9 @@ class Scripted:
                     0.0,
                     0,
                     0,
+                    flops_student=0.0 if teacher else flops,
+                    flops_teacher_decode=0.8 * flops if teacher else 0.0,
+                    flops_teacher_prefill=0.2 * flops if teacher else 0.0,
                 )
             )
         return out
@@ -92,6 +95,10 @@ def test_run_resume_and_random_query(tmp_path):
     share = rq["teacher_tokens"].sum() / (rq["student_tokens"] + rq["teacher_tokens"]).sum()
     assert share == pytest.approx(0.25)
     assert set(rq["finish_reason"]) == {"computed"}
+    # the FLOPs split travels into the rows, and into the random-query expectations
+    split = df["flops_student"] + df["flops_teacher_decode"] + df["flops_teacher_prefill"]
+    assert (split - df["flops"]).abs().max() < 1e-3
+    assert rq["flops_teacher_decode"].mean() == pytest.approx(0.25 * 0.8 * 5e6)
     # the same command again: nothing generated, nothing duplicated
     gen2 = Scripted()
     E.run(cfg, gen2, progress=False)

@@ -308,3 +308,37 @@ def test_student_alone_is_the_students_own_greedy_text(random_models, byte_tok):
     assert student_alone(pair, r.prompt_ids, r.token_ids, c.at, c.granted) == (ids, text, finish)  # cached
     with pytest.raises(ValueError, match="outside the answer"):
         student_alone(pair, r.prompt_ids, r.token_ids, len(r.token_ids) + 1, 3)
+
+
+# -- the FLOPs split (relay_demo/cost.py) --------------------------------------------------------------
+
+
+def test_flops_split_sums_and_is_exact_for_scripted_handoffs(random_models, byte_tok):
+    """Five handoffs of 4 tokens after every 6 student tokens: the teacher's decode is its 20 tokens, its
+    prefill every other position it ran (the prompt and 6 student tokens, then 6 + its own last token)."""
+    s, t = random_models
+    pair = _pair(s, t, byte_tok, max_tokens=60)
+    r = relay(pair, PROMPTS[1], make_policy("interval", every=6, n=4), sampling=GREEDY)
+    ps, pt = pair.student.n_params, pair.teacher.n_params
+    assert (r.calls, r.teacher_tokens) == (5, 20)
+    assert r.flops_student + r.flops_teacher_decode + r.flops_teacher_prefill == pytest.approx(r.flops)
+    assert r.flops_student == 2 * ps * r.student_computed
+    assert r.flops_teacher_decode == 2 * pt * 20
+    caught_up = (len(r.prompt_ids) + 6) + 4 * (6 + 1)  # each handoff's new tokens (teacher_reads_only_unseen)
+    assert r.flops_teacher_prefill == 2 * pt * (caught_up - 5)  # each catch-up's last position sampled
+    assert r.teacher_computed == caught_up + 20 - 5
+
+
+def test_an_answer_without_calls_costs_the_size_ratio_of_the_teacher_alone(random_models, byte_tok):
+    from relay_demo.cost import teacher_alone_flops
+
+    s, t = random_models
+    pair = _pair(s, t, byte_tok, max_tokens=30)
+    for policy in (make_policy("student-only"), make_policy("learned")):
+        r = relay(pair, PROMPTS[0], policy, sampling=GREEDY)
+        assert r.calls == 0 and r.flops_teacher_decode == r.flops_teacher_prefill == 0
+        alone = teacher_alone_flops(pair.teacher.n_params, len(r.prompt_ids), len(r.token_ids))
+        assert r.flops / alone == pytest.approx(pair.student.n_params / pair.teacher.n_params, rel=1e-12)
+    r = relay(pair, PROMPTS[0], make_policy("teacher-only"), sampling=GREEDY)
+    assert r.flops_student == 0 and r.flops_teacher_decode == 2 * pair.teacher.n_params * r.teacher_tokens
+    assert r.flops == teacher_alone_flops(pair.teacher.n_params, len(r.prompt_ids), len(r.token_ids))

@@ -241,3 +241,72 @@ def test_rows_of_a_train_split_are_their_own_benchmark(tmp_path):
     points = store.Store(tmp_path).points("toy").set_index("benchmark")
     assert points.loc["gsm8k", "accuracy"] == 1.0 and points.loc["gsm8k", "n"] == 4
     assert points.loc["gsm8k-train", "accuracy"] == 0.0 and points.loc["gsm8k-train", "n"] == 4
+
+
+# ---------------------------------------------------------------- cost against the teacher alone
+
+SPLIT = {  # per problem: (student, teacher decode, teacher prefill) FLOPs and the wall time
+    "student": (1e9, 0.0, 0.0, 0.1),
+    "teacher": (0.0, 4e9, 1e9, 0.4),
+    "relay": (1e9, 0.2e9, 0.6e9, 0.2),
+}
+
+
+def _split_rows(run_id="split-run", methods=SPLIT):
+    rows = []
+    for i in range(N):
+        for method, (fs, fd, fp, wall) in methods.items():
+            row = _row(method, None, i, T_OK[i], 90, 10, flops=fs + fd + fp, pair="split")
+            row.update(run_id=run_id, wall_s=wall)
+            row.update(flops_student=fs, flops_teacher_decode=fd, flops_teacher_prefill=fp)
+            rows.append(row)
+    return rows
+
+
+def test_cost_against_the_teacher_alone_on_the_same_problems(tmp_path, capsys):
+    with rio.open_run(tmp_path, "split-run", {"pair": "split"}) as w:
+        w.add(_split_rows())
+        cfg = EvalCfg(pair="split", run_id="split-run", benchmarks=["arith"], methods=[MethodCfg("student")])
+        w.flush()
+        w.add(random_query_rows(cfg, rio.read_samples(w.run_dir), "arith", [0.5]))
+    pts = store.Store(tmp_path).points("split")
+    relay = _one(pts, "relay")
+    assert relay["flops_vs_teacher"] == pytest.approx(1.8 / 5)
+    assert relay["decode_vs_teacher"] == pytest.approx(1.2 / 5)  # student + teacher-written tokens
+    assert relay["prefill_vs_teacher"] == pytest.approx(0.6 / 5)
+    assert relay["wall_vs_teacher"] == pytest.approx(0.5)
+    assert relay["flops_teacher_prefill"] == pytest.approx(0.6e9)
+    assert _one(pts, "student")["decode_vs_teacher"] == pytest.approx(0.2)  # no call: the size ratio
+    assert _one(pts, "teacher")[["flops_vs_teacher", "wall_vs_teacher"]].tolist() == [1.0, 1.0]
+    rq = _one(pts, "random-query", 0.5)  # the expectation of the split too
+    assert rq["flops_teacher_decode"] == pytest.approx(2e9) and rq["decode_vs_teacher"] == pytest.approx(0.5)
+    assert store.main(["summary", "--pair", "split", "--results", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "decode_vs_teacher" in table and "24.00%" in table and "12.00%" in table and "50.00%" in table
+
+
+def test_a_run_written_before_the_split_still_loads(tmp_path):
+    """An old part (no split columns) beside a new run: nulls where it has nothing, its total FLOPs and wall
+    time against its own teacher rows still computed; a writer resuming it adds rows with the split."""
+    old_schema = pa.schema([f for f in rio.SCHEMA if f.name not in rio.ADDED])
+    with rio.open_run(tmp_path, "old-run", {"pair": "split"}):
+        pass
+    rows = [{k: v for k, v in r.items() if k not in rio.ADDED} for r in _split_rows("old-run")]
+    part = tmp_path / "runs" / "old-run" / rio.SAMPLES / "part-000001.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), part)
+    st = store.Store(tmp_path)
+    assert st.skipped == []
+    relay = _one(st.points("split"), "relay")
+    assert pd.isna(relay["decode_vs_teacher"]) and pd.isna(relay["flops_student"])
+    assert relay["flops_vs_teacher"] == pytest.approx(1.8 / 5) and relay["wall_vs_teacher"] == pytest.approx(
+        0.5
+    )
+    assert rio.read_samples(part.parent.parent)["flops_student"].isna().all()
+    more = [dict(r, problem_id=f"q{r['problem_id']}") for r in _split_rows("old-run")]
+    with rio.open_run(tmp_path, "old-run", {"pair": "split"}) as w:  # resume: new rows, then compaction
+        w.add(more)
+    df = rio.read_samples(part.parent.parent)
+    assert len(df) == 2 * len(rows) and df["flops_student"].notna().sum() == len(more)
+    relay = _one(store.Store(tmp_path).points("split"), "relay")
+    assert pd.isna(relay["flops_student"])  # half the rows have no split: no average that hides it
+    assert relay["decode_vs_teacher"] == pytest.approx(1.2 / 5)  # over the rows that have one

@@ -73,6 +73,18 @@ def _chat_template_ids(tokenizer, messages: list[dict], chat_kwargs: dict) -> li
     return ids
 
 
+def count_params(path: str) -> int:
+    """Exact parameter count from the config alone: build the model on the meta device (no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    # parameters() yields tied weights once, matching what a forward pass multiplies by
+    return sum(p.numel() for p in model.parameters())
+
+
 MAX_TEMPERATURE = 100.0  # past it sampling is uniform noise; inf and nan are refused with it
 
 

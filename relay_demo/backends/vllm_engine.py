@@ -59,7 +59,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .base import Delta, Job, ModelEngine, Session
+from .base import Delta, Job, ModelEngine, Session, count_params
 
 DEFAULT_KV_CACHE_GIB = 1.0  # per engine, CPU only; two engines + training fit in 24 GiB
 CPU_BLOCK_SIZE = 32  # the CPU attention backend needs a multiple of 32; smaller = cheaper re-reads
@@ -89,18 +89,6 @@ def _match_threads(n: int) -> None:
 
     if torch.get_num_threads() != n:
         torch._C.set_num_threads(n)
-
-
-def _count_params(path: str) -> int:
-    """Exact parameter count from the config alone: build the model on the meta device (no memory)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    # parameters() yields tied weights once, matching what a forward pass multiplies by
-    return sum(p.numel() for p in model.parameters())
 
 
 def _eos_ids(path: str, tokenizer) -> set[int]:
@@ -226,7 +214,7 @@ class VLLMEngine(ModelEngine):
             name=name or path_or_hub_id,
             llm=llm,
             tokenizer=tokenizer,
-            n_params=_count_params(path_or_hub_id),
+            n_params=count_params(path_or_hub_id),
             eos_ids=_eos_ids(path_or_hub_id, tokenizer),
         )
 

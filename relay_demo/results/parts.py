@@ -62,14 +62,22 @@ SCHEMA = pa.schema(
         ("command_tokens", pa.float64()),
         ("calls", pa.float64()),
         ("flops", pa.float64()),
+        # seconds of the model rounds this row took part in: rows decode in batches, and every row of a round
+        # counts the round's whole duration, to its slowest row's end (a teacher-only row: its batch's time),
+        # not its share of it; a relay row leaves out the other model's rounds, which it waits through
         ("wall_s", pa.float64()),
         ("response", pa.string()),
         ("spans", pa.string()),  # JSON list of {"source", "text", "tokens"}
         ("extracted", pa.string()),  # the answer the grader read, null when none
         ("finish_reason", pa.string()),
+        # FLOPs split (relay_demo/cost.py), summing to flops; added later: null in runs written before
+        ("flops_student", pa.float64()),
+        ("flops_teacher_decode", pa.float64()),
+        ("flops_teacher_prefill", pa.float64()),
     ]
 )
-REQUIRED = tuple(SCHEMA.names)
+ADDED = ("flops_student", "flops_teacher_decode", "flops_teacher_prefill")  # columns older parts may lack
+REQUIRED = tuple(c for c in SCHEMA.names if c not in ADDED)
 
 
 def param_key(param: float | None) -> str:
@@ -165,9 +173,10 @@ def live_parts(run_dir: str | Path) -> tuple[list[Path], list[Path]]:
 
 
 def to_table(rows: list[dict]) -> pa.Table:
-    """Rows -> a table of :data:`SCHEMA`; a missing or unknown column is an error."""
+    """Rows -> a table of :data:`SCHEMA`; a missing or unknown column is an error (an :data:`ADDED` one is
+    null when missing)."""
     for row in rows:
-        missing, extra = set(REQUIRED) - set(row), set(row) - set(REQUIRED)
+        missing, extra = set(REQUIRED) - set(row), set(row) - set(SCHEMA.names)
         if missing or extra:
             raise ValueError(
                 f"row {row_key(row) if not missing & set(KEY_COLUMNS) else row}: "
@@ -191,7 +200,8 @@ def _write_part(samples_dir: Path, seq: int, table: pa.Table, covers: list[str])
 
 
 def read_samples(run_dir: str | Path) -> pd.DataFrame:
-    """Every live row of a run (an empty frame of :data:`SCHEMA` when it has none)."""
+    """Every live row of a run (an empty frame of :data:`SCHEMA` when it has none); the :data:`ADDED` columns
+    of a part written before them are null."""
     live, _ = live_parts(run_dir)
     if not live:
         return SCHEMA.empty_table().to_pandas()

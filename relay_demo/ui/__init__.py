@@ -47,5 +47,5 @@ def build_demo(results_dir: str | Path | None = None, *, hosted: bool | None = N
             playground.build(ctl, hosted)
             compare.build(ctl, hosted)
             explorer.build(results)
-            about.build(results)
+            about.build(results, ctl.components["pair"])
     return demo

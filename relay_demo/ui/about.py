@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..pairs import available, param_counts
 from . import explorer_data as x
 
 METHOD = """
@@ -31,9 +32,13 @@ token count.
 | router | an MLP on the student's hidden state scores above a threshold | a CITER-style learned router |
 | student-only / teacher-only | never / always | the two ends of the cost–accuracy range |
 
-**Counters**: *call ratio* is the share of response tokens written by the teacher; *FLOPs* are 2·params
-per token each model ran (prefills included), estimated while streaming and exact at the end; *FLOPs vs
-teacher-only* compares with the teacher writing an answer of the same length.
+**Counters** (hover one for its definition): *call ratio* is the share of response tokens written by the
+teacher; *FLOPs* are 2·params per token position each model ran, estimated while streaming and exact at the
+end, and are split against the teacher alone writing an answer of the same length: the *student's* (an answer
+without a call shows the size ratio below), the *teacher's decode* (one position per token it wrote) and the
+*teacher's prefill* (the prompt and the student's text it caught up on at its handoffs: parallel, cheap in
+time next to decode). *Wall vs teacher alone* is measured: the teacher alone answers the same prompt with
+the same settings (after every answer on a pair as small as the tiny ones; on larger ones, in Compare).
 
 **Explorer metrics**: APGR = (relay − student) / (teacher − student) accuracy; CPT(x%) = the call ratio at
 which a method reaches x% of that gap; *saving* compares with a random query-level router tuned to the same
@@ -48,9 +53,31 @@ through the app's queue and HTTP stream); the evaluation runs below list the mac
 """
 
 
-def build(results_dir: Path) -> None:
+def sizes_markdown(pair: str) -> str:
+    """Both models' parameter counts for the selected pair, and the share of the teacher alone's FLOPs an
+    answer without a call costs (their ratio)."""
+    ok, why = available(pair)
+    if not ok:
+        return f"**{pair}**: model sizes not known here: {why}."
+    try:
+        ps, pt = param_counts(pair)
+    except Exception as e:  # noqa: BLE001 - a model that is not here (a hub id offline): say so, go on
+        why = (str(e).splitlines() or [""])[0][:200]
+        return f"**{pair}**: model sizes not known here ({type(e).__name__}: {why})."
+    return (
+        f"**{pair}**: student {ps / 1e6:.2f}M parameters ({ps:,}), teacher {pt / 1e6:.2f}M ({pt:,}); an "
+        f"answer without a call costs {100 * ps / pt:.0f}% of the teacher alone's FLOPs."
+    )
+
+
+def build(results_dir: Path, pair: gr.components.Component) -> None:
     with gr.Tab("About") as tab:
         gr.Markdown(METHOD)
+        gr.Markdown("### The selected pair's models")
+        sizes = gr.Markdown("", elem_id="about-sizes")
         gr.Markdown("### What was measured, on what hardware")
         runs = gr.Markdown("")
-    tab.select(lambda: x.runs_markdown(results_dir), None, runs, queue=False, api_visibility="private")
+    private = {"queue": False, "api_visibility": "private"}
+    tab.select(lambda: x.runs_markdown(results_dir), None, runs, **private)
+    tab.select(sizes_markdown, pair, sizes, **private)
+    pair.change(sizes_markdown, pair, sizes, **private)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..cost import DEFINITIONS
 from . import explorer_data as x
 from . import render
 
@@ -29,19 +30,29 @@ def build(results_dir: Path) -> None:
                 label="y-axis",
                 elem_id="y-axis",
             )
+            cost_axis = gr.Radio(
+                [("FLOPs per problem", "flops"), ("decode FLOPs vs teacher alone", "decode")],
+                value="flops",
+                label="cost chart's x-axis",
+                info="decode: "
+                + DEFINITIONS["decode_vs_teacher"]
+                + "; the teacher's prefill is in the hover",
+                elem_id="cost-axis",
+            )
             log_x = gr.Checkbox(False, label="log-x call ratio")
             paper = gr.Checkbox(True, label="the paper's reported point (APGR axis, or its own pair)")
             refresh = gr.Button("Reload results", size="sm")
         note = gr.HTML("", js_on_load=None)
         # full width, one under the other: the paper's labelled points need the room
         acc_plot = gr.Plot(label="accuracy or gap recovered vs call ratio", elem_id="plot-accuracy")
-        flops_plot = gr.Plot(label="accuracy vs FLOPs", elem_id="plot-flops")
+        flops_plot = gr.Plot(label="accuracy vs cost", elem_id="plot-flops")
         table = gr.Dataframe(
             label="summary · saving = 1 − cost / cost of the random router matched in accuracy",
             interactive=False,
             wrap=True,
             elem_id="summary-table",
         )
+        gr.HTML(x.COST_HELP, js_on_load=None, elem_id="cost-help")
         with gr.Accordion("Provenance: the runs behind these charts", open=False):
             provenance = gr.HTML("", js_on_load=None, elem_id="provenance")
         sample = gr.Dropdown([], label="drill down: an evaluated sample", elem_id="sample")
@@ -59,9 +70,16 @@ def build(results_dir: Path) -> None:
             gr.update(choices=f["methods"], value=f["methods"]),
         )
 
-    def view(pair_name, bench_name, method_names, log, overlay, axis):
+    def view(pair_name, bench_name, method_names, log, overlay, axis, cost):
         v = x.explorer_view(
-            results_dir, pair_name, bench_name, method_names, log_x=log, show_reported=overlay, y_axis=axis
+            results_dir,
+            pair_name,
+            bench_name,
+            method_names,
+            log_x=log,
+            show_reported=overlay,
+            y_axis=axis,
+            cost_axis=cost,
         )
         relay = [key for label, key in v.samples if label.startswith("relay ")]  # open a relay trace first
         first = (relay or [key for _, key in v.samples] or [None])[0]
@@ -77,7 +95,7 @@ def build(results_dir: Path) -> None:
     def drill(pair_name, bench_name, key):
         return x.sample_trace(results_dir, pair_name, bench_name, key)
 
-    view_in = [pair, bench, methods, log_x, paper, y_axis]
+    view_in = [pair, bench, methods, log_x, paper, y_axis, cost_axis]
     view_out = [acc_plot, flops_plot, table, sample, note, provenance]
     private = {"api_visibility": "private"}
     refresh.click(load_filters, None, [pair, bench, methods], api_name="explorer_filters").then(
@@ -85,6 +103,6 @@ def build(results_dir: Path) -> None:
     )
     tab.select(load_filters, None, [pair, bench, methods], **private).then(view, view_in, view_out, **private)
     pair.input(load_filters, pair, [pair, bench, methods], **private).then(view, view_in, view_out, **private)
-    for comp in (bench, methods, log_x, paper, y_axis):
+    for comp in (bench, methods, log_x, paper, y_axis, cost_axis):
         comp.input(view, view_in, view_out, **private)
     sample.change(drill, [pair, bench, sample], trace, api_name="sample_trace")

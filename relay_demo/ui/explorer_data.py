@@ -18,13 +18,27 @@ from pathlib import Path
 import pandas as pd
 
 from .. import charts, reported
+from ..cost import DEFINITIONS
+from ..results.summary import SHARES
 from ..store import MEAN, Store
 from . import render
 from .provenance import provenance_html
 
 Y_AXES = ("accuracy", "apgr")
+# the second chart's x: FLOPs per problem, or decode FLOPs against the teacher alone on the same problems
+COST_AXES = ("flops", "decode")
 MAX_SAMPLES = 400  # drill-down choices listed at once (the filters narrow them)
-PCT = ("accuracy", "call_ratio", "apgr", "cpt50", "cpt80", "saving_call", "saving_query", "saving_flops")
+PCT = (
+    "accuracy",
+    "call_ratio",
+    *SHARES,
+    "apgr",
+    "cpt50",
+    "cpt80",
+    "saving_call",
+    "saving_query",
+    "saving_flops",
+)
 TABLE_COLUMNS = {
     "method": "method",
     "param": "param",
@@ -32,6 +46,10 @@ TABLE_COLUMNS = {
     "accuracy": "accuracy",
     "call_ratio": "call ratio",
     "flops": "FLOPs / problem",
+    "flops_vs_teacher": "FLOPs vs teacher",
+    "decode_vs_teacher": "decode vs teacher",
+    "prefill_vs_teacher": "prefill vs teacher",
+    "wall_vs_teacher": "wall vs teacher",
     "apgr": "APGR",
     "cpt50": "CPT 50%",
     "cpt80": "CPT 80%",
@@ -39,6 +57,11 @@ TABLE_COLUMNS = {
     "saving_query": "saving: queries (paper)",
     "saving_flops": "saving: FLOPs",
 }
+
+
+COST_HELP = render.definitions_html(  # under the table: what its cost columns measure
+    (TABLE_COLUMNS[k], DEFINITIONS[k]) for k in SHARES
+)
 
 
 @dataclass
@@ -110,14 +133,18 @@ def explorer_view(
     log_x: bool = False,
     show_reported: bool = True,
     y_axis: str = "accuracy",
+    cost_axis: str = "flops",
 ) -> ExplorerView:
     """Charts, summary table and drill-down choices for one pair and benchmark, restricted to ``methods``.
 
     ``y_axis="apgr"``: the first chart draws every pair and benchmark of the store on the share of the gap
     recovered (student 0, teacher 1), where pairs compare fairly and the paper's reported point may stand. On
-    the accuracy axis the paper's points appear only on the paper's own pair."""
+    the accuracy axis the paper's points appear only on the paper's own pair. ``cost_axis="decode"``: the
+    second chart's x is decode FLOPs against the teacher alone on the same problems (relay_demo/cost.py)."""
     if y_axis not in Y_AXES:
         raise ValueError(f"y_axis must be one of {Y_AXES}, got {y_axis!r}")
+    if cost_axis not in COST_AXES:
+        raise ValueError(f"cost_axis must be one of {COST_AXES}, got {cost_axis!r}")
     if not pair or not benchmark:
         return ExplorerView(note="No results yet: run an evaluation (offline/evaluate.py) to fill results/.")
     store, skipped = open_store(results_dir)
@@ -142,9 +169,15 @@ def explorer_view(
         first = charts.accuracy_vs_call_ratio(
             summary, log_x=log_x, reported=paper, title=f"Accuracy vs call ratio · {title}"
         )
+    if cost_axis == "decode":
+        cost_fig = charts.decode_vs_accuracy(
+            summary, title=f"Accuracy vs decode FLOPs, teacher alone = 100 · {title}"
+        )
+    else:
+        cost_fig = charts.flops_vs_accuracy(summary, title=f"Accuracy vs FLOPs per problem · {title}")
     view = ExplorerView(
         accuracy_fig=first,
-        flops_fig=charts.flops_vs_accuracy(summary, title=f"Accuracy vs FLOPs per problem · {title}"),
+        flops_fig=cost_fig,
         table=summary_table(summary),
         note=note,
         provenance=provenance_html(store.manifests, pair),

@@ -23,7 +23,7 @@ from ..policies import Policy, make_policy
 from ..protocol import strip_commands
 from ..relay import Limits
 from . import inspector, render
-from .stream import generate, prompt_tokens
+from .stream import AUTO_TIME_PARAMS, generate, prompt_tokens, teacher_alone_keys, time_teacher_alone
 
 DEFAULT_PAIR, FALLBACK_PAIR = "tiny-arith", "tiny-random"
 POLICY_CHOICES = [
@@ -290,11 +290,13 @@ def chat_submit(
         "names": names,
     }
     shown = [*turns, turn]  # the state holds the partial answer too, so Stop keeps what was written
+    snap = None
     for snap in generate(pair, messages, policy, limits, sampling):
         turn.update(spans=[dict(x) for x in snap.spans], text=snap.text)
         if snap.result is not None:  # what the call inspector reads when a span of this answer is clicked
             user = messages[-1]["content"]
             turn["inspect"] = inspector.record(s.pair, pair, snap.result, user, limits.max_tokens)
+            snap.counters["teacher_alone_note"] = "being measured (the teacher alone, on the same prompt)"
         if snap.error:  # nothing was lost: the conversation as before, the prompt back in the box
             yield (
                 render.chat_html(turns),
@@ -310,6 +312,22 @@ def chat_submit(
             else ""
         )
         yield render.chat_html(shown), render.counters_html(snap.counters), note, shown, ""
+    if snap is not None and snap.result is not None:
+        snap.counters.update(wall_reference(pair, messages, policy, limits, sampling, snap.result))
+        yield render.chat_html(shown), render.counters_html(snap.counters), "", shown, ""
+
+
+def wall_reference(pair, messages, policy: Policy, limits: Limits, sampling: Sampling, result) -> dict:
+    """The teacher alone's measured wall time on this prompt, for the counters: run here only on a pair small
+    enough for it to cost milliseconds (``stream.AUTO_TIME_PARAMS`` says why)."""
+    if policy.teacher_only:
+        return teacher_alone_keys(result)
+    if pair.teacher.n_params > AUTO_TIME_PARAMS:
+        return {
+            "teacher_alone_note": "not timed on a pair this size (the teacher alone costs a whole answer): "
+            "the Compare tab runs it on the same prompt"
+        }
+    return time_teacher_alone(pair, messages, limits, sampling)
 
 
 def chat_clear() -> tuple[str, str, str, list[dict]]:
@@ -342,13 +360,20 @@ def compare_run(prompt, s: Settings, on_relay_result=None) -> Iterator[tuple]:
         return
     names = model_names(pair)
     policies = [make_policy("student-only"), relay_policy, make_policy("teacher-only")]
+    finals: dict[int, dict] = {}  # the finished columns' counters
     for i, policy in enumerate(policies):
         for snap in generate(pair, messages, policy, limits, sampling):
             columns[i][0] = render.trace_html(snap.spans, names, empty="waiting…")
             columns[i][1] = render.counters_html(snap.counters)
             if snap.result is not None:
+                finals[i] = snap.counters
+                snap.counters["teacher_alone_note"] = "measured once the teacher-alone column has run"
                 columns[i][2] = render.answer_html(final_answer(snap.text))
                 if i == 1 and on_relay_result is not None:
                     user = messages[-1]["content"]
                     on_relay_result(inspector.record(s.pair, pair, snap.result, user, limits.max_tokens))
+                if i == 2:  # the teacher column is the measured wall time the other two are compared with
+                    for j, counters in finals.items():
+                        counters.update(teacher_alone_keys(snap.result))
+                        columns[j][1] = render.counters_html(counters)
             yield (*[x for c in columns for x in c], render.note_html(snap.error))

@@ -10,8 +10,10 @@ shown as Unicode control pictures (U+2400..) so the HTML stays valid and the use
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Iterable, Mapping
 
+from .. import cost
 from ..protocol import visible
 
 SOURCES = ("student", "teacher", "command")
@@ -66,6 +68,7 @@ CSS = """
 .relay-inspector .relay-side { flex: 1 1 260px; min-width: 0; overflow-wrap: anywhere; }
 .relay-right { color: #166534; font-weight: 600; }
 .relay-wrong { color: #991b1b; font-weight: 600; }
+.relay-defs { font-size: 12px; color: #4b5563; }
 .relay-provenance th { text-align: left; padding-right: 10px; white-space: nowrap; vertical-align: top; }
 .relay-provenance td { overflow-wrap: anywhere; }
 """
@@ -142,26 +145,84 @@ def fmt_flops(x: float) -> str:
     return f"{x:.3g}"
 
 
+COUNTER_HELP = {  # what each counter means, on hover (the cost figures' definitions are relay_demo/cost.py's)
+    "student tokens": "tokens the student wrote (its text and end token; commands counted apart)",
+    "teacher tokens": "tokens the teacher wrote when the student handed over",
+    "command tokens": "tokens of the student's <call>N</call> commands",
+    "calls": "handoffs to the teacher",
+    "call ratio": "teacher tokens ÷ all response tokens",
+    "FLOPs": cost.DEFINITIONS["flops"] + "; estimated while streaming, exact at the end",
+    "FLOPs vs teacher alone": cost.DEFINITIONS["flops_vs_teacher"],
+    "student FLOPs": cost.DEFINITIONS["flops_student"],
+    "teacher decode FLOPs": cost.DEFINITIONS["flops_teacher_decode"],
+    "teacher prefill FLOPs": cost.DEFINITIONS["flops_teacher_prefill"],
+    "wall time": cost.DEFINITIONS["wall_s"],
+    "wall vs teacher alone": cost.DEFINITIONS["wall_vs_teacher"],
+    "finished": "why the answer ended: an end token, the token budget, the time limit",
+    "tokens/s": "response tokens per second of this answer, as streamed",
+}
+
+
+def fmt_share(x: float, estimate: bool = False) -> str:
+    """A share of the teacher alone's cost: one decimal under 10%, none above; '–' when unknown; '~' before an
+    estimate (while streaming, from the spans seen so far: the exact figure replaces it at the end)."""
+    if x is None or math.isnan(x):
+        return "–"
+    return ("~" if estimate else "") + (f"{100 * x:.1f}%" if 100 * x < 9.95 else f"{100 * x:.0f}%")
+
+
+def _wall_share(c: Mapping, share: float) -> tuple[str, str]:
+    """The measured wall time against the teacher alone's, and what the hover adds about that run."""
+    if c.get("teacher_alone_wall_s"):
+        tokens = sum(c.get(k, 0) for k in ("student_tokens", "teacher_tokens", "command_tokens"))
+        return fmt_share(share), (
+            f"; here {c['wall_s']:.3g} s ({tokens} tokens) against {c['teacher_alone_wall_s']:.3g} s for the "
+            f"teacher alone ({c.get('teacher_alone_tokens', '?')} tokens)"
+        )
+    why = c.get("teacher_alone_note") or "not measured"
+    return "–", f"; {why}"
+
+
 def counters_html(c: Mapping) -> str:
-    """Live counters: student / teacher / command tokens, calls, call ratio, FLOPs vs teacher-only."""
+    """Live counters: tokens by source, calls, call ratio, FLOPs split against the teacher alone, wall time;
+    each with its definition on hover."""
     ratio = c.get("call_ratio", 0.0)
-    flops, t_only = c.get("flops", 0.0), c.get("teacher_only_flops", 0.0)
-    share = f"{100 * flops / t_only:.0f}%" if t_only else "–"
+    share = cost.shares({"teacher_alone_flops": 0.0, **c})
     cells = [
-        ("student tokens", str(c.get("student_tokens", 0))),
-        ("teacher tokens", str(c.get("teacher_tokens", 0))),
-        ("command tokens", str(c.get("command_tokens", 0))),
-        ("calls", str(c.get("calls", 0))),
-        ("call ratio", f"{100 * ratio:.1f}%"),
-        ("FLOPs" + ("" if c.get("final") else " (est.)"), fmt_flops(flops)),
-        ("FLOPs vs teacher-only", share),
+        ("student tokens", str(c.get("student_tokens", 0)), ""),
+        ("teacher tokens", str(c.get("teacher_tokens", 0)), ""),
+        ("command tokens", str(c.get("command_tokens", 0)), ""),
+        ("calls", str(c.get("calls", 0)), ""),
+        ("call ratio", f"{100 * ratio:.1f}%", ""),
+        ("FLOPs", fmt_flops(c.get("flops", 0.0)) + ("" if c.get("final") else " (est.)"), ""),
+        *(
+            (name, fmt_share(share[key], estimate=not c.get("final")), "")
+            for name, key in (
+                ("FLOPs vs teacher alone", "flops"),
+                ("student FLOPs", "flops_student"),
+                ("teacher decode FLOPs", "flops_teacher_decode"),
+                ("teacher prefill FLOPs", "flops_teacher_prefill"),
+            )
+        ),
     ]
-    if c.get("finish"):
-        cells.append(("finished", c["finish"].replace("_", " ")))
+    if c.get("final"):
+        cells.append(("wall time", f"{c.get('wall_s', 0.0):.3g} s", ""))
+        cells.append(("wall vs teacher alone", *_wall_share(c, share["wall_s"])))
+        cells.append(("finished", c["finish"].replace("_", " "), ""))
     if c.get("tok_s"):
-        cells.append(("tokens/s", f"{c['tok_s']:.0f}"))
-    body = "".join(f'<div class="relay-counter"><b>{esc(v)}</b><span>{esc(k)}</span></div>' for k, v in cells)
+        cells.append(("tokens/s", f"{c['tok_s']:.0f}", ""))
+    body = "".join(
+        f'<div class="relay-counter" data-counter="{esc(k)}" title="{esc(COUNTER_HELP[k] + more)}">'
+        f"<b>{esc(v)}</b><span>{esc(k)}</span></div>"
+        for k, v, more in cells
+    )
     return f'<div class="relay-counters">{body}</div>'
+
+
+def definitions_html(items: Iterable[tuple[str, str]]) -> str:
+    """Figures' names, each with its definition on hover and written out beside it (small print)."""
+    body = "; ".join(f'<b title="{esc(d)}">{esc(k)}</b>: {esc(d)}' for k, d in items)
+    return f'<div class="relay-defs">{body}</div>'
 
 
 def note_html(text: str, kind: str = "error") -> str:

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..backends.base import Sampling, chat_ids
-from ..policies import Policy
+from ..cost import PARTS, teacher_alone_flops
+from ..policies import Policy, make_policy
 from ..relay import Limits, RelayResult, relay_stream, validate_prompt
 
 LOCK_WAIT_S = 120.0  # a request waits this long for the pair before it gives up with a message
@@ -45,9 +46,10 @@ class Snapshot:
 class _Counter:
     """Live counts and a FLOPs estimate from the spans seen so far; exact figures replace them at the end."""
 
-    def __init__(self, pair, n_prompt: int):
+    def __init__(self, pair, n_prompt: int, teacher_only: bool = False):
         self.ps, self.pt = pair.student.n_params, pair.teacher.n_params
         self.n_prompt = n_prompt
+        self.teacher_only = teacher_only  # one teacher turn from the prompt, no call, no student
         self.counts = {"student": 0, "teacher": 0, "command": 0}
         self.calls = 0
         self.teacher_seen = 0  # non-command response positions the teacher has run (KV cache: each once)
@@ -55,7 +57,7 @@ class _Counter:
         self.t0 = time.perf_counter()
 
     def add(self, source: str, tokens: int) -> None:
-        if source == "teacher" and self.last != "teacher":
+        if source == "teacher" and self.last != "teacher" and not self.teacher_only:
             self.calls += 1
         self.counts[source] += tokens
         if source == "teacher":
@@ -65,23 +67,28 @@ class _Counter:
     def live(self) -> dict:
         c = self.counts
         total = sum(c.values())
-        clean = c["student"] + c["teacher"]
-        flops = 2.0 * (
-            self.ps * (self.n_prompt + total)
-            + (self.pt * (self.n_prompt + self.teacher_seen) if self.teacher_seen else 0)
-        )
+        # the teacher ran the prompt and the text up to its last token once (a KV cache), one position of
+        # each catch-up sampling its first token: the rest of those positions is prefill
+        turns = 1 if self.teacher_only else self.calls
+        ran = self.n_prompt + self.teacher_seen - turns if self.teacher_seen else 0
+        split = {
+            "flops_student": 0.0 if self.teacher_only else 2.0 * self.ps * (self.n_prompt + total),
+            "flops_teacher_decode": 2.0 * self.pt * c["teacher"],
+            "flops_teacher_prefill": 2.0 * self.pt * max(ran - c["teacher"], 0),
+        }
         return {
             "student_tokens": c["student"],
             "teacher_tokens": c["teacher"],
             "command_tokens": c["command"],
             "calls": self.calls,
             "call_ratio": c["teacher"] / total if total else 0.0,
-            "flops": flops,
-            "teacher_only_flops": 2.0 * self.pt * (self.n_prompt + clean),
+            "flops": sum(split.values()),
+            **split,
+            "teacher_alone_flops": teacher_alone_flops(self.pt, self.n_prompt, c["student"] + c["teacher"]),
         }
 
     def final(self, r: RelayResult) -> dict:
-        clean = r.student_tokens + r.teacher_tokens
+        clean = r.student_tokens + r.teacher_tokens  # the teacher alone writes no commands
         wall = time.perf_counter() - self.t0
         return {
             "student_tokens": r.student_tokens,
@@ -90,7 +97,9 @@ class _Counter:
             "calls": r.calls,
             "call_ratio": r.call_ratio,
             "flops": r.flops,
-            "teacher_only_flops": 2.0 * self.pt * (len(r.prompt_ids) + clean),
+            **{k: getattr(r, k) for k in PARTS},
+            "teacher_alone_flops": teacher_alone_flops(self.pt, len(r.prompt_ids), clean),
+            "wall_s": r.wall_s,
             "final": True,
             "finish": r.finish_reason,
             "tok_s": len(r.token_ids) / wall if wall > 0 else 0.0,
@@ -144,7 +153,7 @@ def generate(
     """
     validate_prompt(messages)
     stream = relay_stream(pair, messages, policy, limits=limits, sampling=sampling)
-    counter = _Counter(pair, prompt_tokens(pair, messages))
+    counter = _Counter(pair, prompt_tokens(pair, messages), policy.teacher_only)
     snap = Snapshot(counters=counter.live())
     out: queue.Queue = queue.Queue()
     stop = threading.Event()
@@ -189,3 +198,26 @@ def generate(
             yield snap
     finally:
         stop.set()
+
+
+# The wall time a user pays is compared with the teacher alone's on the same prompt and settings, measured by
+# running it. On a pair whose teacher has at most this many parameters that run takes milliseconds on a CPU,
+# so the Playground does it after every answer; on a larger pair it would cost as much as an answer of its
+# own and hold the shared pair meanwhile, so there it runs only on request: the Compare tab's teacher column.
+AUTO_TIME_PARAMS = 50_000_000
+
+
+def time_teacher_alone(pair, messages: list[dict], limits: Limits, sampling: Sampling) -> dict:
+    """The teacher alone on the same prompt and settings: the counters' keys for its wall time and tokens (or
+    a note saying why there is none)."""
+    last = Snapshot()
+    for snap in generate(pair, messages, make_policy("teacher-only"), limits, sampling):
+        last = snap
+    return teacher_alone_keys(last.result, last.error)
+
+
+def teacher_alone_keys(result: RelayResult | None, error: str = "") -> dict:
+    """What the counters of another answer to the same prompt need from the teacher alone's ``result``."""
+    if result is None:
+        return {"teacher_alone_note": f"the teacher alone did not finish ({error or 'stopped'})"}
+    return {"teacher_alone_wall_s": result.wall_s, "teacher_alone_tokens": len(result.token_ids)}

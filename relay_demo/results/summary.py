@@ -1,0 +1,125 @@
+"""The summary table over the store's points, in pandas (no SQL: ``relay_demo.store`` runs the queries).
+
+:func:`enrich` adds to one (pair, benchmark) group of points what SQL does not say well
+(``relay_demo.results.metrics``): APGR against the pair's student and teacher, CPT(50%) / CPT(80%) of each
+method's curve, the saving against the accuracy-matched random-query router and the simulated band of the
+random-query rows; :func:`mean_rows` averages over a pair's benchmarks as the paper does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..cost import PARTS
+from . import metrics
+
+METHOD_ORDER = (
+    "student",
+    "teacher",
+    "relay",
+    "relay-teacher-free",
+    "relay-call-bias",
+    "random-query",
+    "random-token",
+    "confidence",
+    "router",
+)  # tables and legends list methods in this order, others after them
+MEAN = "mean"  # the benchmark name of rows averaged over a pair's benchmarks (the paper reports such means)
+NO_SAVING = ("student", "teacher", "random-query")
+# cost against the teacher alone on the same problems (relay_demo/cost.py; the store's points compute them)
+SHARES = ("flops_vs_teacher", "decode_vs_teacher", "prefill_vs_teacher", "wall_vs_teacher")
+SUMMARY_COLUMNS = [
+    "pair",
+    "benchmark",
+    "method",
+    "param",
+    "n",
+    "accuracy",
+    "call_ratio",
+    "flops",
+    *SHARES,
+    "apgr",
+    "cpt50",
+    "cpt80",
+    "p_star",
+    "saving_call",
+    "saving_query",
+    "saving_flops",
+    "acc_lo",
+    "acc_hi",
+    "tokens",
+    "calls",
+    "wall_s",
+    *PARTS,
+]
+
+
+def _aligned(student: metrics.Side | None, teacher: metrics.Side | None) -> bool:
+    return student is not None and teacher is not None and student.correct.size == teacher.correct.size
+
+
+def _gap_metrics(points: pd.DataFrame, acc_s: float, acc_t: float) -> None:
+    """APGR of every point and CPT(50%) / CPT(80%) of each method's curve, in place."""
+    points["apgr"] = [metrics.apgr(a, acc_s, acc_t) for a in points["accuracy"]]
+    for _, rows in points.groupby("method"):
+        curve = list(zip(rows["call_ratio"], rows["accuracy"], strict=True))
+        for x, col in ((0.5, "cpt50"), (0.8, "cpt80")):
+            value = metrics.cpt(curve, acc_s, acc_t, x)
+            points.loc[rows.index, col] = np.nan if value is None else value
+
+
+def enrich(group: pd.DataFrame, student, teacher, n_seeds: int) -> pd.DataFrame:
+    for col in SUMMARY_COLUMNS:
+        if col not in group:
+            group[col] = np.nan
+    if not _aligned(student, teacher):
+        return group  # no APGR without both baselines on the same problems
+    acc_s, acc_t = student.accuracy, teacher.accuracy
+    _gap_metrics(group, acc_s, acc_t)
+    for i, row in group.iterrows():
+        if row["method"] == "random-query" and not pd.isna(row["param"]):
+            sim = metrics.simulate_random_query(student, teacher, float(row["param"]), n_seeds=n_seeds)
+            group.loc[i, ["acc_lo", "acc_hi"]] = [sim.lo, sim.hi]
+        elif row["method"] not in NO_SAVING:
+            s = metrics.saving_vs_random(row["accuracy"], row["call_ratio"], row["flops"], student, teacher)
+            group.loc[i, ["p_star", "saving_call", "saving_query", "saving_flops"]] = [
+                np.nan if v is None else v for v in (s.p_star, s.saving_call, s.saving_query, s.saving_flops)
+            ]
+    return group
+
+
+def ordered(df: pd.DataFrame) -> pd.DataFrame:
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    key = df["method"].map(lambda m: rank.get(m, len(rank)))
+    order = ["pair", "benchmark", "_rank", "method", "param"]
+    df = df.assign(_rank=key).sort_values(order, na_position="first")
+    return df.drop(columns="_rank").reset_index(drop=True)
+
+
+def mean_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Unweighted means over one pair's benchmarks, as the paper reports: one row per (method, param) present
+    on every benchmark. APGR, CPT and the paper's saving (``1 - call_ratio / p*``) are recomputed from the
+    means; the per-token and FLOPs savings need per-problem data and are left empty."""
+    benches = df["benchmark"].nunique()
+    if benches < 2:
+        return pd.DataFrame(columns=df.columns)
+    cols = ["accuracy", "call_ratio", "flops", *SHARES, "tokens", "calls", "wall_s", *PARTS]
+    grouped = df.groupby(["method", "param"], dropna=False)
+    m = grouped[cols].mean().join(grouped["n"].sum())
+    m = m.join(grouped["benchmark"].nunique().rename("b")).reset_index()
+    m = m[m["b"] == benches].drop(columns="b").assign(pair=df["pair"].iloc[0], benchmark=MEAN)
+    for col in SUMMARY_COLUMNS:
+        if col not in m:
+            m[col] = np.nan
+    base = {k: m.loc[m["method"].eq(k) & m["param"].isna(), "accuracy"] for k in ("student", "teacher")}
+    if base["student"].empty or base["teacher"].empty:
+        return m[SUMMARY_COLUMNS]
+    acc_s, acc_t = float(base["student"].iloc[0]), float(base["teacher"].iloc[0])
+    _gap_metrics(m, acc_s, acc_t)
+    for i, row in m[~m["method"].isin(NO_SAVING)].iterrows():
+        p = metrics.matched_p(row["accuracy"], acc_s, acc_t)
+        m.loc[i, "p_star"] = np.nan if p is None else p
+        s = metrics.paper_saving(row["accuracy"], row["call_ratio"], acc_s, acc_t)
+        m.loc[i, "saving_query"] = np.nan if s is None else s
+    return m[SUMMARY_COLUMNS]
