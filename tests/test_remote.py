@@ -1,0 +1,386 @@
+"""The remote backend against a real vLLM OpenAI server (``python -m vllm.entrypoints.openai.api_server``)
+that this module starts on the tiny random teacher, on a free port, and kills at the end.
+
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_remote.py -q
+
+What is checked: greedy relays with the teacher (or the student) behind the URL equal the in-process
+transformers relay; the teacher's prefill per handoff comes from the server's cached-token counts and is the
+new tokens plus at most one partial cache block; a cancelled job is aborted on the server; the CLI and the
+relay server take ``--teacher-url``; bad URLs and a mismatched tokenizer fail at load with one clear error;
+and the server killed in the middle of a teacher span ends that call as ``teacher_unavailable``, keeps every
+token written, and lets the student finish alone (the relay server's last chunk says so). The kill is the last
+test of the module (it ends the shared server); nothing here waits on timing except bounded polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from relay_demo.backends.base import Job, ModelUnavailable, Sampling
+from relay_demo.backends.hf_engine import HFEngine
+from relay_demo.backends.remote import RemoteEngine
+from relay_demo.pairs import Pair, build_tiny_random, load_pair
+from relay_demo.policies import make_policy
+from relay_demo.relay import Limits, relay_batch
+
+from .conftest import REPO
+
+pytest.importorskip("vllm")
+
+GREEDY = Sampling(temperature=0)
+PROMPTS = ["What is 2 + 2?", "Write one short sentence about the sea, please.", "x", "Count: 1, 2, 3,"]
+BLOCK = 32  # the server's --block-size: a handoff re-reads at most BLOCK - 1 cached tokens
+QWEN_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "qwen2.5-tokenizer"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, log: Path, path: str, deadline_s: float = 300.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)  # readiness poll, bounded by the deadline
+    raise RuntimeError(f"server not ready after {deadline_s}s:\n{log.read_text()[-4000:]}")
+
+
+class Process:
+    """A server in its own process group, so that killing it also kills vLLM's engine-core child."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict):
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    tiny = build_tiny_random(tmp_path_factory.mktemp("pair"))
+    return str(tiny / "student"), str(tiny / "teacher")
+
+
+@pytest.fixture(scope="module")
+def vllm_server(folders, tmp_path_factory):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    tmp = tmp_path_factory.mktemp("vllm")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folders[1]]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024"]
+    cmd += ["--block-size", str(BLOCK), "--enable-prefix-caching", "--enable-prompt-tokens-details"]
+    cmd += ["--enforce-eager", "--seed", "0"]
+    server = Process(cmd, tmp / "vllm.log", env)
+    try:
+        _wait(url, server.proc, server.log, "/health")
+        yield url, server
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def url(vllm_server):
+    return vllm_server[0]
+
+
+@pytest.fixture(scope="module")
+def hf(folders):
+    return tuple(HFEngine.load(p, dtype="float32") for p in folders)
+
+
+@pytest.fixture(scope="module")
+def remote(url, folders):
+    eng = RemoteEngine.load(url, folders[1], read_timeout_s=30)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def relay_server(url, vllm_server, tmp_path_factory):
+    """``python -m relay_demo serve --teacher-url``: the tiny-random pair with its teacher on the vLLM server
+    (the same weights: build_tiny_random is deterministic, and the server's folder is a copy of them)."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "relay_demo", "serve", "--pair", "tiny-random", "--port", str(port)]
+    cmd += ["--teacher-url", url, "--remote-timeout-s", "30"]
+    server = Process(cmd, tmp_path_factory.mktemp("relay") / "relay.log", env)
+    try:
+        _wait(base, server.proc, server.log, "/v1/models")
+        yield base
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def _pair(student, teacher, **limits) -> Pair:
+    return Pair(
+        "remote", student, teacher, Limits(**{"max_tokens": 48, "max_n": 8, "max_calls": 6, **limits})
+    )
+
+
+@contextlib.contextmanager
+def _no_eos(*engines):
+    """No end token: an answer runs its whole budget (the remote engine then sends ignore_eos)."""
+    kept = [e.eos_ids for e in engines]
+    for e in engines:
+        e.eos_ids = set()
+    try:
+        yield
+    finally:
+        for e, ids in zip(engines, kept, strict=True):
+            e.eos_ids = ids
+
+
+def _same(a, b) -> None:
+    assert a.token_ids == b.token_ids
+    assert a.source_mask == b.source_mask
+    assert (a.finish_reason, a.calls, a.teacher_tokens) == (b.finish_reason, b.calls, b.teacher_tokens)
+
+
+# -- load errors (the first needs no server) ------------------------------------------------------
+
+
+def test_unreachable_url_is_a_clear_error_at_load(folders):
+    dead = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(ModelUnavailable, match=re.escape(f"the model server at {dead} cannot be reached")):
+        RemoteEngine.load(dead, folders[1], connect_timeout_s=2)
+    with pytest.raises(ValueError, match="http://host:port"):
+        RemoteEngine.load("127.0.0.1:8000", folders[1])
+
+
+def test_cli_bad_url_one_line_exit_2(capsys):
+    from relay_demo.cli import main
+
+    dead = f"http://127.0.0.1:{_free_port()}"
+    assert main(["generate", "--pair", "tiny-random", "--teacher-url", dead, "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: the model server at {dead} cannot be reached")
+
+
+def test_mismatched_tokenizer_is_refused(url):
+    if not QWEN_TOKENIZER.is_dir():
+        pytest.skip(f"tokenizer fixture not found: {QWEN_TOKENIZER}")
+    with pytest.raises(ValueError, match="does not match the model served"):
+        RemoteEngine.load(url, str(QWEN_TOKENIZER))
+    with pytest.raises(ValueError, match="does not serve 'nope'"):
+        RemoteEngine.load(url, str(QWEN_TOKENIZER), model="nope")
+
+
+# -- the relay with a remote teacher or student -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        make_policy("interval", every=7, n=3),
+        make_policy("teacher-only"),
+        make_policy("random-token", p=0.15, n=2),
+    ],
+    ids=lambda p: p.name,
+)
+def test_remote_teacher_relay_equals_local(hf, remote, policy):
+    local = relay_batch(_pair(*hf), PROMPTS, policy, sampling=GREEDY)
+    served = relay_batch(_pair(hf[0], remote), PROMPTS, policy, sampling=GREEDY)
+    for a, b in zip(local, served, strict=True):
+        _same(a, b)
+    assert sum(r.calls for r in served) > 0 or policy.teacher_only
+    assert all(r.teacher_tokens > 0 for r in served)
+
+
+def test_remote_student_with_top_probs_equals_local(hf, remote):
+    """The served model as the student: top probabilities from logprobs drive the confidence trigger, and each
+    trigger cancels the student's stream mid-answer."""
+    policy = make_policy("confidence", tau=0.2, n=2)
+    local = relay_batch(_pair(hf[1], hf[1]), PROMPTS, policy, sampling=GREEDY)
+    served = relay_batch(_pair(remote, hf[1]), PROMPTS, policy, sampling=GREEDY)
+    for a, b in zip(local, served, strict=True):
+        _same(a, b)
+    assert sum(r.calls for r in served) >= len(PROMPTS)
+
+
+def test_teacher_prefill_from_the_servers_cached_counts(hf, remote):
+    """Each handoff costs the served teacher its new tokens plus at most BLOCK - 1 re-read ones (the server's
+    own count); the in-process transformers teacher, with exact KV reuse, pays exactly the new tokens."""
+    policy = make_policy("interval", every=48, n=8)
+    limits = {"max_tokens": 600, "max_calls": 100}
+    with _no_eos(*hf, remote):
+        _check_prefill(hf, remote, policy, limits)
+
+
+def _check_prefill(hf, remote, policy, limits):
+    (served,) = relay_batch(
+        _pair(hf[0], remote, **limits), ["Tell me a long story."], policy, sampling=GREEDY
+    )
+    (local,) = relay_batch(_pair(*hf, **limits), ["Tell me a long story."], policy, sampling=GREEDY)
+    assert served.token_ids == local.token_ids and served.calls >= 8
+    assert local.teacher_prefill == local.teacher_new
+    pre, new = served.teacher_prefill[1:], served.teacher_new[1:]  # the first handoff also reads the prompt
+    assert all(n <= p <= n + BLOCK - 1 for p, n in zip(pre, new, strict=True)), (pre, new)
+    assert any(p > n for p, n in zip(pre, new, strict=True))  # a cached count, not a guess of exact reuse
+    assert [c.prefill for c in served.call_log] == served.teacher_prefill
+
+
+def test_cancel_aborts_the_request_on_the_server(url, remote):
+    """A cancelled job's stream is closed and vLLM aborts it: it generates far fewer than its max_tokens."""
+
+    def generated() -> float:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        return sum(float(v) for v in re.findall(r"^vllm:generation_tokens_total\{[^}]*\} (\S+)", text, re.M))
+
+    def running() -> float:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)", text, re.M))
+
+    before = generated()
+    job = Job(remote.session(list(range(60, 100))), 900, GREEDY)
+    steps = 0
+    for deltas in remote.run([job]):
+        steps += 1
+        if steps == 1:
+            job.cancel()
+        else:
+            assert [d.finish for d in deltas] == ["cancelled"]
+    end = time.monotonic() + 60
+    while running() > 0 and time.monotonic() < end:
+        time.sleep(0.1)  # the abort reaches the engine at its next step; bounded poll
+    assert running() == 0
+    assert generated() - before < 900
+
+
+def test_cli_generate_with_teacher_url(url, capsys):
+    from relay_demo.cli import main
+
+    args = ["generate", "--pair", "tiny-random", "--policy", "interval", "--every", "5", "--n", "3"]
+    args += ["--temperature", "0", "--max-new-tokens", "24", "--prompt", "hi", "--json"]
+    assert main([*args, "--teacher-url", url]) == 0
+    served = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert served["text"] == local["text"] and served["spans"] == local["spans"]
+    assert served["stats"]["teacher_tokens"] > 0
+
+
+def _chat(base: str, max_tokens: int = 40) -> tuple[str, str, dict]:
+    body = {
+        "model": "tiny-random",
+        "stream": True,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "What is 17 * 23?"}],
+        **{"policy": "interval", "every": 8, "n": 4},
+    }
+    text, finish, final = "", None, None
+    with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            (choice,) = json.loads(line[6:])["choices"]
+            text += choice["delta"].get("content") or ""
+            if choice["finish_reason"] is not None:
+                finish, final = choice["finish_reason"], json.loads(line[6:])["relay"]
+    return text, finish, final
+
+
+def _reference(policy):
+    """The library's answer (local tiny-random pair, transformers) to what ``_chat`` asks the relay server."""
+    pair = load_pair("tiny-random")
+    (ref,) = relay_batch(
+        pair,
+        [[{"role": "user", "content": "What is 17 * 23?"}]],
+        policy,
+        limits=replace(pair.limits, max_tokens=40),
+        sampling=Sampling(temperature=0, seed=0),
+    )
+    return ref
+
+
+def test_relay_server_with_teacher_url(relay_server):
+    ref = _reference(make_policy("interval", every=8, n=4))
+    text, finish, final = _chat(relay_server)
+    assert text == ref.text and final["teacher_tokens"] == ref.teacher_tokens > 0
+    assert final["finish_reason"] == ref.finish_reason
+
+
+# -- the teacher server killed mid-answer: keep this the module's last test --------------------------
+
+
+def test_server_killed_mid_answer(hf, remote, vllm_server, relay_server):
+    """The kill happens inside the relay's own callback, at the first token of the second call's teacher span:
+    that span is certainly unfinished (it was granted 200 tokens) when the server dies."""
+    _, server = vllm_server
+    seen: list = []
+    policy = make_policy("interval", every=6, n=200)
+    pair = _pair(hf[0], remote, max_tokens=500, max_n=200)
+
+    def on_span(row, span):
+        seen.append(span)
+        if span.source == "teacher" and span.call == 1 and server.proc.poll() is None:
+            server.kill()  # SIGKILL to the server and its engine core: no goodbye on the open stream
+
+    with _no_eos(hf[0], remote):
+        (r,) = relay_batch(pair, ["Tell me a long story."], policy, sampling=GREEDY, on_span=on_span)
+    assert server.proc.poll() is not None
+    assert r.finish_reason == "teacher_unavailable" and r.end_reason == "max_tokens"
+    assert re.search("failed|ended the stream before the answer", r.teacher_error), r.teacher_error
+    # everything streamed before the kill is in the answer, in order
+    upto = next(i for i, s in enumerate(seen) if s.call == 1 and s.source == "teacher")
+    before = [t for s in seen[: upto + 1] for t in s.token_ids]
+    assert r.token_ids[: len(before)] == before
+    assert [c.ended for c in r.call_log] == ["n", "teacher_unavailable"] and r.calls == 2
+    c = r.call_log[1]
+    assert 1 <= c.written < c.granted == 200
+    # the student went on alone: no teacher token after the broken span, and the answer used its whole budget
+    last_teacher = max(i for i, m in enumerate(r.source_mask) if m == 0)
+    assert last_teacher == c.start + c.written - 1
+    assert len(r.token_ids) == 500 and all(r.source_mask[last_teacher + 1 :])
+
+    # the relay server in front of the dead teacher: the first handoff fails (connection refused), the student
+    # rewrites the position it gave up and goes on alone, so the text is the student's own; the last chunk
+    # says the teacher was unavailable, OpenAI's finish_reason how the text ended
+    alone = _reference(make_policy("student-only"))
+    text, finish, final = _chat(relay_server)
+    assert text == alone.text and final["finish_reason"] == "teacher_unavailable"
+    assert finish == {"eos": "stop"}.get(alone.finish_reason, "length")
+    assert final["teacher_tokens"] == 0 and final["calls"] == 1
