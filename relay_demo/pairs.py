@@ -106,8 +106,8 @@ def _remote(name: str, role: str, url: str, folder: str, tokenizer: str | None, 
     tok = tokenizer or folder
     if tokenizer is None and adapter and (Path(resolve(adapter)) / "tokenizer.json").is_file():
         tok = resolve(adapter)  # the relay student's tokenizer (with <call> / </call>) is the adapter's
-    config = folder if tokenizer is None else None  # the model's own folder: parameters and end ids
-    return RemoteEngine.load(url, tok, config=config, name=f"{name}/{role}", **kw)
+    # the model's own folder (or hub id) gives its parameter count and end ids, whatever the tokenizer
+    return RemoteEngine.load(url, tok, config=folder, name=f"{name}/{role}", **kw)
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -222,9 +222,9 @@ def load_pair(
     spec = _spec(name)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend not in spec.get("backends", BACKENDS):
-        raise ValueError(f"pair {name!r} is registered for {', '.join(spec['backends'])}, not {backend}")
     urls = {r: u for r, u in (("student", student_url), ("teacher", teacher_url)) if u}
+    if len(urls) < 2 and backend not in spec.get("backends", BACKENDS):  # both served: no local backend
+        raise ValueError(f"pair {name!r} is registered for {', '.join(spec['backends'])}, not {backend}")
     remote_kw = {"tokenizer": tokenizer} | ({"read_timeout_s": remote_timeout_s} if remote_timeout_s else {})
     # another dtype, cache size or server is another pair
     key = (name, backend, repr(sorted({**engine_kw, **urls, **remote_kw}.items())))

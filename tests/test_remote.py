@@ -207,6 +207,36 @@ def test_mismatched_tokenizer_is_refused(url):
         RemoteEngine.load(url, str(QWEN_TOKENIZER), model="nope")
 
 
+class FailingAfter:
+    """A real engine that raises ModelUnavailable once it has written ``n`` tokens (fault injection for the
+    relay loop; the backend's own failures are tested against the real server below)."""
+
+    def __init__(self, engine, n: int):
+        self.engine, self.n = engine, n
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def run(self, jobs):
+        for deltas in self.engine.run(jobs):
+            yield deltas
+            self.n -= sum(len(d.token_ids) for d in deltas)
+            if self.n <= 0:
+                raise ModelUnavailable("the model server at test went away")
+
+
+def test_teacher_only_row_goes_on_with_the_student(hf):
+    """A teacher-only answer whose teacher fails keeps the teacher's tokens and the student continues them."""
+    student, teacher = hf
+    pair = _pair(student, FailingAfter(teacher, 5), max_tokens=30)
+    (r,) = relay_batch(pair, ["hello"], make_policy("teacher-only"), sampling=GREEDY)
+    assert (r.finish_reason, r.end_reason, r.calls) == ("teacher_unavailable", "max_tokens", 0)
+    assert r.source_mask == [0] * 5 + [1] * 25 and r.teacher_error.endswith("went away")
+    session = student.session(r.prompt_ids + r.token_ids[:5])  # one byte tokenizer: the same prompt ids
+    alone = [t for deltas in student.run([Job(session, 25, GREEDY)]) for d in deltas for t in d.token_ids]
+    assert r.token_ids[5:] == alone
+
+
 # -- the relay with a remote teacher or student -----------------------------------------------------
 
 

@@ -112,7 +112,8 @@ class RemoteEngine(ModelEngine):
     ) -> RemoteEngine:
         """Connect to ``url`` (``http://host:port``, ``/v1`` optional) and check it serves a model whose
         tokenizer is ``tokenizer``'s. ``model``: the served name (default: the server's only model).
-        ``config``: the model's folder or hub id, for its parameter count and end ids (default: tokenizer).
+        ``config``: the model's folder or hub id, for its parameter count and end ids (default: tokenizer;
+        where it cannot be read, FLOPs leave the model out and the tokenizer's end ids are used).
         ``api_key``: the server's ``--api-key`` (default: ``$RELAY_REMOTE_API_KEY``)."""
         from transformers import AutoTokenizer
 
@@ -138,7 +139,10 @@ class RemoteEngine(ModelEngine):
             n_params = _params(config)
             if not n_params:
                 log.warning("%s has no config.json: FLOPs will not count the model at %s", config, url)
-            eos = _eos_ids(config, tok)
+            try:
+                eos = _eos_ids(config, tok)
+            except (OSError, ValueError):  # a model folder that is not on this machine: the tokenizer's end
+                eos = _eos_ids(tokenizer, tok)
         except BaseException:
             client.close()
             raise
