@@ -4,12 +4,14 @@ that this module starts on the tiny random teacher, on a free port, and kills at
 OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_remote.py -q
 
 What is checked: greedy relays with the teacher (or the student) behind the URL equal the in-process
-transformers relay; the teacher's prefill per handoff comes from the server's cached-token counts and is the
-new tokens plus at most one partial cache block; a cancelled job is aborted on the server; the CLI and the
-relay server take ``--teacher-url``; bad URLs and a mismatched tokenizer fail at load with one clear error;
-and the server killed in the middle of a teacher span ends that call as ``teacher_unavailable``, keeps every
-token written, and lets the student finish alone (the relay server's last chunk says so). The kill is the last
-test of the module (it ends the shared server); nothing here waits on timing except bounded polls.
+transformers relay (also the committed tiny-arith relay student on a second server, which stops at its
+one-token ``</call>`` and takes ``call_bias`` as a logit bias); the teacher's prefill per handoff comes from
+the server's cached-token counts and is the new tokens plus at most one partial cache block; a cancelled job
+is aborted on the server; the CLI and the relay server take ``--teacher-url``; bad URLs and a mismatched
+tokenizer fail at load with one clear error; and the server killed in the middle of a teacher span ends that
+call as ``teacher_unavailable``, keeps every token written, and lets the student finish alone (the relay
+server's last chunk says so). The kill is the last test of the module (it ends the shared server); nothing
+here waits on timing except bounded polls. About 45 s on two shared cores, so it runs with the fast tests.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pytest
 from relay_demo.backends.base import Job, ModelUnavailable, Sampling
 from relay_demo.backends.hf_engine import HFEngine
 from relay_demo.backends.remote import RemoteEngine
-from relay_demo.pairs import Pair, build_tiny_random, load_pair
+from relay_demo.pairs import Pair, build_tiny_random, examples, load_pair
 from relay_demo.policies import make_policy
 from relay_demo.relay import Limits, relay_batch
 
@@ -95,11 +97,11 @@ def folders(tmp_path_factory):
     return str(tiny / "student"), str(tiny / "teacher")
 
 
-@pytest.fixture(scope="module")
-def vllm_server(folders, tmp_path_factory):
+@contextlib.contextmanager
+def _vllm(model: str, tmp: Path, max_model_len: int):
+    """``python -m vllm.entrypoints.openai.api_server`` on ``model`` (CPU, float32, eager: ~20 s to start)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    tmp = tmp_path_factory.mktemp("vllm")
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -107,16 +109,22 @@ def vllm_server(folders, tmp_path_factory):
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folders[1]]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024"]
-    cmd += ["--block-size", str(BLOCK), "--enable-prefix-caching", "--enable-prompt-tokens-details"]
-    cmd += ["--enforce-eager", "--seed", "0"]
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--seed", "0"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
+    cmd += ["--max-model-len", str(max_model_len), "--block-size", str(BLOCK), "--enforce-eager"]
+    cmd += ["--enable-prefix-caching", "--enable-prompt-tokens-details"]
     server = Process(cmd, tmp / "vllm.log", env)
     try:
         _wait(url, server.proc, server.log, "/health")
         yield url, server
     finally:
         server.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(folders, tmp_path_factory):
+    with _vllm(folders[1], tmp_path_factory.mktemp("vllm"), 1024) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +275,28 @@ def test_remote_student_with_top_probs_equals_local(hf, remote):
     for a, b in zip(local, served, strict=True):
         _same(a, b)
     assert sum(r.calls for r in served) >= len(PROMPTS)
+
+
+def test_learned_student_on_a_server_stops_at_its_call_token(tmp_path):
+    """The committed tiny-arith relay student served by vLLM (``--student-url``): its ``</call>`` is one
+    token, sent as a stop token id, and ``call_bias`` goes as a logit bias; the relay equals the local one."""
+    folder = REPO / "results/models/tiny-arith/student-relay"
+    if not (folder / "config.json").is_file():
+        pytest.skip("the committed tiny-arith models are absent")
+    local = load_pair("tiny-arith")
+    prompts = examples("tiny-arith")
+    policy = make_policy("learned", call_bias=2.0)
+    limits = Limits(max_n=16, max_calls=5, max_tokens=96)
+    want = relay_batch(local, prompts, policy, limits=limits, sampling=GREEDY)
+    with _vllm(str(folder), tmp_path, 512) as (url, _):
+        served = load_pair("tiny-arith", student_url=url, fresh=True)
+        assert served.student.backend == "remote" and served.teacher.backend == "hf"
+        got = relay_batch(served, prompts, policy, limits=limits, sampling=GREEDY)
+        served.student.close()
+    for a, b in zip(want, got, strict=True):
+        _same(a, b)
+        assert a.text == b.text
+    assert sum(r.calls for r in got) >= len(prompts)
 
 
 def test_teacher_prefill_from_the_servers_cached_counts(hf, remote):

@@ -147,21 +147,22 @@ class Delta:
     finish: str | None = None  # None while running; "eos" | "length" | "cancelled"
 
 
-def check_jobs(jobs: list[Job], session_type: type, max_model_len: int, where: str) -> None:
-    """What an engine that keeps no per-session state (vLLM, a remote server) refuses before it starts."""
+def check_jobs(jobs: list[Job], session_type: type, max_model_len: int, backend: str) -> None:
+    """What an engine that keeps no per-session state (vLLM, a remote server) refuses before it starts;
+    ``backend`` names it in the messages ("vLLM", "remote")."""
     seen: set[int] = set()
     for i, job in enumerate(jobs):
         if job.want_hidden:
             raise NotImplementedError(
-                f"{where} cannot return per-token hidden states; use the transformers backend for "
-                "hidden-state routers"
+                f"the {backend} backend cannot return per-token hidden states; use the transformers "
+                "backend for hidden-state routers"
             )
         if not isinstance(job.session, session_type):
-            raise TypeError(f"job {i}: session was not made by this {where} engine")
+            raise TypeError(f"job {i}: session was not made by this {backend} engine")
         if getattr(job.session, "released", False):
             raise ValueError(f"job {i}: session was released")
         if not job.session.ids:
-            raise ValueError(f"job {i}: empty session ({where} needs at least one prompt token)")
+            raise ValueError(f"job {i}: empty session ({backend} needs at least one prompt token)")
         if len(job.session.ids) >= max_model_len:
             raise ValueError(
                 f"job {i}: {len(job.session.ids)} tokens leave no room to generate "

@@ -89,10 +89,11 @@ class RemoteEngine(ModelEngine):
     backend = "remote"
     supports_hidden = False
 
-    def __init__(self, name, url, model, tokenizer, n_params, eos_ids, max_model_len, client):
+    def __init__(self, name, url, model, tokenizer, n_params, eos_ids, max_model_len, client, read_timeout_s):
         super().__init__(name, tokenizer, n_params, eos_ids)
         self.url, self.model, self.client = url, model, client
         self.max_model_len = max_model_len
+        self.read_timeout_s = read_timeout_s
         self.cached_reported = True  # until a server answers without prompt_tokens_details
         self._single = {}  # stop string -> its single token id (or None), computed once
 
@@ -155,6 +156,7 @@ class RemoteEngine(ModelEngine):
             eos_ids=eos,
             max_model_len=int(entry.get("max_model_len") or 1 << 30),
             client=client,
+            read_timeout_s=read_timeout_s,
         )
 
     def session(self, prompt_ids: list[int]) -> RemoteSession:
@@ -202,7 +204,7 @@ class RemoteEngine(ModelEngine):
         """One streamed request per job; yield the deltas that have arrived, until every job finished."""
         if self.client is None:
             raise RuntimeError(f"engine {self.name} is closed")
-        check_jobs(jobs, RemoteSession, self.max_model_len, "a remote model")
+        check_jobs(jobs, RemoteSession, self.max_model_len, "remote")
         inbox: queue.Queue = queue.Queue()
         live: dict[int, _Live] = {}
         first: list[Delta] = []
@@ -224,8 +226,13 @@ class RemoteEngine(ModelEngine):
                 gone = [i for i, st in live.items() if st.job.cancelled]
                 deltas = [self._cancel(live.pop(i)) for i in gone]
                 if live:
-                    # block for the first message (the read timeout bounds each stream), then take the rest
-                    messages = [inbox.get()]
+                    # block for the first message, then take the rest; the bound also covers a server that
+                    # keeps its streams open (keep-alives) without writing a token
+                    try:
+                        messages = [inbox.get(timeout=self.read_timeout_s)]
+                    except queue.Empty:
+                        quiet = f"the model server at {self.url} wrote nothing for {self.read_timeout_s:g} s"
+                        raise ModelUnavailable(quiet) from None
                     while not inbox.empty():
                         messages.append(inbox.get_nowait())
                     for index, kind, payload in messages:

@@ -267,7 +267,7 @@ class VLLMEngine(ModelEngine):
             raise RuntimeError(f"engine {self.name} is closed")
         if self._running:
             raise RuntimeError("VLLMEngine.run is not re-entrant: exhaust or close the previous run first")
-        check_jobs(jobs, VLLMSession, self.max_model_len, "the vLLM backend")
+        check_jobs(jobs, VLLMSession, self.max_model_len, "vLLM")
         _match_threads(self._threads)
         eng = self.llm.llm_engine
         live: dict[str, _Live] = {}
