@@ -11,7 +11,7 @@ is aborted on the server; the CLI and the relay server take ``--teacher-url``; b
 tokenizer fail at load with one clear error; and the server killed in the middle of a teacher span ends that
 call as ``teacher_unavailable``, keeps every token written, and lets the student finish alone (the relay
 server's last chunk says so). The kill is the last test of the module (it ends the shared server); nothing
-here waits on timing except bounded polls. About 45 s on two shared cores, so it runs with the fast tests.
+here waits on timing except bounded polls. About 45-50 s on two shared cores: it runs with the fast tests.
 """
 
 from __future__ import annotations
@@ -401,6 +401,49 @@ def test_relay_server_with_teacher_url(relay_server):
     text, finish, final = _chat(relay_server)
     assert text == ref.text and final["teacher_tokens"] == ref.teacher_tokens > 0
     assert final["finish_reason"] == ref.finish_reason
+
+
+EVAL = """
+pair: tiny-random
+run_id: {run_id}
+results_dir: {results}
+benchmarks: [arith]
+batch_size: 2
+limits: {{max_tokens: 12}}
+methods:
+  - {{name: teacher}}
+  - {{name: random-token, sweep: {{p: [0.5]}}}}
+"""
+
+
+def test_eval_job_with_teacher_url(url, tmp_path):
+    """``python -m offline.evaluate --teacher-url``: the same rows as with the local teacher."""
+    from offline import evaluate
+    from relay_demo.results import parts as rio
+
+    rows = {}
+    for run_id, extra in (("served", ["--teacher-url", url]), ("local", [])):
+        recipe = tmp_path / f"{run_id}.yaml"
+        recipe.write_text(EVAL.format(run_id=run_id, results=tmp_path / "results"))
+        assert evaluate.main(["--config", str(recipe), "--limit", "3", *extra]) == 0
+        df = rio.read_samples(tmp_path / "results" / "runs" / run_id).sort_values(["method", "problem_id"])
+        rows[run_id] = df[["method", "problem_id", "response", "teacher_tokens", "calls"]].values.tolist()
+    assert rows["served"] == rows["local"] and len(rows["local"]) == 6
+
+
+def test_eval_job_refuses_a_method_pair_that_the_server_does_not_hold(tmp_path):
+    """One URL serves one model: a method on a pair with another student cannot share --student-url."""
+    from offline import evaluate
+
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(
+        f"pair: tiny-arith\nrun_id: x\nresults_dir: {tmp_path}\nbenchmarks: [arith]\n"
+        "methods:\n  - {name: relay}\n  - {name: student, pair: tiny-arith-base}\n"
+    )
+    dead = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(SystemExit, match="tiny-arith-base.*its student is not tiny-arith's"):
+        evaluate.main(["--config", str(recipe), "--student-url", dead])
+    assert not (tmp_path / "runs").exists()
 
 
 # -- the teacher server killed mid-answer: keep this the module's last test --------------------------
