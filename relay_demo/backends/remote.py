@@ -239,10 +239,13 @@ class RemoteEngine(ModelEngine):
                         st = live.get(index)
                         if st is None or st.job.cancelled:
                             continue  # cancelled: handled at the top of the next step
-                        if kind == "error":
-                            failed = payload
+                        try:
+                            if kind == "error":
+                                raise payload
+                            delta = self._on_message(st, kind, payload)
+                        except ModelUnavailable as e:  # after the deltas of this step: those are kept
+                            failed = e
                             break
-                        delta = self._on_message(st, kind, payload)
                         if delta is not None:
                             deltas.append(delta)
                             if delta.finish is not None:
@@ -280,8 +283,9 @@ class RemoteEngine(ModelEngine):
                 "token counts as computed",
                 self.url,
             )
+        delta = self._emit(st, st.tokens, st.top, st.finish)
         self._prefilled(st, st.prompt_len - int(cached or 0))
-        return self._emit(st, st.tokens, st.top, st.finish)
+        return delta
 
     def _prefilled(self, st: _Live, n: int) -> None:
         session = st.job.session
