@@ -17,7 +17,8 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 def parser(doc: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--pair", default="tiny-random")
-    ap.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
+    ap.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm, remote")
+    ap.add_argument("--teacher-url", help="remote backend: the pair's teacher on a vLLM server")
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (a few minutes)")
     ap.add_argument(
         "--json", action="store_true", help="print the figures as one JSON object on the last line"
@@ -25,11 +26,17 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
-def load(pair_name: str, backend: str):
-    """Load a pair with end-of-sequence disabled, so every run decodes exactly the tokens asked for."""
+def load(pair_name: str, backend: str, teacher_url: str | None = None):
+    """Load a pair with end-of-sequence disabled, so every run decodes exactly the tokens asked for.
+    ``backend="remote"``: the transformers student with the teacher on the vLLM server at ``teacher_url``."""
     from relay_demo.pairs import load_pair
 
-    pair = load_pair(pair_name, backend=backend)
+    if backend == "remote":
+        if not teacher_url:
+            raise SystemExit("the remote backend needs --teacher-url URL (a vLLM server of the teacher)")
+        pair = load_pair(pair_name, backend="hf", teacher_url=teacher_url)
+    else:
+        pair = load_pair(pair_name, backend=backend)
     for engine in (pair.student, pair.teacher):
         engine.eos_ids = set()
     return pair

@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/relay_overhead.py [--quick] [--json] [--pair tiny-random] [--backends hf,vllm]
 
+    # the teacher on a vLLM OpenAI server (backend "remote": the transformers student, the served teacher):
+    python -m vllm.entrypoints.openai.api_server --model ~/.cache/relay_demo/tiny-random-v2/teacher \
+        --dtype float32 --max-model-len 4096 --block-size 32 --enable-prefix-caching \
+        --enable-prompt-tokens-details --enforce-eager --port 8011 &
+    .venv/bin/python benchmarks/relay_overhead.py --quick --backends hf,remote --teacher-url http://127.0.0.1:8011
+
 (a) Overhead: the same prompts, handoffs forced at the same positions (the ``interval`` policy), decoded
     one stream at a time. overhead = relay wall time / ideal, where ideal = the student decoding its tokens
     alone + the teacher decoding its tokens alone + one teacher prefill of only the unseen tokens per
@@ -10,7 +16,7 @@
     process, which other jobs on a shared machine cannot inflate.
 (b) Re-reads: as one answer grows to 2k tokens, the teacher tokens computed at each handoff against the
     tokens new to it since its last turn (transformers: exact KV reuse; vLLM: prefix caching, which can
-    only reuse whole blocks).
+    only reuse whole blocks; remote: the server's own cached-token counts, same prefix caching).
 """
 
 from __future__ import annotations
@@ -117,7 +123,7 @@ def main() -> None:
     prompts = [f"Question {i}: explain step {i} of the method in detail." for i in range(n_prompts)]
     figures, rows = {"pair": a.pair, "every": a.every, "n": a.n}, []
     for backend in a.backends.split(","):
-        pair = load(a.pair, backend)
+        pair = load(a.pair, backend, a.teacher_url)
         o = overhead(pair, prompts, a.every, a.n, max_tokens)
         rr = rereads(pair, a.every, a.n, long)
         figures[f"overhead_{backend}"] = round(o["overhead"], 4)

@@ -5,6 +5,7 @@
     python -m offline.evaluate --config offline/recipes/tiny-arith/eval.yaml --methods student,teacher
     python -m offline.evaluate --config offline/recipes/qwen2.5-coder-0.5b-1.5b/eval.yaml \\
         --problems gsm8k/0,gsm8k/1 backend=hf batch_size=4                             # key=value overrides
+    python -m offline.evaluate --config ... --teacher-url URL    # engine.teacher_url=URL; --student-url too
 
 Writes ``results/runs/<run_id>/{manifest.json, samples.parquet/}`` (``relay_demo/results/``; rows are built
 in ``offline/eval_rows.py``). Rerunning the same command resumes: every (method, param, benchmark, problem)
@@ -259,10 +260,8 @@ def check_methods(run_dir: Path, cfg: EvalCfg) -> None:
     for session in rio.read_manifest(run_dir).get("sessions", []):
         for m in (session.get("config") or {}).get("methods", []):
             if m["name"] in now and _method_identity(m) != now[m["name"]]:
-                raise ValueError(
-                    f"{run_dir}: method {m['name']!r} was run with {_method_identity(m)}, "
-                    f"now {now[m['name']]}; give it another name or use another run_id"
-                )
+                was = f"method {m['name']!r} was run with {_method_identity(m)}, now {now[m['name']]}"
+                raise ValueError(f"{run_dir}: {was}; give it another name or use another run_id")
 
 
 def results_path(cfg: EvalCfg) -> Path:
@@ -324,6 +323,8 @@ def parse_args(argv: list[str] | None) -> EvalCfg:
     parser.add_argument("--limit", type=int, help="at most this many problems per benchmark")
     parser.add_argument("--problems", help="comma-separated problem ids (e.g. gsm8k/0,gsm8k/7)")
     parser.add_argument("--methods", help="comma-separated method names: run only these from the recipe")
+    for role in ("teacher", "student"):
+        parser.add_argument(f"--{role}-url", metavar="URL", help=f"the {role} on a vLLM OpenAI server")
     parser.add_argument(
         "--redo",
         help="comma-separated method names whose rows are deleted first and generated again "
@@ -335,22 +336,18 @@ def parse_args(argv: list[str] | None) -> EvalCfg:
         parser.error(f"unexpected arguments {bad}; overrides look like key=value")
     if args.limit is not None:
         overrides.append(f"limit={args.limit}")
+    for role, url in (("teacher", args.teacher_url), ("student", args.student_url)):
+        overrides += [f"engine.{role}_url={json.dumps(url)}"] if url else []
     if args.problems:
         ids = [p.strip() for p in args.problems.split(",") if p.strip()]
         overrides.append(f"problems={json.dumps(ids)}")
     cfg = cfglib.load(EvalCfg, args.config, overrides)
-    if args.redo:
-        redo = [n.strip() for n in args.redo.split(",") if n.strip()]
-        unknown = sorted(set(redo) - {m.name for m in cfg.methods})
-        if unknown:
-            parser.error(f"--redo: {unknown} not in the recipe ({', '.join(m.name for m in cfg.methods)})")
-        cfg.redo = redo
-    if args.methods:
-        names = [n.strip() for n in args.methods.split(",") if n.strip()]
-        unknown = sorted(set(names) - {m.name for m in cfg.methods})
-        if unknown:
-            parser.error(f"--methods: {unknown} not in the recipe ({', '.join(m.name for m in cfg.methods)})")
-        cfg.methods = [m for m in cfg.methods if m.name in names]
+    for flag in ("redo", "methods"):  # method names, each in the recipe
+        names = [n.strip() for n in (getattr(args, flag) or "").split(",") if n.strip()]
+        if unknown := sorted(set(names) - {m.name for m in cfg.methods}):
+            parser.error(f"--{flag}: {unknown} not in the recipe ({', '.join(m.name for m in cfg.methods)})")
+        if names:
+            setattr(cfg, flag, names if flag == "redo" else [m for m in cfg.methods if m.name in names])
     return cfg
 
 
@@ -365,18 +362,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     cfg = parse_args(argv)
-    from relay_demo.pairs import available, load_pair, registry, resolve
+    from relay_demo.pairs import available, load_pair, registry, resolve, same_model
     from relay_demo.relay import Limits
     from relay_demo.results.manifest import repo_relative
 
     spec = registry().get(cfg.pair)
     if spec is None:  # fail now, before any work
         raise SystemExit(f"unknown pair {cfg.pair!r}; registered: {', '.join(registry())}")
+    served = tuple(r for r in ("student", "teacher") if cfg.engine.get(f"{r}_url"))
     for name in {cfg.pair, *(m.pair for m in cfg.methods if m.pair)}:
         if name not in registry():
             raise SystemExit(f"unknown pair {name!r}; registered: {', '.join(registry())}")
-        ok, why = available(name)
-        if not ok:
+        _, why = available(name, served if cfg.engine.get("tokenizer") else ())
+        why += "".join(f"its {r} is not {cfg.pair}'s" for r in served if not same_model(name, cfg.pair, r))
+        if why:  # a URL serves one model: a method's other pair must have the same one
             raise SystemExit(f"pair {name!r} cannot be loaded here: {why}")
     models = {r: resolve(spec[r]) for r in ("student", "teacher") if r in spec}
     models = models or {"build": spec.get("build")}

@@ -25,6 +25,7 @@ ENDED = {
     "max_tokens": "the answer's token limit",
     "timeout": "the time limit",
     "stopped": "stopped before N (cancelled)",
+    "teacher_unavailable": "the teacher became unavailable (the student went on alone)",
 }
 
 
@@ -45,7 +46,9 @@ class Call:
     def close(self, written: int, seconds: float, prefill: int, finish: str | None, max_n: int) -> None:
         """Fill in the teacher's side once its turn is over."""
         self.written, self.teacher_s, self.prefill = written, seconds, prefill
-        if finish == "eos":  # only the teacher writes during its turn
+        if finish == "teacher_unavailable":  # the relay says so only for a turn the teacher did not finish
+            self.ended = "teacher_unavailable"
+        elif finish == "eos":  # only the teacher writes during its turn
             self.ended = "eos"
         elif written >= self.granted:
             capped_by_answer = self.granted < min(self.asked, max_n)

@@ -6,6 +6,10 @@
 
     python -m relay_demo serve --pair tiny-arith [--port 8000] [--api-key KEY] [policy flags]  (see serve.py)
 
+Either command takes ``--teacher-url URL`` and ``--student-url URL`` (a vLLM OpenAI server holding that model;
+``--tokenizer DIR`` when the pair's folders are not on this machine, ``--remote-timeout-s``): see
+``relay_demo.backends.remote``.
+
 Without ``--json`` the answer streams to the terminal, teacher spans in colour. With ``--json`` it prints one
 object: {"text", "spans": [{"source", "text", "tokens"}], "stats": {...}}. Bad arguments: one line, exit 2.
 """
@@ -54,10 +58,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     add_cli_flags(g)  # the policy knobs, declared once (relay_demo/knobs.py)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    add_remote_flags(g)
     from .serve import add_parser
 
     add_parser(sub)
     return ap
+
+
+def add_remote_flags(g) -> None:
+    g.add_argument(
+        "--teacher-url", metavar="URL", help="the teacher on a vLLM OpenAI server (http://host:port)"
+    )
+    g.add_argument("--student-url", metavar="URL", help="the student on a vLLM OpenAI server")
+    g.add_argument(
+        "--tokenizer", metavar="DIR", help="the served models' tokenizer (default: the pair's own folders)"
+    )
+    g.add_argument(
+        "--remote-timeout-s", type=float, default=None, help="longest wait for a byte from a model server"
+    )
+
+
+def pair_kwargs(a) -> dict:
+    """``load_pair`` keywords of the remote flags; a bad timeout fails before anything loads."""
+    if a.remote_timeout_s is not None and not a.remote_timeout_s > 0:
+        raise ValueError(f"--remote-timeout-s must be positive, got {a.remote_timeout_s}")
+    return {
+        "teacher_url": a.teacher_url,
+        "student_url": a.student_url,
+        "tokenizer": a.tokenizer,
+        "remote_timeout_s": a.remote_timeout_s,
+    }
 
 
 def policy_from_args(a):
@@ -110,7 +140,7 @@ def generate(a) -> int:
     sampling = Sampling(temperature=a.temperature, top_p=a.top_p, seed=a.seed)
     if a.backend == "vllm":
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    pair = load_pair(a.pair, backend=a.backend)
+    pair = load_pair(a.pair, backend=a.backend, **pair_kwargs(a))
     overrides = {
         k: v
         for k, v in (
@@ -145,6 +175,8 @@ def generate(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .backends.base import ModelUnavailable
+
     a = build_parser().parse_args(argv)
     try:
         if a.cmd == "serve":
@@ -152,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve(a)
         return generate(a)
-    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+    except (ValueError, FileNotFoundError, NotImplementedError, ModelUnavailable) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"error: {msg}\n")
         return 2

@@ -8,6 +8,15 @@ A pair whose spec names an ``adapter`` (a LoRA folder from ``offline/warmup_lora
 base model with that adapter merged in (``relay_demo.adapters.merged_student``: built once into a cache
 folder, checked against the unmerged model), so both backends load it like any other model folder.
 
+Either model, or both, can live behind a URL (a vLLM OpenAI server; ``relay_demo.backends.remote``)::
+
+    pair = load_pair("tiny-arith", teacher_url="http://gpu-box:8000")         # local student, remote teacher
+    pair = load_pair("tiny-arith", teacher_url=T, student_url=S)               # no model in this process
+    pair = load_pair("qwen2.5-coder-0.5b-1.5b", teacher_url=T, tokenizer=DIR)  # models not on this machine
+
+A remote model's tokenizer (and config, for FLOPs and end ids) comes from the pair's own folder for that role
+(a relay student's adapter folder holds its tokenizer) or from ``tokenizer=``, a folder or hub id.
+
 ``tiny-random`` is built on the fly (two tiny random Qwen3 models and a byte-level tokenizer, saved once to
 a cache folder so that both backends load the very same weights).
 """
@@ -73,17 +82,32 @@ def resolve(ref: str) -> str:
     return ref  # a hub id such as Qwen/Qwen3-8B
 
 
-def pair_paths(name: str) -> tuple[str, str]:
+def pair_paths(name: str, merge: bool = True) -> tuple[str, str]:
+    """The student's and teacher's folders (or hub ids). ``merge=False``: a student adapter stays unmerged
+    (the base student's folder is returned), for a student served elsewhere."""
     spec = _spec(name)
     if spec.get("build") == "tiny-random":
         folder = build_tiny_random()
         return str(folder / "student"), str(folder / "teacher")
     student = resolve(spec["student"])
-    if spec.get("adapter"):  # base + adapter: the merged copy both backends load (built once, cached)
+    # base + adapter: the merged copy both backends load (built once, cached)
+    if spec.get("adapter") and merge:
         from .adapters import merged_student
 
         student = str(merged_student(student, resolve(spec["adapter"])))
     return student, resolve(spec["teacher"])
+
+
+def _remote(name: str, role: str, url: str, folder: str, tokenizer: str | None, **kw) -> ModelEngine:
+    """The engine of a model served at ``url``; its tokenizer from ``tokenizer`` or the role's own folder."""
+    from .backends.remote import RemoteEngine
+
+    adapter = _spec(name).get("adapter") if role == "student" else None
+    tok = tokenizer or folder
+    if tokenizer is None and adapter and (Path(resolve(adapter)) / "tokenizer.json").is_file():
+        tok = resolve(adapter)  # the relay student's tokenizer (with <call> / </call>) is the adapter's
+    # the model's own folder (or hub id) gives its parameter count and end ids, whatever the tokenizer
+    return RemoteEngine.load(url, tok, config=folder, name=f"{name}/{role}", **kw)
 
 
 def resolve_dtype(dtype: str) -> str:
@@ -152,16 +176,25 @@ def off_task_hint(name: str, prompt: str) -> str | None:
     return f"{purpose(name)} This prompt is not one of its task's problems: expect noise, or try an example."
 
 
-def available(name: str) -> tuple[bool, str]:
-    """Whether a pair's models can be loaded here, and if not, why (for the UI and the slow tests)."""
+def same_model(a: str, b: str, role: str) -> bool:
+    """Whether pairs ``a`` and ``b`` have the same model as ``role`` (then one server can stand for both)."""
+    keys = (role, "build", "adapter") if role == "student" else (role, "build")
+    return all(_spec(a).get(k) == _spec(b).get(k) for k in keys)
+
+
+def available(name: str, served: tuple[str, ...] = ()) -> tuple[bool, str]:
+    """Whether a pair's models can be loaded here, and if not, why (for the UI and the slow tests).
+    ``served``: roles that a server holds and whose tokenizer comes from elsewhere (not checked here)."""
     spec = _spec(name)
     if spec.get("build"):
         return True, ""
     for role in ("student", "teacher"):
+        if role in served:
+            continue
         ref = resolve(spec[role])
         if Path(ref).is_absolute() and not (Path(ref) / "config.json").is_file():
             return False, f"{role} model not found at {ref}"
-    if spec.get("adapter"):
+    if spec.get("adapter") and "student" not in served:
         ref = resolve(spec["adapter"])
         if not (Path(ref) / "adapter_config.json").is_file():
             return False, f"student adapter not found at {ref} (offline/warmup_lora.py trains it)"
@@ -172,39 +205,58 @@ _loaded: dict[tuple[str, str, str], Pair] = {}  # (name, backend, engine keyword
 _load_lock = threading.Lock()
 
 
-def load_pair(name: str, backend: str = "hf", *, fresh: bool = False, **engine_kw) -> Pair:
-    """Load (once per process) the named pair on a backend: ``hf`` (transformers) or ``vllm``."""
+def load_pair(
+    name: str,
+    backend: str = "hf",
+    *,
+    fresh: bool = False,
+    teacher_url: str | None = None,
+    student_url: str | None = None,
+    tokenizer: str | None = None,
+    remote_timeout_s: float | None = None,
+    **engine_kw,
+) -> Pair:
+    """Load (once per process) the named pair on a backend: ``hf`` (transformers) or ``vllm``; a model with a
+    URL is driven on that vLLM OpenAI server instead (``tokenizer``, ``remote_timeout_s``: see the module
+    docstring and ``RemoteEngine.load``)."""
     spec = _spec(name)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend not in spec.get("backends", BACKENDS):
+    urls = {r: u for r, u in (("student", student_url), ("teacher", teacher_url)) if u}
+    if len(urls) < 2 and backend not in spec.get("backends", BACKENDS):  # both served: no local backend
         raise ValueError(f"pair {name!r} is registered for {', '.join(spec['backends'])}, not {backend}")
-    key = (name, backend, repr(sorted(engine_kw.items())))  # another dtype or cache size is another pair
+    remote_kw = {"tokenizer": tokenizer} | ({"read_timeout_s": remote_timeout_s} if remote_timeout_s else {})
+    # another dtype, cache size or server is another pair
+    key = (name, backend, repr(sorted({**engine_kw, **urls, **remote_kw}.items())))
     with _load_lock:
         if key in _loaded and not fresh:
             return _loaded[key]
-        ok, why = available(name)
+        ok, why = available(name, served=tuple(urls) if tokenizer else ())
         if not ok:
             raise FileNotFoundError(f"pair {name!r}: {why}")
-        s_path, t_path = pair_paths(name)
+        s_path, t_path = pair_paths(name, merge="student" not in urls)
+        paths = {"student": s_path, "teacher": t_path}
         dtype = resolve_dtype(engine_kw.pop("dtype", None) or spec.get("dtype", "float32"))
-        if backend == "hf":
-            from .backends.hf_engine import HFEngine
+        engines = {r: _remote(name, r, u, paths[r], **remote_kw) for r, u in urls.items()}
+        for role in ("student", "teacher"):
+            if role in engines:
+                continue
+            if backend == "hf":
+                from .backends.hf_engine import HFEngine
 
-            student = HFEngine.load(s_path, dtype=dtype, name=f"{name}/student", **engine_kw)
-            teacher = HFEngine.load(t_path, dtype=dtype, name=f"{name}/teacher", **engine_kw)
-        else:
-            from .backends.vllm_engine import VLLMEngine
+                engines[role] = HFEngine.load(paths[role], dtype=dtype, name=f"{name}/{role}", **engine_kw)
+            else:
+                from .backends.vllm_engine import VLLMEngine
 
-            student = VLLMEngine.load(s_path, dtype=dtype, **engine_kw)
-            teacher = VLLMEngine.load(t_path, dtype=dtype, **engine_kw)
+                engines[role] = VLLMEngine.load(paths[role], dtype=dtype, **engine_kw)
+        student, teacher = engines["student"], engines["teacher"]
         pair = Pair(
             name,
             student,
             teacher,
             Limits(**spec.get("limits", {})),
             dict(spec.get("chat_kwargs", {})),
-            backend,
+            "remote" if len(urls) == 2 else backend,
         )
         if not fresh:
             _loaded[key] = pair

@@ -18,6 +18,12 @@ How a sequence moves (``_Seq.phase``):
   appended to the student's session as ids, and the student resumes seeing its command and those tokens.
 * ``done``: an end token from either model, the token budget, or the wall-clock limit.
 
+Teacher unavailable (a remote teacher down, too slow, or gone mid-answer: ``ModelUnavailable``): the rows
+whose turn it was keep every token written so far, their call ends as ``teacher_unavailable``, and they go on
+with the student alone, with no more handoffs (a teacher-only row continues with the student from the
+teacher's last token). Their ``finish_reason`` is then ``"teacher_unavailable"``; ``end_reason`` keeps how
+the text ended.
+
 Rounds: all sequences in the student phase run as one batch; then all sequences in the teacher phase run as
 one batch; repeat. With KV caches (transformers) or prefix caching (vLLM) a round costs each model only the
 tokens it has not seen. A student round ends when each sequence has stopped or, with ``preempt`` (the default
@@ -35,7 +41,7 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
-from .backends.base import Job, ModelEngine, Sampling, Session, chat_ids
+from .backends.base import Job, ModelEngine, ModelUnavailable, Sampling, Session, chat_ids
 from .calls import Call
 from .policies import Policy
 from .protocol import CLOSE, OPEN, find_command, single_token_id, strip_commands
@@ -82,7 +88,7 @@ class RelayResult:
     source_mask: list[int]  # per response token: 1 = student wrote it (text or command), 0 = teacher
     text: str
     spans: list[Span]
-    finish_reason: str  # "eos" | "max_tokens" | "timeout" | "stalled"
+    finish_reason: str  # "eos" | "max_tokens" | "timeout" | "stalled" | "teacher_unavailable"
     student_tokens: int
     teacher_tokens: int
     command_tokens: int
@@ -103,6 +109,8 @@ class RelayResult:
     flops_student: float = 0.0  # 2 * student params * student_computed
     flops_teacher_decode: float = 0.0  # 2 * teacher params * tokens the teacher sampled (one position each)
     flops_teacher_prefill: float = 0.0  # 2 * teacher params * its other positions: catching up on context
+    end_reason: str = ""  # how the text ended: finish_reason, except that it is never "teacher_unavailable"
+    teacher_error: str | None = None  # why the teacher became unavailable, when it did
 
     def stats(self) -> dict:
         keys = ("student_tokens", "teacher_tokens", "command_tokens", "calls", "call_ratio", "finish_reason")
@@ -181,6 +189,7 @@ class _Seq:
         self.teacher_sampled = 0  # tokens the teacher's runs sampled: its decode positions (FLOPs split)
         self.cmd = None  # (first token index, Command) of the command that ended the segment
         self.call_log: list[Call] = []
+        self.teacher_error: str | None = None  # teacher_unavailable (issue #19): no more handoffs once set
 
     @property
     def n_response(self) -> int:
@@ -305,30 +314,52 @@ class _Relay:
         jobs = [self.make_job(s, phase) for s in rows]
         produced = [0] * len(rows)
         paused = [False] * len(rows)
+        ended = [False] * len(rows)  # the engine finished the job (teacher_unavailable spares these rows)
+        lost = [False] * len(rows)  # the teacher became unavailable before it finished this row's turn
         can_pause = phase == STUDENT and self.preempt and len(rows) > 1  # once per round
         start = time.perf_counter()
-        for deltas in engine.run(jobs):
-            for d in deltas:
-                s, job = rows[d.job], jobs[d.job]
-                produced[d.job] += len(d.token_ids)
-                if phase == STUDENT:
-                    yield from self.on_student(s, job, d)
-                else:
-                    yield from self.on_teacher(s, job, d)
-            if self.timed_out():
-                for s, job in zip(rows, jobs, strict=True):
-                    job.cancel()
-                    s.finish = s.finish or "timeout"
-            elif can_pause:
-                can_pause = not self.maybe_pause(rows, jobs, paused)
+        try:
+            for deltas in engine.run(jobs):
+                for d in deltas:
+                    s, job = rows[d.job], jobs[d.job]
+                    produced[d.job] += len(d.token_ids)
+                    ended[d.job] = ended[d.job] or d.finish is not None
+                    if phase == STUDENT:
+                        yield from self.on_student(s, job, d)
+                    else:
+                        yield from self.on_teacher(s, job, d)
+                if self.timed_out():
+                    for s, job in zip(rows, jobs, strict=True):
+                        job.cancel()
+                        s.finish = s.finish or "timeout"
+                elif can_pause:
+                    can_pause = not self.maybe_pause(rows, jobs, paused)
+        except ModelUnavailable as e:  # teacher_unavailable (issue #19); a student's failure ends the batch
+            if phase != TEACHER:
+                raise
+            lost = [not done and s.finish is None for s, done in zip(rows, ended, strict=True)]
+            self.teacher_lost([s for s, x in zip(rows, lost, strict=True) if x], str(e))
         elapsed = time.perf_counter() - start
-        for s, n, p in zip(rows, produced, paused, strict=True):
+        for s, n, p, x in zip(rows, produced, paused, lost, strict=True):
             s.wall[phase] += elapsed
             self.after_round(s, phase, n, paused=p)
             if phase == TEACHER and s.call_log:  # this turn served the last call (teacher-only has none)
-                s.call_log[-1].close(n, elapsed, s.teacher.last_prefill, s.finish, self.limits.max_n)
+                finish = "teacher_unavailable" if x else s.finish
+                s.call_log[-1].close(n, elapsed, s.teacher.last_prefill, finish, self.limits.max_n)
             if s.phase == "done":
                 yield from self.flush(s, STUDENT)
+
+    def teacher_lost(self, rows: list[_Seq], error: str) -> None:
+        """teacher_unavailable (issue #19): these rows' teacher turn failed. What was written stays (the
+        teacher's tokens are already in the student's session); the rows go on with the student alone."""
+        for s in rows:
+            s.teacher_error = error
+            if s.student is None:  # teacher-only: the student picks up from the teacher's last token
+                s.student = self.pair.student.session(s.s_prompt + s.ids)
+
+    def can_call(self, s: _Seq) -> bool:
+        """Whether the row may still hand over: calls left, and no teacher that became unavailable."""
+        return s.calls < self.limits.max_calls and s.teacher_error is None
 
     def maybe_pause(self, rows: list[_Seq], jobs: list[Job], paused: list[bool]) -> bool:
         """End the student round early once the rows waiting for the teacher are as many as the writers."""
@@ -351,9 +382,9 @@ class _Relay:
         if phase == STUDENT:
             if s.student is None:
                 s.student = self.pair.student.session(s.s_prompt)
-            honour = self.policy.honours_commands and s.calls < self.limits.max_calls
+            honour = self.policy.honours_commands and self.can_call(s)
             stop = (CLOSE,) if honour else ()
-            triggers = self.policy.uses_trigger and s.calls < self.limits.max_calls
+            triggers = self.policy.uses_trigger and self.can_call(s)
             return Job(
                 s.student,
                 budget,
@@ -387,11 +418,7 @@ class _Relay:
                 break
             top = d.top_probs[i] if d.top_probs else None
             hid = d.hidden[i] if d.hidden is not None else None
-            if (
-                self.policy.uses_trigger
-                and s.calls < self.limits.max_calls
-                and self.policy.trigger(s.pstate, top, hid)
-            ):
+            if self.policy.uses_trigger and self.can_call(s) and self.policy.trigger(s.pstate, top, hid):
                 # the teacher writes this position: drop the student's token, hand over
                 s.student.truncate(len(s.student.ids) - (len(d.token_ids) - i))
                 yield from self.flush(s, STUDENT)
@@ -461,7 +488,7 @@ class _Relay:
         yield from self.flush(s, STUDENT, hold=start_char)
         s.emitted = first
         tids, text = s.seg_ids[first:], s.seg_text[start_char:]
-        honoured = s.calls < self.limits.max_calls  # past max_calls a command is text, and no call
+        honoured = self.can_call(s)  # past max_calls (or the teacher gone) a command is text, and no call
         at = len(s.ids)
         yield s.row, s.add(COMMAND, tids, text, call=s.calls if honoured else None)
         s.emitted = len(s.seg_ids)
@@ -538,7 +565,7 @@ class _Relay:
             source_mask=list(s.mask),
             text="".join(s.text_parts),
             spans=s.spans,
-            finish_reason=s.finish or "max_tokens",
+            finish_reason="teacher_unavailable" if s.teacher_error else s.finish or "max_tokens",
             student_tokens=s.counts[STUDENT],
             teacher_tokens=s.counts[TEACHER],
             command_tokens=s.counts[COMMAND],
@@ -559,6 +586,8 @@ class _Relay:
             teacher_prefill=s.teacher_prefill,
             teacher_new=s.teacher_new,
             call_log=s.call_log,
+            end_reason=s.finish or "max_tokens",
+            teacher_error=s.teacher_error,
         )
 
 

@@ -85,6 +85,13 @@ def count_params(path: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class ModelUnavailable(RuntimeError):
+    """The model behind an engine cannot be reached: a remote server down, too slow or gone mid-answer.
+
+    The relay loop catches it from the teacher (the answer goes on with the student alone, ``finish_reason``
+    ``"teacher_unavailable"``); from the student it ends the generation."""
+
+
 MAX_TEMPERATURE = 100.0  # past it sampling is uniform noise; inf and nan are refused with it
 
 
@@ -150,6 +157,32 @@ class Delta:
     top_probs: list[float] | None = None
     hidden: np.ndarray | None = None  # [len(token_ids), hidden_size] float32
     finish: str | None = None  # None while running; "eos" | "length" | "cancelled"
+
+
+def check_jobs(jobs: list[Job], session_type: type, max_model_len: int, backend: str) -> None:
+    """What an engine that keeps no per-session state (vLLM, a remote server) refuses before it starts;
+    ``backend`` names it in the messages ("vLLM", "remote")."""
+    seen: set[int] = set()
+    for i, job in enumerate(jobs):
+        if job.want_hidden:
+            raise NotImplementedError(
+                f"the {backend} backend cannot return per-token hidden states; use the transformers "
+                "backend for hidden-state routers"
+            )
+        if not isinstance(job.session, session_type):
+            raise TypeError(f"job {i}: session was not made by this {backend} engine")
+        if getattr(job.session, "released", False):
+            raise ValueError(f"job {i}: session was released")
+        if not job.session.ids:
+            raise ValueError(f"job {i}: empty session ({backend} needs at least one prompt token)")
+        if len(job.session.ids) >= max_model_len:
+            raise ValueError(
+                f"job {i}: {len(job.session.ids)} tokens leave no room to generate "
+                f"(max_model_len={max_model_len})"
+            )
+        if id(job.session) in seen:
+            raise ValueError(f"job {i}: the same session appears twice in one run")
+        seen.add(id(job.session))
 
 
 class ModelEngine(ABC):

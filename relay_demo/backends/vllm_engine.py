@@ -59,7 +59,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .base import Delta, Job, ModelEngine, Session, count_params
+from .base import Delta, Job, ModelEngine, Session, check_jobs, count_params
 
 DEFAULT_KV_CACHE_GIB = 1.0  # per engine, CPU only; two engines + training fit in 24 GiB
 CPU_BLOCK_SIZE = 32  # the CPU attention backend needs a multiple of 32; smaller = cheaper re-reads
@@ -227,29 +227,6 @@ class VLLMEngine(ModelEngine):
         return VLLMSession(prompt_ids)
 
     # ------------------------------------------------------------------ run
-    def _check(self, jobs: list[Job]) -> None:
-        seen: set[int] = set()
-        for i, job in enumerate(jobs):
-            if job.want_hidden:
-                raise NotImplementedError(
-                    "the vLLM backend cannot return per-token hidden states; "
-                    "use the transformers backend for hidden-state routers"
-                )
-            if not isinstance(job.session, VLLMSession):
-                raise TypeError(f"job {i}: session was not made by this vLLM engine")
-            if job.session.released:
-                raise ValueError(f"job {i}: session was released")
-            if not job.session.ids:
-                raise ValueError(f"job {i}: empty session (vLLM needs at least one prompt token)")
-            if len(job.session.ids) >= self.max_model_len:
-                raise ValueError(
-                    f"job {i}: {len(job.session.ids)} tokens leave no room to generate "
-                    f"(max_model_len={self.max_model_len})"
-                )
-            if id(job.session) in seen:
-                raise ValueError(f"job {i}: the same session appears twice in one run")
-            seen.add(id(job.session))
-
     def _params(self, job: Job):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -278,7 +255,7 @@ class VLLMEngine(ModelEngine):
             raise RuntimeError(f"engine {self.name} is closed")
         if self._running:
             raise RuntimeError("VLLMEngine.run is not re-entrant: exhaust or close the previous run first")
-        self._check(jobs)
+        check_jobs(jobs, VLLMSession, self.max_model_len, "vLLM")
         _match_threads(self._threads)
         eng = self.llm.llm_engine
         live: dict[str, _Live] = {}

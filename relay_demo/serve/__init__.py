@@ -34,6 +34,11 @@ other model) is finished and released before the next round; a request still in 
 
 Bounds: at most ``--max-batch`` rows decode together and ``--max-queue`` more wait; past that, 429.
 
+Models behind URLs: ``--teacher-url`` / ``--student-url`` (``relay_demo.backends.remote``); with both, the
+server holds no model and runs as a stateless replica in front of vLLM deployments (README, "Remote models").
+A teacher that fails during an answer ends it with ``relay.finish_reason`` "teacher_unavailable" in the last
+chunk.
+
 Modules: ``requests`` (a request body -> prompt ids, policy, limits, sampling; OpenAI-shaped errors),
 ``scheduler`` (the thread that batches rows and streams their spans), ``app`` (HTTP routes, the command line).
 """

@@ -12,7 +12,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from ..backends.base import Sampling
-from .requests import FINISH, POLICY_KNOBS, STAT_KEYS, ApiError, Prompter, Settings, _Request
+from .requests import POLICY_KNOBS, STAT_KEYS, ApiError, Prompter, Settings, _Request, openai_finish
 from .scheduler import Scheduler
 
 log = logging.getLogger("relay_demo.serve")
@@ -152,7 +152,7 @@ def create_app(settings: Settings):
                     result = rest[0]
             spans = [{"source": sp.source, "text": sp.text} for sp in result.spans if sp.text]
             message = {"role": "assistant", "content": result.text}
-            finish = FINISH.get(result.finish_reason, "length")
+            finish = openai_finish(result)
             choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
             relay = {**_stats(result), "spans": spans}
             return JSONResponse(
@@ -186,7 +186,7 @@ def create_app(settings: Settings):
                 break
             else:
                 result = rest[0]
-                yield chunk({}, FINISH.get(result.finish_reason, "length"), relay=_stats(result))
+                yield chunk({}, openai_finish(result), relay=_stats(result))
                 if include_usage:
                     usage = _usage(req, result)
                     yield event({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
@@ -248,19 +248,23 @@ def add_parser(sub) -> None:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-batch", type=int, default=32, help="rows decoded together, at most")
     g.add_argument("--max-queue", type=int, default=64, help="requests waiting, at most; past that 429")
+    from ..cli import add_remote_flags
+
+    add_remote_flags(g)
 
 
 def serve(a) -> int:
     import uvicorn
 
-    from ..cli import policy_from_args
+    from ..cli import pair_kwargs, policy_from_args
     from ..pairs import load_pair
 
     policy_from_args(a)  # bad flags fail here, before any model loads
+    remote = pair_kwargs(a)
     if a.max_batch < 1 or a.max_queue < 0:
         raise ValueError("--max-batch must be >= 1 and --max-queue >= 0")
     Sampling(temperature=a.temperature, top_p=a.top_p)
-    pair = load_pair(a.pair, backend=a.backend)
+    pair = load_pair(a.pair, backend=a.backend, **remote)
     given = {"max_tokens": a.max_new_tokens, "max_n": a.max_n, "max_calls": a.max_calls}
     overrides = {k: v for k, v in given.items() if v is not None}
     defaults = SimpleNamespace(policy=a.policy, router=a.path, **{k: getattr(a, k) for k in POLICY_KNOBS})

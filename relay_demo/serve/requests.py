@@ -24,6 +24,14 @@ log = logging.getLogger("relay_demo.serve")
 POLICY_KNOBS = tuple(k for k in KNOBS if k != "path")  # a request may not name a router folder
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 FINISH = {"eos": "stop", "stalled": "stop"}  # relay finish -> OpenAI finish_reason; the rest are "length"
+
+
+def openai_finish(result) -> str:
+    """OpenAI's finish_reason: how the text ended ("stop" or "length"); a teacher that became unavailable
+    shows in ``relay.finish_reason`` only."""
+    return FINISH.get(result.end_reason or result.finish_reason, "length")
+
+
 STAT_KEYS = ("student_tokens", "teacher_tokens", "command_tokens", "calls", "call_ratio", "finish_reason")
 
 

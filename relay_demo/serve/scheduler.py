@@ -256,5 +256,7 @@ class Scheduler:
                 self.running -= 1
                 kind = "failed" if failed else "cancelled" if req.cancelled else "completed"
                 self.totals[kind] += 1
+        if result.teacher_error:  # the client sees only "teacher_unavailable"; the operator sees why
+            log.warning("request %s went on without its teacher: %s", req.id, result.teacher_error)
         if not failed and not req.cancelled:
             req.emit(("end", result))
