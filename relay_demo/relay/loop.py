@@ -80,11 +80,8 @@ class RelayBatch:
 
     def close(self) -> None:
         """Release every unfinished row's sessions (after a failure, or a caller that stops early)."""
-        for row in self.rows:
-            row.release()
-        self.rows = []
-
-    # -- the loop --------------------------------------------------------------------------------------
+        while self.rows:
+            self.rows.pop().release()
 
     def events(self) -> Iterator[Event]:
         """Run until no row is left: (row, Span) as tokens are decoded, (row, RelayResult) as rows end."""
@@ -133,9 +130,11 @@ class RelayBatch:
             for row in self.release_later:  # the engine is done with every session of the run
                 row.release()
             self.release_later = []
-        for row in rows:  # turns that never saw their last delta: the teacher failed during them
-            if row.job is not None:
+        for row in rows:
+            if row.job is not None:  # a turn that never saw its last delta: the teacher failed during it
                 yield from self._turn_over(row, phase, t0, lost=row in lost)
+            if row.phase is not Phase.DONE:  # it waited for the run's slowest row: the whole run counts
+                row.acct.wall[phase] += time.perf_counter() - t0
 
     def _job(self, row: Row) -> Job:
         """The row's next turn as an engine job."""
@@ -233,7 +232,6 @@ class RelayBatch:
     def _turn_over(self, row: Row, phase: Phase, t0: float, lost: bool = False) -> Iterator[Event]:
         """The row's job is over: account for the turn, then the row's next phase, or its end."""
         row.job, acct, elapsed = None, row.acct, time.perf_counter() - t0
-        acct.wall[phase] += elapsed
         row.finish = row.finish or row.over_limit()
         if phase is Phase.TEACHER:
             row.teacher_turn_over()
@@ -243,7 +241,8 @@ class RelayBatch:
             row.phase = Phase.STUDENT if row.finish is None else row.phase
         elif row.phase is Phase.STUDENT and row.produced == 0 and not row.paused:
             row.finish = row.finish or "stalled"  # a student turn that wrote nothing would loop forever
-        if row.finish is not None:
+        if row.finish is not None:  # (a row that goes on is charged the whole run when it ends: _run)
+            acct.wall[phase] += elapsed
             yield from self._finish(row)
 
     def _finish(self, row: Row) -> Iterator[Event]:

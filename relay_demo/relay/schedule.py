@@ -37,6 +37,8 @@ def next_phase(rows: list[Row], last: Phase) -> Phase | None:
 def pause(run: list[Row], preempt: bool, newcomers: bool) -> int:
     """Pause the student run's writers if it is time (``preempt``: preemption may still end this run;
     ``newcomers``: rows were added during it); how many were paused."""
+    if not (preempt or newcomers):
+        return 0
     writers = [r for r in run if r.phase is Phase.STUDENT and r.job is not None and not r.job.cancelled]
     waiting = sum(1 for r in run if r.phase is Phase.TEACHER)
     joiners = newcomers and all(len(r.job.session.ids) > r.start_len for r in writers)
