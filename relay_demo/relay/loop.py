@@ -112,10 +112,11 @@ class RelayBatch:
                     # 2. the job's last delta ends the row's turn: next phase, or the row is done
                     if d.finish is not None:
                         yield from self._turn_over(row, phase, t0)
-                # 3. between steps: rows past their deadline stop; the student run may end early
-                for row in (r for r in rows if r.job is not None and time.perf_counter() > r.deadline):
-                    row.job.cancel()
-                    row.finish = row.finish or "timeout"
+                # 3. between steps: rows past their deadline end (those waiting for the other model too);
+                # the student run may end early
+                now = time.perf_counter()
+                for row in [r for r in self.rows if now > r.deadline]:
+                    self.cancel(row, "timeout")
                 if phase is Phase.STUDENT and (n := schedule.pause(rows, can_pause, self.newcomers)):
                     self.n_paused, can_pause, self.newcomers = self.n_paused + n, False, False
                 yield from self._report_ended()
