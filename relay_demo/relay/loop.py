@@ -10,8 +10,8 @@ TEACHER, the teacher reads what is new since its last turn (the student's segmen
 Each engine step's tokens go through ``_student_delta`` or ``_teacher_delta``; a job's last delta ends the
 row's turn (``_turn_over``): its next phase, or its end, reported at once. None of it depends on the schedule.
 
-Scheduling (``schedule``): the engines take turns, each on every row waiting for it, because both share one
-machine and running them at once would only split it; a student run ends early when most rows wait for the
+Scheduling (``schedule``, with the measurement behind it): the engines take turns, each on every row
+waiting for it, because both share one machine; a student run ends early when most rows wait for the
 teacher (``preempt``) or rows were added during it. A teacher that fails (``ModelUnavailable``) leaves its
 rows to the student alone (``state.Row.lose_teacher``, ``finish_reason`` ``"teacher_unavailable"``).
 """
