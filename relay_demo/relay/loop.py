@@ -278,7 +278,7 @@ def relay_batch(pair, prompts, policy, *, limits=None, sampling=None, on_span=No
         return [results[r.index] for r in rows]
 
 
-def _stream(batch: RelayBatch):
+def _spans(batch: RelayBatch):
     for _, item in batch.events():
         if isinstance(item, RelayResult):
             return item
@@ -291,7 +291,7 @@ def relay_stream(pair, prompt, policy: Policy, *, limits=None, sampling=None) ->
     ``pair.lock`` while it iterates (as the app does)."""
     batch = RelayBatch(pair, policy, limits, sampling)
     batch.add(prompt)  # now, so bad input fails at the call and not at the first next()
-    return StreamResult(_stream(batch))
+    return StreamResult(_spans(batch))
 
 
 def relay(pair, prompt, policy: Policy, **kw) -> RelayResult:

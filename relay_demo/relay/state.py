@@ -163,19 +163,15 @@ class Row:
         honour, triggers = policy.honours_commands and may_call, policy.uses_trigger and may_call
         # never inside an open command: the bias would make the student write <call><call>...
         bias = call_bias if honour and open_command(self.student.seg.text) is None else None
-        want = {
-            "want_top_prob": triggers and policy.needs_top_prob,
-            "want_hidden": triggers and policy.needs_hidden,
-        }
-        stop = (CLOSE,) if honour else ()
         return Job(
             self.student.session,
             self.remaining,
             self.sampling,
-            stop,
+            (CLOSE,) if honour else (),
+            want_top_prob=triggers and policy.needs_top_prob,
+            want_hidden=triggers and policy.needs_hidden,
             row=self.seed_row,
             logit_bias=bias,
-            **want,
         )
 
     def teacher_turn_over(self) -> None:
