@@ -61,7 +61,7 @@ def ideal_seconds(pair, prompt_ids_s, prompt_ids_t, result) -> tuple[float, floa
 
 
 def overhead(pair, prompts, every, n, max_tokens, repeats=5) -> dict:
-    from relay_demo.relay import _chat_ids
+    from relay_demo.backends.base import chat_ids
 
     policy = make_policy("interval", every=every, n=n)
     limits = Limits(max_tokens=max_tokens, max_calls=10**6, max_n=n)
@@ -70,7 +70,7 @@ def overhead(pair, prompts, every, n, max_tokens, repeats=5) -> dict:
     calls = tokens = 0
     for p in prompts:
         # best of `repeats`, relay and ideal interleaved: this machine is shared, and noise only adds time
-        ids = _chat_ids(pair.student, p, {}), _chat_ids(pair.teacher, p, {})
+        ids = chat_ids(pair.student.tokenizer, p, {}), chat_ids(pair.teacher.tokenizer, p, {})
         runs, ideals = [], []
         for _ in range(repeats):
             runs.append(timed_cpu(relay, pair, p, policy, limits=limits, sampling=GREEDY))

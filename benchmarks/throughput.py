@@ -7,7 +7,7 @@ so the figure shows what the handoffs cost a batch: ``relay_vs_student`` = relay
 Response tokens of both models count; end-of-sequence is disabled so every run writes the same number.
 
 Batched only, a second relay hands over at random positions (random-token, p = 1/every), as real policies do:
-rows then stop at different moments, which is what the early end of student rounds is for. It runs with
+rows then stop at different moments, which is what the early end of student runs is for. It runs with
 ``preempt`` on (the default in greedy decoding) and off: ``preempt_gain`` = on tok/s / off tok/s.
 """
 

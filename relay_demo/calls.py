@@ -40,7 +40,7 @@ class Call:
     granted: int = 0  # N after the caps (max N, tokens left in the answer)
     written: int = 0  # tokens the teacher wrote
     ended: str = ""  # a key of ENDED
-    teacher_s: float = 0.0  # wall time of the teacher's turn (shared by the rows of a batch)
+    teacher_s: float = 0.0  # wall time of the teacher's turn: from its batched run's start to this row's end
     prefill: int = 0  # tokens the teacher ran to catch up before writing
 
     def close(self, written: int, seconds: float, prefill: int, finish: str | None, max_n: int) -> None:

@@ -16,9 +16,9 @@ Views (in an in-memory DuckDB; the parquet files are only read):
   split (``relay_demo/cost.py``; null where a run predates it), tokens, calls, wall time, and the cost against
   the teacher alone on the same problems of the same run (its ``teacher`` rows): all FLOPs, decode FLOPs
   (student + teacher-written tokens) and the teacher's prefill, each a ratio of sums over the problems both
-  have, and the wall time likewise. A row's ``wall_s`` sums the whole durations of the batch rounds it took
-  part in (each to its slowest row's end; ``parts.SCHEMA``), not its share of the batch's time, so wall
-  ratios compare methods run at the same batch size.
+  have, and the wall time likewise. A row's ``wall_s`` sums the whole durations of the batch runs it took
+  part in (each to its slowest row's end, the last to its own end; ``parts.SCHEMA``), not its share of the
+  batch's time, so wall ratios compare methods run at the same batch size.
 
 :meth:`Store.summary` adds what SQL does not say well (``relay_demo.results.summary``): APGR against the
 pair's student and teacher on the same benchmark, CPT(50%) / CPT(80%) of each method's curve, the saving

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from relay_demo.backends.base import Sampling
+from relay_demo.backends.base import Sampling, chat_ids
 from relay_demo.backends.hf_engine import HFEngine
 from relay_demo.pairs import Pair, build_tiny_random
 from relay_demo.policies import make_policy
-from relay_demo.relay import Limits, _chat_ids, relay_batch
+from relay_demo.relay import Limits, RelayBatch, RelayResult, relay_batch
 
 from .models import BPE_SPANS, BPE_TEXT, bpe_chain_models, qwen_tokenizer, save
 
@@ -81,7 +81,7 @@ def test_greedy_relay_parity(pairs, policy):
         i = next(k for k, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=False)) if x != y)
         assert a.source_mask[: i + 1] == b.source_mask[: i + 1]  # the same model wrote the diverging token
         engine = pairs["hf"].student if a.source_mask[i] else pairs["hf"].teacher
-        prompt = _chat_ids(engine, p, {})
+        prompt = chat_ids(engine.tokenizer, p, {})
         top = _top3(engine, prompt + a.token_ids[:i])  # interval/teacher-only: no commands, same view
         assert a.token_ids[i] in top and b.token_ids[i] in top, f"prompt {p!r}: diverged at {i}"
     assert exact >= len(PROMPTS) - 1, "more than one prompt diverged"
@@ -112,16 +112,14 @@ def test_command_over_bpe_tokens_on_vllm(folders, tok):
 @pytest.mark.parametrize("backend", ["hf", "vllm"])
 def test_early_round_end_changes_no_greedy_output(pairs, backend):
     """Pausing the writers once as many rows wait for the teacher: same tokens, and it really paused."""
-    from relay_demo.relay import _Relay
-
     prompts = PROMPTS * 2
     policy = make_policy("random-token", p=0.08, n=2)
     runs = {}
     for preempt in (False, True):
-        relay = _Relay(pairs[backend], policy, pairs[backend].limits, GREEDY, preempt=preempt)
-        seqs = relay.start(prompts)
-        list(relay.drive(seqs))
-        runs[preempt] = relay, [relay.result(s) for s in seqs]
+        batch = RelayBatch(pairs[backend], policy, pairs[backend].limits, GREEDY, preempt=preempt)
+        rows = [batch.add(p) for p in prompts]
+        done = {row: item for row, item in batch.events() if isinstance(item, RelayResult)}
+        runs[preempt] = batch, [done[r] for r in rows]
     (off, plain), (on, early) = runs[False], runs[True]
     assert off.n_paused == 0 and on.n_paused > 0
     for a, b in zip(plain, early, strict=True):
@@ -129,9 +127,9 @@ def test_early_round_end_changes_no_greedy_output(pairs, backend):
         assert a.source_mask == b.source_mask
         assert (a.calls, a.finish_reason, a.teacher_tokens) == (b.calls, b.finish_reason, b.teacher_tokens)
     # the default: on in greedy decoding only (with sampling a row's draws would depend on its neighbours)
-    assert _Relay(pairs[backend], policy, pairs[backend].limits, GREEDY).preempt
+    assert RelayBatch(pairs[backend], policy, pairs[backend].limits, GREEDY).preempt
     sampled = Sampling(temperature=0.7, seed=1)
-    assert not _Relay(pairs[backend], policy, pairs[backend].limits, sampled).preempt
+    assert not RelayBatch(pairs[backend], policy, pairs[backend].limits, sampled).preempt
 
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])

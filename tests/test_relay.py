@@ -9,7 +9,7 @@ from relay_demo.backends.base import Delta, Sampling
 from relay_demo.backends.hf_engine import HFEngine
 from relay_demo.pairs import Pair, byte_tokenizer
 from relay_demo.policies import make_policy
-from relay_demo.relay import Limits, relay, relay_batch, relay_stream
+from relay_demo.relay import Limits, RelayBatch, RelayResult, relay, relay_batch, relay_stream
 
 from .models import (
     BPE_SPANS,
@@ -117,6 +117,28 @@ def test_teacher_reads_only_unseen_tokens(random_models, byte_tok):
     assert r.calls == 5
     assert r.teacher_prefill == r.teacher_new  # exactly the unseen tokens, never a re-read of the context
     assert r.teacher_new[1:] == [6 + 1] * 4  # six student tokens plus the teacher's own last token
+
+
+def test_rows_join_and_leave_a_running_batch(random_models, byte_tok):
+    """A row added while others decode writes what it writes alone; a cancelled row ends at once, as
+    "cancelled", and its neighbours do not notice."""
+    s, t = random_models
+    pair = _pair(s, t, byte_tok, max_tokens=40, max_calls=5, max_n=8)
+    policy = make_policy("interval", every=5, n=3)
+    alone = [relay(pair, p, policy, sampling=GREEDY) for p in PROMPTS]
+    batch = RelayBatch(pair, policy, sampling=GREEDY)
+    first, doomed, late, results = batch.add(PROMPTS[0]), batch.add(PROMPTS[1]), None, {}
+    for row, item in batch.events():
+        if isinstance(item, RelayResult):
+            results[row] = item
+        elif late is None and row is first and item.source == "teacher":  # mid-run, both rows in it
+            late = batch.add(PROMPTS[2])
+            batch.cancel(doomed)
+    assert results[doomed].finish_reason == "cancelled"
+    assert len(results[doomed].token_ids) < len(alone[1].token_ids)
+    for row, ref in ((first, alone[0]), (late, alone[2])):
+        assert (results[row].token_ids, results[row].source_mask) == (ref.token_ids, ref.source_mask)
+        assert results[row].finish_reason == ref.finish_reason
 
 
 # -- commands over real BPE tokens -------------------------------------------------------------------

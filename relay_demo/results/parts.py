@@ -62,9 +62,9 @@ SCHEMA = pa.schema(
         ("command_tokens", pa.float64()),
         ("calls", pa.float64()),
         ("flops", pa.float64()),
-        # seconds of the model rounds this row took part in: rows decode in batches, and every row of a round
-        # counts the round's whole duration, to its slowest row's end (a teacher-only row: its batch's time),
-        # not its share of it; a relay row leaves out the other model's rounds, which it waits through
+        # seconds of the model runs this row took part in: rows decode in batches, and every row of a run
+        # counts the run's whole duration, to its slowest row's end (the run in which the row ended: to its
+        # own end), not its share of it; a relay row leaves out the other model's runs, which it waits through
         ("wall_s", pa.float64()),
         ("response", pa.string()),
         ("spans", pa.string()),  # JSON list of {"source", "text", "tokens"}

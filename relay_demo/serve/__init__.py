@@ -4,33 +4,30 @@
     POST /v1/chat/completions    stream or not; every text chunk says who wrote it: "relay": {"source"}
     GET  /relay/status           rows decoding, requests waiting, totals (for tests and operators)
 
-Batching. The relay loop of this version runs a fixed batch in rounds (student round, teacher round, ...).
-It has no public way to add or drop a row, but its ``drive`` computes each round's rows afresh from the list
-of sequences it was given. One scheduler thread owns the engines (under ``pair.lock``) and runs one batch at a
-time: requests waiting when a batch starts join it, and a request that arrives while it decodes is appended
-to that list, so it joins at the next round instead of waiting for the batch to end. A student round can
-last a whole answer (student-only, or a student that never calls), so a newcomer ends it early: its writers
-are paused as the loop's own preemption pauses them (job cancelled, tokens kept, one cache block re-read),
-which changes no greedy output; with sampling a row's draws then depend on its neighbours' arrivals (as
-with any batching server, a seed is best effort under concurrency). Teacher rounds are never cut.
+Batching. One scheduler thread owns the engines (under ``pair.lock``) and drives one ``RelayBatch`` at a time
+(``relay_demo.relay``): requests waiting when a batch starts are its first rows, and a request that arrives
+while it decodes is added to it (``RelayBatch.add``) and joins its model's next run instead of waiting for the
+batch to end. A student run can last a whole answer (student-only, or a student that never calls), so a
+newcomer ends it early: its writers are paused as the loop's own preemption pauses them (job cancelled, tokens
+kept, one cache block re-read), which changes no greedy output; with sampling a row's draws then depend on its
+neighbours' arrivals (as with any batching server, a seed is best effort under concurrency). Teacher runs are
+never cut.
 
-Requests of one batch share what the loop keeps per batch (the policy with its knobs, ``max_calls``,
-``max_n``, greedy or not); each row keeps its own sampling (temperature, top_p, seed), token budget and
-deadline. A request whose
-settings differ waits until the running batch drains (first come, first served: nothing more joins a batch
-while an older request of another kind waits). ``_ServeRelay`` is the only code that leans on the loop's
-internals; the continuous-batching rewrite of relay.py replaces it with the loop's own add/cancel.
+Requests of one batch share what a ``RelayBatch`` keeps per batch (the policy with its knobs, ``max_calls``,
+``max_n``, greedy or not); each row keeps its own sampling (temperature, top_p, seed, drawn as a lone
+request's), token budget and deadline. A request whose settings differ waits until the running batch drains
+(first come, first served: nothing more joins a batch while an older request of another kind waits).
 
-A row whose job is over for good (an end token, its budget) gets its last chunk at once, not when the
-round's slowest row ends; its sessions are released when that round ends (the engine writes every row's
-cache back then).
+A row whose job is over for good (an end token, its budget) is reported by the loop at once, not when its
+run's slowest row ends, and gets its last chunk then; its sessions are released when that run ends (the hf
+engine writes every row's cache back then).
 
-Cancellation. A client that disconnects (or a row past its wall-time limit) has its current engine job
-cancelled at the next token the scheduler sees: the engine gives it no more tokens after that step (in a hf
-batch its slot rides along as a masked pad until the round ends). When the round ends the row is finished
-and its sessions released: its own KV cache is dropped at once; a row of the round's shared batch tensors is
-freed when the next round rebuilds them. A cancelled row that is not in the running round (waiting for the
-other model) is finished and released before the next round; a request still in the queue is just removed.
+Cancellation. A client that disconnects (or a row past its wall-time limit) is cancelled
+(``RelayBatch.cancel``) at the next event the scheduler sees: a row in the running run gets no tokens after
+that step (in a hf batch its slot rides along as a masked pad until the run ends) and is finished and its
+sessions released when the run ends; its own KV cache is dropped at once, and a row of the run's shared batch
+tensors is freed when the next run rebuilds them. A row waiting for the other model is finished and released
+at once; a request still in the queue is just removed.
 
 Bounds: at most ``--max-batch`` rows decode together and ``--max-queue`` more wait; past that, 429.
 

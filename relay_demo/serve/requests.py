@@ -13,10 +13,10 @@ import uuid
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
-from ..backends.base import Sampling
+from ..backends.base import Sampling, chat_ids
 from ..knobs import KNOBS
 from ..protocol import OPEN, single_token_id
-from ..relay import Limits, _chat_ids, _Seq, validate_prompt
+from ..relay import Limits, Row, validate_prompt
 
 log = logging.getLogger("relay_demo.serve")
 
@@ -160,7 +160,6 @@ class _Request:
     policy: object
     limits: Limits  # per batch: max_n, max_calls (max_tokens is per row)
     sampling: Sampling
-    policy_seed: int
     max_tokens: int
     s_ids: list[int]
     t_ids: list[int]
@@ -168,7 +167,7 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
-    seq: _Seq | None = None
+    row: Row | None = None  # its row in the running RelayBatch
 
     def emit(self, event: tuple) -> None:
         try:
@@ -232,8 +231,8 @@ class Prompter:
             seed=secrets.randbelow(1 << 31) if seed is None else seed,
         )
         with self.lock:
-            s_ids = _chat_ids(self.student, messages, s.pair.chat_kwargs)
-            t_ids = _chat_ids(self.teacher, messages, s.pair.chat_kwargs)
+            s_ids = chat_ids(self.student.tokenizer, messages, s.pair.chat_kwargs)
+            t_ids = chat_ids(self.teacher.tokenizer, messages, s.pair.chat_kwargs)
         longest = max(len(s_ids), len(t_ids))
         if longest > s.limits.max_prompt_tokens:
             raise ApiError(
@@ -249,7 +248,6 @@ class Prompter:
             policy=policy,
             limits=limits,
             sampling=sampling,
-            policy_seed=sampling.seed * 7919,  # what relay_stream gives its (only) row 0
             max_tokens=max_tokens,
             s_ids=s_ids,
             t_ids=t_ids,
