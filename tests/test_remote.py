@@ -113,6 +113,7 @@ def _vllm(model: str, tmp: Path, max_model_len: int):
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
     cmd += ["--max-model-len", str(max_model_len), "--block-size", str(BLOCK), "--enforce-eager"]
     cmd += ["--enable-prefix-caching", "--enable-prompt-tokens-details"]
+    cmd += ["--kv-cache-memory-bytes", str(256 << 20)]  # tiny models: 1 GiB was refused beside a busy job
     server = Process(cmd, tmp / "vllm.log", env)
     try:
         _wait(url, server.proc, server.log, "/health")
