@@ -108,23 +108,24 @@ GROUP BY problem_id ORDER BY problem_id
 """
 
 
-def _check_part(path: Path) -> str | None:
-    """Why ``path`` cannot be loaded, or None when it can (read whole: a bad page must not break a query)."""
+def _check_part(path: Path) -> tuple[str | None, list[str]]:
+    """Why ``path`` cannot be loaded (None when it can; read whole: a bad page must not break a query), and
+    the columns it has."""
     try:
         schema = pq.read_schema(path)
         missing = [c for c in REQUIRED if c not in schema.names]
         if missing:
-            return f"not a results file: missing columns {missing}"
+            return f"not a results file: missing columns {missing}", []
         present = [c for c in SCHEMA.names if c in schema.names]  # an ADDED column may be absent (null)
         wrong = [
             f"{c} is {schema.field(c).type}" for c in present if schema.field(c).type != SCHEMA.field(c).type
         ]
         if wrong:
-            return f"not a results file: {', '.join(wrong)}"
+            return f"not a results file: {', '.join(wrong)}", []
         pq.read_table(path, columns=list(REQUIRED))
     except Exception as e:  # noqa: BLE001 - any failure to read means: skip it and say so
-        return f"{type(e).__name__}: {e}"
-    return None
+        return f"{type(e).__name__}: {e}", []
+    return None, schema.names
 
 
 def _foreign(run_dir: Path, known: set[Path]) -> list[Path]:
@@ -144,6 +145,7 @@ class Store:
         self.con = duckdb.connect(":memory:")
         self.skipped: list[tuple[Path, str]] = []
         self.files: list[Path] = []
+        self.columns: set[str] = set()  # every column some loaded part has
         self.manifests: list[dict] = []
         self._discover()
         self._create_views()
@@ -161,8 +163,12 @@ class Store:
             for path in _foreign(run_dir, {*live, *dead, *(p for p, _ in bad)}):
                 self._skip(path, "foreign file: not a part written by relay_demo/results/parts.py")
             for path in live:
-                why = _check_part(path)
-                self._skip(path, why) if why else self.files.append(path)
+                why, columns = _check_part(path)
+                if why:
+                    self._skip(path, why)
+                else:
+                    self.files.append(path)
+                    self.columns.update(columns)
             try:
                 self.manifests.append(read_manifest(run_dir))
             except (OSError, ValueError) as e:
@@ -171,13 +177,14 @@ class Store:
 
     def _create_views(self) -> None:
         if self.files:
-            have = {c for p in self.files for c in pq.read_schema(p).names}
             # foreign extra columns are ignored; a column no part has yet (parts.ADDED, float64) is null;
             # rows of a non-test split are a benchmark of their own (BENCHMARK_SQL)
-            cols = ", ".join(
-                BENCHMARK_SQL if c == "benchmark" else f'"{c}"' if c in have else f'NULL::DOUBLE AS "{c}"'
-                for c in SCHEMA.names
-            )
+            def col(c: str) -> str:
+                if c == "benchmark":
+                    return BENCHMARK_SQL
+                return f'"{c}"' if c in self.columns else f'NULL::DOUBLE AS "{c}"'
+
+            cols = ", ".join(col(c) for c in SCHEMA.names)
             files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in self.files) + "]"
             self.con.execute(
                 f"CREATE VIEW all_samples AS SELECT {cols} FROM read_parquet({files}, union_by_name=true)"
