@@ -85,6 +85,24 @@ def count_params(path: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def eos_ids(path: str, tokenizer) -> set[int]:
+    """All end ids: generation_config's eos_token_id (int or list) plus the tokenizer's."""
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    try:
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's eos is all we know
+        eos = None
+    if eos is not None:
+        ids.update([eos] if isinstance(eos, int) else eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError(f"{path}: neither generation_config nor tokenizer defines an eos token")
+    return ids
+
+
 class ModelUnavailable(RuntimeError):
     """The model behind an engine cannot be reached: a remote server down, too slow or gone mid-answer.
 

@@ -46,7 +46,7 @@ import queue
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import Delta, Job, ModelEngine, ModelUnavailable, Session, check_jobs
+from .base import Delta, Job, ModelEngine, ModelUnavailable, Session, check_jobs, eos_ids
 from .remote_http import Stream, check_tokenizer, get_json, open_client
 
 log = logging.getLogger("relay_demo.remote")
@@ -118,8 +118,6 @@ class RemoteEngine(ModelEngine):
         ``api_key``: the server's ``--api-key`` (default: ``$RELAY_REMOTE_API_KEY``)."""
         from transformers import AutoTokenizer
 
-        from .vllm_engine import _eos_ids
-
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"a model URL looks like http://host:port, got {url!r}")
         url = url.rstrip("/").removesuffix("/v1")
@@ -141,9 +139,9 @@ class RemoteEngine(ModelEngine):
             if not n_params:
                 log.warning("%s has no config.json: FLOPs will not count the model at %s", config, url)
             try:
-                eos = _eos_ids(config, tok)
+                eos = eos_ids(config, tok)
             except (OSError, ValueError):  # a model folder that is not on this machine: the tokenizer's end
-                eos = _eos_ids(tokenizer, tok)
+                eos = eos_ids(tokenizer, tok)
         except BaseException:
             client.close()
             raise

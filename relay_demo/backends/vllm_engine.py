@@ -59,7 +59,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .base import Delta, Job, ModelEngine, Session, check_jobs, count_params
+from .base import Delta, Job, ModelEngine, Session, check_jobs, count_params, eos_ids
 
 DEFAULT_KV_CACHE_GIB = 1.0  # per engine, CPU only; two engines + training fit in 24 GiB
 CPU_BLOCK_SIZE = 32  # the CPU attention backend needs a multiple of 32; smaller = cheaper re-reads
@@ -89,24 +89,6 @@ def _match_threads(n: int) -> None:
 
     if torch.get_num_threads() != n:
         torch._C.set_num_threads(n)
-
-
-def _eos_ids(path: str, tokenizer) -> set[int]:
-    """All end ids: generation_config's eos_token_id (int or list) plus the tokenizer's."""
-    from transformers import GenerationConfig
-
-    ids: set[int] = set()
-    try:
-        eos = GenerationConfig.from_pretrained(path).eos_token_id
-    except OSError:  # no generation_config.json: the tokenizer's eos is all we know
-        eos = None
-    if eos is not None:
-        ids.update([eos] if isinstance(eos, int) else eos)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    if not ids:
-        raise ValueError(f"{path}: neither generation_config nor tokenizer defines an eos token")
-    return ids
 
 
 class VLLMSession(Session):
@@ -215,7 +197,7 @@ class VLLMEngine(ModelEngine):
             llm=llm,
             tokenizer=tokenizer,
             n_params=count_params(path_or_hub_id),
-            eos_ids=_eos_ids(path_or_hub_id, tokenizer),
+            eos_ids=eos_ids(path_or_hub_id, tokenizer),
         )
 
     @property
