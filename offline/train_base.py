@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class TrainBaseCfg:
     snapshot_at_val_acc: float | None = None
     snapshot_out: str | None = None
     init_from: str | None = None  # start from these weights instead of a random init (continued training)
+    # resumable: every ``checkpoint_every`` steps (0 = at each validation) the weights, optimizer, data order
+    # and clock go to ``<out>/trainer-state/state.pt`` (ignored by git); a rerun of the command goes on there
+    checkpoint_every: int = 0
     threads: int = 1
     metrics: str | None = None  # JSON lines file; None = no log
 
@@ -158,10 +162,18 @@ def train(cfg: TrainBaseCfg) -> dict:
     val = arith.load("validation", cfg.n_eval, seed=cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     rng = random.Random(cfg.seed)
-    log(event="start", params=n_params, n_train=len(data), config=cfglib.to_dict(cfg))
-    t0, step, val_acc, snapped = time.time(), 0, None, False
+    st = {"step": 0, "val_acc": None, "snapped": False, "finished": False, "train_s": 0.0}
+    state_path = Path(cfg.out) / "trainer-state" / "state.pt"
+    if state_path.is_file():
+        st = _load_state(state_path, model, opt, rng)
+        log(event="resume", step=st["step"], train_s=round(st["train_s"], 1), finished=st["finished"])
+    else:
+        log(event="start", params=n_params, n_train=len(data), config=cfglib.to_dict(cfg))
+    every = cfg.checkpoint_every or cfg.eval_every
+    t0 = time.time() - st["train_s"]  # the clock (max_minutes, train_s) goes on from the checkpoint
     model.train()
-    while step < cfg.max_steps:
+    while not st["finished"]:
+        step = st["step"]
         batch = collate(rng.sample(data, cfg.batch_size), tok.pad_token_id)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
@@ -170,22 +182,40 @@ def train(cfg: TrainBaseCfg) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        step += 1
+        st["step"] = step = step + 1
         if step % 50 == 0:
             log(step=step, loss=round(loss.item(), 4), lr=g["lr"])
         if step % cfg.eval_every == 0:
-            val_acc = accuracy(model, tok, val)
+            st["val_acc"] = val_acc = accuracy(model, tok, val)
             log(step=step, val_acc=val_acc, train_minutes=round((time.time() - t0) / 60, 2))
-            if cfg.snapshot_out and not snapped and val_acc >= cfg.snapshot_at_val_acc:
-                snapped = True
+            if cfg.snapshot_out and not st["snapped"] and val_acc >= cfg.snapshot_at_val_acc:
+                st["snapped"] = True
                 snap = dataclasses.replace(cfg, out=cfg.snapshot_out)
                 save_and_eval(model, tok, snap, log, step, time.time() - t0, n_params)
             if cfg.stop_at_val_acc is not None and val_acc >= cfg.stop_at_val_acc:
-                break
-        if cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes:
-            break
-    train_s = time.time() - t0
-    return save_and_eval(model, tok, cfg, log, step, train_s, n_params)
+                st["finished"] = True
+        if step >= cfg.max_steps or (cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes):
+            st["finished"] = True
+        if st["finished"] or step % every == 0:
+            st["train_s"] = time.time() - t0
+            _save_state(state_path, st, model, opt, rng)
+    return save_and_eval(model, tok, cfg, log, st["step"], st["train_s"], n_params)
+
+
+def _save_state(path: Path, st: dict, model, opt, rng: random.Random) -> None:
+    """Write the checkpoint atomically (a kill mid-write leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"st": st, "model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate()}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, model, opt, rng: random.Random) -> dict:
+    blob = torch.load(path, weights_only=False)
+    model.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["opt"])
+    rng.setstate(blob["rng"])
+    return dict(blob["st"])
 
 
 def save_and_eval(

@@ -221,6 +221,7 @@ def test_config_loader_nested_overrides_and_errors(tmp_path):
     "job,recipe",
     [
         ("offline.train_base:TrainBaseCfg", "tiny-arith/base.yaml"),
+        ("offline.train_base:TrainBaseCfg", "tiny-arith/teacher.yaml"),
         ("offline.filter:FilterCfg", "tiny-arith/filter.yaml"),
         ("offline.warmup:WarmupCfg", "tiny-arith/warmup.yaml"),
         ("offline.grpo:GrpoCfg", "tiny-arith/grpo-relay.yaml"),
@@ -258,3 +259,42 @@ def test_targeted_dataset_with_clean_copies_and_command_init(tok):
     emb = model.get_input_embeddings().weight
     call_id, close_id = tok.convert_tokens_to_ids(["<call>", "</call>"])
     assert torch.allclose(emb[call_id], emb[close_id])
+
+
+def test_train_base_resumes_where_it_was_killed(tmp_path, tok, monkeypatch):
+    """A run killed after its step-4 checkpoint, rerun, ends with the weights of a run never killed."""
+    import offline.train_base as tb
+    from offline.common import load_model
+
+    tok.save_pretrained(str(tmp_path / "tok"))
+    base = dict(tokenizer=str(tmp_path / "tok"), model=TINY, n_train=64, batch_size=8, max_steps=6)
+    base.update(warmup_steps=2, eval_every=100, checkpoint_every=2, n_eval=2, n_final_eval=2)
+    whole = tb.train(tb.TrainBaseCfg(out=str(tmp_path / "whole"), **base))
+
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def dying_step(self, *a, **k):  # the machine goes away during the fifth optimizer step
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    cfg = tb.TrainBaseCfg(out=str(tmp_path / "killed"), **base)
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        tb.train(cfg)
+    steps_run = []
+
+    def counted_step(self, *a, **k):
+        steps_run.append(1)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted_step)
+    resumed = tb.train(cfg)
+    assert len(steps_run) == 2  # steps 5 and 6 only: 1-4 came from the checkpoint
+    assert resumed["steps"] == whole["steps"] == 6
+    a, _ = load_model(tmp_path / "whole")
+    b, _ = load_model(tmp_path / "killed")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    assert tb.train(cfg)["steps"] == 6 and len(steps_run) == 2  # a finished job's rerun trains nothing more
