@@ -176,10 +176,20 @@ def create_app(settings: Settings):
             return event({**base, "object": "chat.completion.chunk", "choices": [choice], **extra})
 
         yield chunk({"role": "assistant", "content": ""})
+        pending = None  # an event taken from the queue while merging spans, handled next
         while True:
-            kind, *rest = await req.events.get()
+            kind, *rest = pending or await req.events.get()
+            pending = None
             if kind == "span":
+                # the spans already queued behind this one, of the same source, go in the same chunk: a client
+                # slower than the decoder gets fewer, larger events instead of falling further behind
                 source, text = rest
+                while not req.events.empty():
+                    nxt = req.events.get_nowait()
+                    if nxt[0] != "span" or nxt[1] != source:
+                        pending = nxt
+                        break
+                    text += nxt[2]
                 yield chunk({"content": text}, relay={"source": source})
             elif kind == "error":
                 yield event(ApiError(500, rest[0], None, "decoding_failed").body())
