@@ -108,6 +108,16 @@ def test_command_over_bpe_tokens_on_vllm(folders, tok):
     assert r.text == BPE_TEXT
     assert [(x.source, x.text) for x in r.spans] == BPE_SPANS
     assert (r.calls, r.command_tokens, r.teacher_tokens, r.finish_reason) == (1, 8, 3, "eos")
+    # the student's session outlives its stop string </call> and the handoff: both models compute each
+    # position once, exactly as the transformers engine does
+    (h,) = relay_batch(
+        _load(folders["chain"], "hf", max_tokens=64, max_n=16),
+        ["hi"],
+        make_policy("learned"),
+        sampling=GREEDY,
+    )
+    assert h.text == BPE_TEXT
+    assert (r.student_computed, r.teacher_computed) == (h.student_computed, h.teacher_computed)
 
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])

@@ -220,20 +220,23 @@ def test_top_probs_are_raw_model_probs(engine, tiny_path):
         assert got == pytest.approx(want, abs=2e-3)  # raw distribution, not temperature 2.0
 
 
-def test_stop_strings_keep_exact_tokens(engine):
-    ids = prompt(17000, 15)
-    ref = reference_greedy(engine, ids, 20)
-    tok = engine.tokenizer
-    texts = [tok.decode(ref[:k]) for k in range(21)]
-    # a string that starts in token k-1 and ends inside token k (k 0-based: the completing token)
-    for k in range(2, 20):
+def stop_string_in(engine, ref: list[int]) -> tuple[str, int]:
+    """A string that starts in token k-1 of ``ref`` and ends inside token k (k 0-based: the completing
+    token), and k."""
+    texts = [engine.tokenizer.decode(ref[:k]) for k in range(len(ref) + 1)]
+    for k in range(2, len(ref)):
         prev, cur = texts[k], texts[k + 1]
         if cur.startswith(prev) and len(prev) - len(texts[k - 1]) >= 2 and len(cur) - len(prev) >= 3:
             stop = cur[len(prev) - 2 : len(prev) + 1]
             if stop not in texts[k] and "\ufffd" not in cur:
-                break
-    else:
-        pytest.fail("no token pair with clean text in the greedy output")
+                return stop, k
+    pytest.fail("no token pair with clean text in the greedy output")
+
+
+def test_stop_strings_keep_exact_tokens(engine):
+    ids = prompt(17000, 15)
+    ref = reference_greedy(engine, ids, 20)
+    stop, k = stop_string_in(engine, ref)
     s = engine.session(ids)
     steps = drain(engine, [Job(s, 20, Sampling(temperature=0), stop_strings=(stop,))])
     assert tokens_of(steps, 0) == ref[: k + 1]
@@ -356,14 +359,21 @@ def test_truncate_below_what_vllm_holds_falls_back(engine):
     s.release()
 
 
-def test_stop_strings_fall_back(engine):
-    ids = prompt(34000, 40)
-    s = engine.session(ids)
+def test_stop_strings_on_a_resumed_session(engine):
+    """vLLM refuses stop strings on resumable requests in AsyncLLM only: in-process its output processor
+    matches them, and the chunk is parked where it stopped."""
+    s = engine.session(prompt(34000, 40))
     run_greedy(engine, s, 2)
-    first = s.parked.internal_id
-    out = run_greedy(engine, s, 3, stop_strings=("never-written",))  # vLLM refuses them when resumable
-    assert s.parked is None and first not in scheduler(engine).requests
-    assert out == reference_greedy(engine, s.ids[:-3], 3)
+    s.extend([9, 10, 11])
+    context = list(s.ids)
+    ref = reference_greedy(engine, context, 20)
+    stop, k = stop_string_in(engine, ref)
+    steps = drain(engine, [Job(s, 20, Sampling(temperature=0), stop_strings=(stop,))])
+    assert tokens_of(steps, 0) == ref[: k + 1] and finishes(steps, 0) == ["cancelled"]
+    assert s.last_prefill == 4 and s.parked.held == len(s.ids) - 1
+    s.extend([12])
+    context = list(s.ids)
+    assert run_greedy(engine, s, 3) == reference_greedy(engine, context, 3) and s.last_prefill == 2
     s.release()
 
 

@@ -15,21 +15,21 @@ How it works: one in-process ``vllm.LLM`` per model, driven step by step through
 (``add_request`` / ``step`` / ``abort_request``, delta outputs): the synchronous equivalent of AsyncLLM
 streaming, so the relay loop can read every step and cancel jobs between steps.
 
-Sessions kept alive (:mod:`relay_demo.backends.vllm_sessions`): a job's request is *resumable*; when its
-chunk ends (or the job is cancelled) vLLM parks it with its KV, and the session's next run resumes it, sending
-only the ids the session gained since (``Session.extend``) plus the chunk's last sampled token, which vLLM
-does not keep: a handoff re-reads nothing old (teacher tokens per new token 1.000 as on the transformers
-engine, 1.40 with the prefix cache alone). A job gets a fresh request on the whole ``session.ids`` instead
-(the prefix cache then makes the re-read the tokens past the last fully cached block: at most
-``block_size - 1`` old ones, 31 with the CPU default of 32), its parked request freed, when: it has stop
-strings (vLLM refuses them on resumable requests: the relay's student jobs that honour commands); the session
-was truncated below what vLLM holds (dropping only the last sampled token is fine); the engine is
-multiprocess; ``resume_sessions`` is False; or parked sessions would take more than half of ``max_num_seqs``
-or of the KV cache (least recently used other sessions are evicted first: a parked request holds a slot and
-its KV). ``VLLMSession.release()`` frees the parked request; a session dropped without it is freed at the
-engine's next run. Traps: the engine core does not check a resumed session's length (past ``max_model_len``
-it dies), so a resumed chunk's ``max_tokens`` is capped at ``max_model_len - len(ids)``; seeded sampling on a
-resumed session continues its first chunk's generator (the fresh path re-seeds every run).
+Sessions kept alive (:mod:`relay_demo.backends.vllm_sessions`): a job's request is *resumable*; when its chunk
+ends (or the job is cancelled) vLLM parks it with its KV, and the session's next run resumes it, sending only
+the ids the session gained since (``Session.extend``) plus the chunk's last sampled token, which vLLM does not
+keep: a handoff re-reads nothing old (teacher tokens per new token 1.000 as on the transformers engine, 1.40
+with the prefix cache alone). A job gets a fresh request on the whole ``session.ids`` instead (the prefix
+cache then makes the re-read the tokens past the last fully cached block: at most ``block_size - 1`` old ones,
+31 with the CPU default of 32), its parked request freed, when: the session was truncated below what vLLM
+holds (dropping only the last sampled token is fine); the engine is multiprocess; ``resume_sessions`` is
+False; or parked sessions would take more than half of ``max_num_seqs`` or of the KV cache (least recently
+used other sessions are evicted first: a parked request holds a slot and its KV). ``VLLMSession.release()``
+frees the parked request; a session dropped without it is freed at the engine's next run. Traps: the engine
+core does not check a resumed session's length (past ``max_model_len`` it dies), so a resumed chunk's
+``max_tokens`` is capped at ``max_model_len - len(ids)``; seeded sampling on a resumed session continues its
+first chunk's generator (the fresh path re-seeds every run); stop strings, which AsyncLLM refuses on resumable
+requests, work in-process: the output processor matches them and the chunk is parked where it stopped.
 
 Conventions:
 
@@ -324,7 +324,9 @@ class VLLMEngine(ModelEngine):
         return ok
 
     def _park(self, state: _Live) -> None:
-        """A resumable chunk ended: vLLM holds the session's ids but the last sampled one."""
+        """A resumable chunk ended: vLLM holds the session's ids but the last sampled one. A stop string
+        ends it in the output processor only: the engine core's request is parked here (see ``pause``)."""
+        pause(self.llm.llm_engine, state.internal_id)
         chunk_done(self.llm.llm_engine, state.internal_id)
         self._keeper.park(state.job.session, state.internal_id, state.prompt_len + state.n_generated - 1)
 

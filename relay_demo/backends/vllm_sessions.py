@@ -15,7 +15,9 @@ The in-process ``LLMEngine`` never builds resumable requests itself, so :func:`a
   left) never waits for a parked session;
 * a parked request is freed by the engine core's ``abort_requests`` with its internal id;
 * a cancelled chunk is parked from outside between two steps (:func:`pause`), the way the scheduler parks a
-  chunk that ends, instead of being aborted (which would free the session's KV).
+  chunk that ends, instead of being aborted (which would free the session's KV); so is a chunk that a stop
+  string ended (AsyncLLM refuses stop strings on resumable requests: the output processor matches them, but
+  the engine core knows nothing of them and would go on).
 
 :class:`Keeper` (one per engine) keeps the parked sessions least recently used first and evicts from the
 front: each holds a scheduler slot (parked requests count toward ``max_num_seqs``: were all slots parked, a
@@ -186,12 +188,17 @@ class Keeper:
             parked.keeper.unpark(session)
             parked.keeper.doomed.append(parked.internal_id)
 
+    def _evict(self, internal_id: str) -> None:
+        ref, _ = self._by_id.pop(internal_id)
+        session = ref()
+        if session is not None and session.parked is not None and session.parked.internal_id == internal_id:
+            session.parked = None
+        self.doomed.append(internal_id)
+
     def free_doomed(self) -> None:
         """Free the doomed requests and those of sessions garbage-collected without ``release()``."""
-        for internal_id, (ref, _) in list(self._by_id.items()):
-            if ref() is None:
-                del self._by_id[internal_id]
-                self.doomed.append(internal_id)
+        for internal_id in [i for i, (ref, _) in self._by_id.items() if ref() is None]:
+            self._evict(internal_id)
         if self.doomed:
             self.llm_engine.engine_core.abort_requests(self.doomed)
             self.doomed = []
@@ -208,13 +215,7 @@ class Keeper:
                 continue
             parked = self.unpark(s)
             tokens = min(len(s.ids) + job.max_tokens, max_model_len)
-            # vLLM refuses stop strings on resumable requests
-            if (
-                enabled
-                and not job.stop_strings
-                and len(plan) < self.max_seqs
-                and n_tokens + tokens <= self.max_tokens
-            ):
+            if enabled and len(plan) < self.max_seqs and n_tokens + tokens <= self.max_tokens:
                 if parked is not None and parked.held >= len(s.ids):  # a chunk reads at least one id
                     self.doomed.append(parked.internal_id)
                     parked = None
@@ -224,12 +225,7 @@ class Keeper:
         while self._by_id and (
             len(self._by_id) + len(plan) > self.max_seqs or self._held() + n_tokens > self.max_tokens
         ):
-            ref, _ = next(iter(self._by_id.values()))
-            session = ref()
-            if session is not None:
-                self.drop(session)
-            else:
-                self.doomed.append(self._by_id.popitem(last=False)[0])
+            self._evict(next(iter(self._by_id)))
         self.free_doomed()
         return plan
 
