@@ -443,3 +443,16 @@ def test_seeded_sampling_repeats_on_resumed_sessions(engine):
         return out
 
     assert chunks(5) == chunks(5) != chunks(6)
+
+
+def test_error_while_adding_leaves_no_parked_request_behind(engine):
+    s = engine.session(prompt(38000, 20))
+    run_greedy(engine, s, 2)
+    internal = s.parked.internal_id
+    bad = engine.session([10**9])  # vLLM refuses an id past its vocabulary when the request is added
+    with pytest.raises(Exception, match="vocab"):
+        drain(engine, [Job(bad, 2, Sampling(temperature=0)), Job(s, 2, Sampling(temperature=0), row=1)])
+    assert s.parked is None and internal not in scheduler(engine).requests  # never resumed: freed
+    context = list(s.ids)
+    assert run_greedy(engine, s, 2) == reference_greedy(engine, context, 2)
+    s.release()

@@ -251,11 +251,8 @@ class VLLMEngine(ModelEngine):
         eng = self.llm.llm_engine
         live: dict[str, _Live] = {}
         first: list[Delta] = []
-        plan = (
-            self._keeper.plan(jobs, self.max_model_len, self.resume_sessions)
-            if self._keeper is not None
-            else {}
-        )
+        keeper = self._keeper
+        plan = {} if keeper is None else keeper.plan(jobs, self.max_model_len, self.resume_sessions)
         self._running = True
         try:
             for i, job in enumerate(jobs):
@@ -288,8 +285,10 @@ class VLLMEngine(ModelEngine):
             if live:
                 eng.abort_request(list(live))
             self._running = False
-            if self._keeper is not None:
-                self._keeper.free_doomed()  # sessions released or truncated during the run
+            if keeper is not None:  # free what sessions released or truncated during the run held, and
+                # the parked requests that were never resumed (an error while adding the jobs)
+                keeper.doomed += [p.internal_id for p in plan.values() if p is not None]
+                keeper.free_doomed()
 
     def _add(self, eng, req_id: str, state: _Live, plan: dict[int, Parked | None]) -> None:
         """A plain request on the whole session, or a resumable one (a new one, or a parked one resumed)."""
@@ -303,6 +302,7 @@ class VLLMEngine(ModelEngine):
         # the engine core does not check a resumed session's length: stop at max_model_len
         params = self._params(job, min(job.max_tokens, self.max_model_len - len(ids)))
         state.internal_id = add_chunk(eng, req_id, ids, params, parked)
+        del plan[state.index]  # added: what is left in the plan when the run ends was never resumed
         # num_cached_tokens reads 0 on resumed chunks: their prefill is the ids they sent
         state.prefill = None if parked is None else len(ids) - parked.held
 
