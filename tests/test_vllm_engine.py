@@ -456,3 +456,19 @@ def test_error_while_adding_leaves_no_parked_request_behind(engine):
     context = list(s.ids)
     assert run_greedy(engine, s, 2) == reference_greedy(engine, context, 2)
     s.release()
+
+
+def test_top_probs_on_a_resumed_chunk(engine):
+    s = engine.session(prompt(39000, 30))
+    run_greedy(engine, s, 3)
+    s.extend([5, 6])
+    fresh = engine.session(s.ids)
+    probs = []
+    for one in (s, fresh):
+        steps = drain(engine, [Job(one, 6, Sampling(temperature=0), want_top_prob=True)])
+        probs.append([p for step in steps for d in step for p in d.top_probs])
+    assert s.last_prefill == 3 and s.parked.internal_id != fresh.parked.internal_id  # resumed, and a new one
+    assert s.ids == fresh.ids and len(probs[0]) == 6
+    assert probs[0] == pytest.approx(probs[1], abs=1e-5)
+    s.release()
+    fresh.release()
