@@ -15,8 +15,9 @@
     Each figure is the best of 5 interleaved repeats; ``overhead_cpu`` is the same ratio in CPU time of this
     process, which other jobs on a shared machine cannot inflate.
 (b) Re-reads: as one answer grows to 2k tokens, the teacher tokens computed at each handoff against the
-    tokens new to it since its last turn (transformers: exact KV reuse; vLLM: prefix caching, which can
-    only reuse whole blocks; remote: the server's own cached-token counts, same prefix caching).
+    tokens new to it since its last turn (transformers: exact KV reuse; vLLM: sessions kept alive between
+    runs, exact too, with prefix caching, which only reuses whole blocks, where a session cannot resume;
+    remote: the server's own cached-token counts, prefix caching alone).
 """
 
 from __future__ import annotations

@@ -172,7 +172,8 @@ def test_batch_matches_single_and_seeds_repeat(engine):
     assert first != other
 
 
-def test_computed_and_prefix_cache(engine):
+def test_computed_and_prefix_cache(engine, monkeypatch):
+    monkeypatch.setattr(engine, "resume_sessions", False)  # a fresh request per run: the prefix cache alone
     ids = prompt(11000, 100)
     s = engine.session(ids)
     drain(engine, [Job(s, max_tokens=4, sampling=Sampling(temperature=0))])
@@ -219,20 +220,23 @@ def test_top_probs_are_raw_model_probs(engine, tiny_path):
         assert got == pytest.approx(want, abs=2e-3)  # raw distribution, not temperature 2.0
 
 
-def test_stop_strings_keep_exact_tokens(engine):
-    ids = prompt(17000, 15)
-    ref = reference_greedy(engine, ids, 20)
-    tok = engine.tokenizer
-    texts = [tok.decode(ref[:k]) for k in range(21)]
-    # a string that starts in token k-1 and ends inside token k (k 0-based: the completing token)
-    for k in range(2, 20):
+def stop_string_in(engine, ref: list[int]) -> tuple[str, int]:
+    """A string that starts in token k-1 of ``ref`` and ends inside token k (k 0-based: the completing
+    token), and k."""
+    texts = [engine.tokenizer.decode(ref[:k]) for k in range(len(ref) + 1)]
+    for k in range(2, len(ref)):
         prev, cur = texts[k], texts[k + 1]
         if cur.startswith(prev) and len(prev) - len(texts[k - 1]) >= 2 and len(cur) - len(prev) >= 3:
             stop = cur[len(prev) - 2 : len(prev) + 1]
             if stop not in texts[k] and "\ufffd" not in cur:
-                break
-    else:
-        pytest.fail("no token pair with clean text in the greedy output")
+                return stop, k
+    pytest.fail("no token pair with clean text in the greedy output")
+
+
+def test_stop_strings_keep_exact_tokens(engine):
+    ids = prompt(17000, 15)
+    ref = reference_greedy(engine, ids, 20)
+    stop, k = stop_string_in(engine, ref)
     s = engine.session(ids)
     steps = drain(engine, [Job(s, 20, Sampling(temperature=0), stop_strings=(stop,))])
     assert tokens_of(steps, 0) == ref[: k + 1]
@@ -286,3 +290,185 @@ def test_many_runs_and_early_close_leave_nothing(engine):
     gen.close()  # the caller walks away mid-run: the request is aborted
     assert not core.has_unfinished_requests()
     assert not core.output_processor.request_states
+
+
+# -- sessions kept alive between runs (resumable requests, relay_demo/backends/vllm_sessions.py) -------------
+
+
+def greedy(n: int, **kw) -> Job:
+    return Job(None, n, Sampling(temperature=0), **kw)
+
+
+def run_greedy(engine, s, n: int, **kw) -> list[int]:
+    job = greedy(n, **kw)
+    job.session = s
+    return tokens_of(drain(engine, [job]), 0)
+
+
+def scheduler(engine):
+    return engine.llm.llm_engine.engine_core.engine_core.scheduler
+
+
+def test_resumed_chunks_prefill_only_new_ids_and_match_fresh_requests(engine):
+    s = engine.session(prompt(30000, 100))
+    out = run_greedy(engine, s, 4)
+    assert out == reference_greedy(engine, prompt(30000, 100), 4)
+    assert s.last_prefill == 100 and s.parked is not None and s.parked.held == 103
+    for k, new in enumerate([5, 1, 40, 7]):  # handoffs: ids appended between runs, as the relay does
+        s.extend(prompt(31000 + 100 * k, new))
+        before, ids = s.computed, list(s.ids)
+        out = run_greedy(engine, s, 6)
+        assert out == reference_greedy(engine, ids, 6)  # same as a fresh request on the whole context
+        assert s.last_prefill == new + 1  # the new ids + the last sampled token, nothing old
+        assert s.computed - before == new + 1 + 5
+        assert s.parked.held == len(s.ids) - 1
+    assert not engine.llm.llm_engine.has_unfinished_requests()  # parked requests hide from LLM.generate
+    s.release()
+
+
+def test_release_frees_the_parked_request(engine):
+    s = engine.session(prompt(32000, 50))
+    run_greedy(engine, s, 3)
+    internal = s.parked.internal_id
+    assert internal in scheduler(engine).requests
+    s.release()
+    assert s.parked is None and internal not in scheduler(engine).requests
+    dropped = engine.session(prompt(32100, 50))
+    run_greedy(engine, dropped, 3)
+    internal = dropped.parked.internal_id
+    del dropped  # never released: freed at the next run
+    run_greedy(engine, engine.session([1, 2, 3]), 1)
+    assert internal not in scheduler(engine).requests
+
+
+def test_truncate_below_what_vllm_holds_falls_back(engine):
+    ids = prompt(33000, 70)
+    s = engine.session(ids)
+    gen = run_greedy(engine, s, 3)  # vLLM holds 72 ids: all but the last sampled one
+    s.truncate(72)  # the last token refused: what vLLM holds is still valid...
+    assert s.parked is not None
+    s.extend([5, 6])
+    assert run_greedy(engine, s, 2) == reference_greedy(engine, ids + gen[:2] + [5, 6], 2)
+    assert s.last_prefill == 2  # ...and the next chunk resumes it
+    first = s.parked.internal_id
+    s.truncate(60)  # below what vLLM holds: freed, the next run is a fresh request
+    assert s.parked is None and first not in scheduler(engine).requests
+    assert run_greedy(engine, s, 2) == reference_greedy(engine, s.ids[:60], 2)
+    assert s.last_prefill == 60 - 32  # the prefix cache still has the first block
+    assert s.parked.internal_id != first
+    s.release()
+
+
+def test_stop_strings_on_a_resumed_session(engine):
+    """vLLM refuses stop strings on resumable requests in AsyncLLM only: in-process its output processor
+    matches them, and the chunk is parked where it stopped."""
+    s = engine.session(prompt(34000, 40))
+    run_greedy(engine, s, 2)
+    s.extend([9, 10, 11])
+    context = list(s.ids)
+    ref = reference_greedy(engine, context, 20)
+    stop, k = stop_string_in(engine, ref)
+    steps = drain(engine, [Job(s, 20, Sampling(temperature=0), stop_strings=(stop,))])
+    assert tokens_of(steps, 0) == ref[: k + 1] and finishes(steps, 0) == ["cancelled"]
+    assert s.last_prefill == 4 and s.parked.held == len(s.ids) - 1
+    s.extend([12])
+    context = list(s.ids)
+    assert run_greedy(engine, s, 3) == reference_greedy(engine, context, 3) and s.last_prefill == 2
+    s.release()
+
+
+def test_cancel_parks_the_session(engine):
+    s = engine.session(prompt(34500, 40))
+    run_greedy(engine, s, 2)
+    jobs = [Job(s, 10, Sampling(temperature=0)), Job(engine.session(prompt(34600, 30)), 10, row=1)]
+    steps = []
+    for step in engine.run(jobs):
+        steps.append(step)
+        if tokens_of(steps, 0):
+            jobs[0].cancel()
+    assert finishes(steps, 0) == ["cancelled"] and len(tokens_of(steps, 0)) == 1
+    assert len(tokens_of(steps, 1)) == 10  # the other job ran on
+    assert s.parked is not None and s.parked.held == len(s.ids) - 1  # kept, as if its chunk had ended
+    s.extend([8, 9])
+    context = list(s.ids)
+    assert run_greedy(engine, s, 3) == reference_greedy(engine, context, 3)
+    assert s.last_prefill == 3
+    parked, job = s.parked, Job(s, 5, Sampling(temperature=0))
+    job.cancel()  # before the run: nothing runs, the parked request stays
+    assert drain(engine, [job]) == [[Delta(job=0, token_ids=[], finish="cancelled")]]
+    assert s.parked is parked
+    s.release()
+    jobs[1].session.release()
+
+
+def test_session_capped_at_max_model_len(engine):
+    ids = [7 + i % 50 for i in range(1000)]
+    s = engine.session(ids)
+    run_greedy(engine, s, 10)
+    s.extend([3, 4, 5, 6, 7])  # 1015 ids of 1024
+    context = list(s.ids)
+    steps = drain(engine, [Job(s, 50, Sampling(temperature=0))])
+    assert tokens_of(steps, 0) == reference_greedy(engine, context, 9) and finishes(steps, 0) == ["length"]
+    assert len(s.ids) == 1024 and s.last_prefill == 6
+    with pytest.raises(ValueError, match="max_model_len"):
+        drain(engine, [Job(s, 1, Sampling(temperature=0))])
+    s.release()
+    assert run_greedy(engine, engine.session([1, 2, 3]), 2)  # the engine lives on
+
+
+def test_parked_sessions_stay_within_half_the_slots(engine, monkeypatch):
+    monkeypatch.setattr(engine._keeper, "max_seqs", 2)
+    sessions = [engine.session(prompt(35000 + 100 * i, 20)) for i in range(3)]
+    steps = drain(engine, [Job(s, 2, Sampling(temperature=0), row=i) for i, s in enumerate(sessions)])
+    assert [s.parked is not None for s in sessions] == [True, True, False]  # the third ran as a plain request
+    assert [tokens_of(steps, i) for i in range(3)] == [
+        reference_greedy(engine, s.ids[:20], 2) for s in sessions
+    ]
+    newer = engine.session(prompt(36000, 20))
+    run_greedy(engine, newer, 2)  # the least recently used parked session makes room
+    assert [s.parked is not None for s in (*sessions, newer)] == [False, True, False, True]
+    for s in (*sessions, newer):
+        s.release()
+    assert len(engine._keeper) == 0
+
+
+def test_seeded_sampling_repeats_on_resumed_sessions(engine):
+    def chunks(seed: int) -> list[int]:
+        s, out = engine.session(prompt(37000, 30)), []
+        for k in range(3):
+            out += tokens_of(drain(engine, [Job(s, 5, Sampling(temperature=1.0, seed=seed))]), 0)
+            assert s.parked is not None
+            s.extend([4 + k])
+        s.release()
+        return out
+
+    assert chunks(5) == chunks(5) != chunks(6)
+
+
+def test_error_while_adding_leaves_no_parked_request_behind(engine):
+    s = engine.session(prompt(38000, 20))
+    run_greedy(engine, s, 2)
+    internal = s.parked.internal_id
+    bad = engine.session([10**9])  # vLLM refuses an id past its vocabulary when the request is added
+    with pytest.raises(Exception, match="vocab"):
+        drain(engine, [Job(bad, 2, Sampling(temperature=0)), Job(s, 2, Sampling(temperature=0), row=1)])
+    assert s.parked is None and internal not in scheduler(engine).requests  # never resumed: freed
+    context = list(s.ids)
+    assert run_greedy(engine, s, 2) == reference_greedy(engine, context, 2)
+    s.release()
+
+
+def test_top_probs_on_a_resumed_chunk(engine):
+    s = engine.session(prompt(39000, 30))
+    run_greedy(engine, s, 3)
+    s.extend([5, 6])
+    fresh = engine.session(s.ids)
+    probs = []
+    for one in (s, fresh):
+        steps = drain(engine, [Job(one, 6, Sampling(temperature=0), want_top_prob=True)])
+        probs.append([p for step in steps for d in step for p in d.top_probs])
+    assert s.last_prefill == 3 and s.parked.internal_id != fresh.parked.internal_id  # resumed, and a new one
+    assert s.ids == fresh.ids and len(probs[0]) == 6
+    assert probs[0] == pytest.approx(probs[1], abs=1e-5)
+    s.release()
+    fresh.release()

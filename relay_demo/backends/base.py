@@ -2,9 +2,9 @@
 
 A :class:`ModelEngine` wraps one model (student or teacher) on one backend. It keeps one
 :class:`Session` per sequence: the token ids this model has seen, plus whatever lets it avoid re-reading
-them (a KV cache, or vLLM's prefix cache). :meth:`ModelEngine.run` continues many sessions at once
-and yields the new tokens step by step, so the relay loop can stream them and stop any job early
-(``job.cancel()``) the moment a command or a policy trigger appears.
+them (a KV cache, a request vLLM keeps parked, or its prefix cache). :meth:`ModelEngine.run` continues many
+sessions at once and yields the new tokens step by step, so the relay loop can stream them and stop any job
+early (``job.cancel()``) the moment a command or a policy trigger appears.
 
 Contract (relied on by the relay loop and tested for both backends):
 
@@ -15,7 +15,8 @@ Contract (relied on by the relay loop and tested for both backends):
 * ``session.computed`` counts every token position the model actually ran a forward pass on for this
   session (prefill and decode); it is what FLOPs and the prefill-reuse benchmark are computed from.
 * ``session.last_prefill`` is how many prompt positions the latest run had to compute before its first
-  new token (the unseen tail; for vLLM the part the prefix cache missed, rounded to blocks).
+  new token (the unseen tail; for a vLLM session kept alive the same, else the part the prefix cache missed,
+  rounded to blocks).
 * Between runs the caller may ``session.extend(ids)`` (e.g. teacher tokens appended to the student as
   ids) or ``session.truncate(n)`` (drop a token a policy refused); the next run prefills only what is new.
 """

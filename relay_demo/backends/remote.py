@@ -19,8 +19,9 @@ How it works: each job is one streamed ``POST /v1/completions`` whose ``prompt``
 token ids: nothing is re-tokenized) with ``return_token_ids`` (vLLM >= 0.10), so every chunk carries the new
 token ids. A reader thread per job parses its stream; ``run`` yields what has arrived, step by step. The
 server keeps no session: its automatic prefix cache makes re-sending the whole context cost only the tokens
-past the last cached block, as with the in-process vLLM engine (``vllm_engine.py``), whose conventions this
-engine follows (finish reasons, ``computed`` / ``last_prefill``, seeds ``seed + job.row``, raw top probs).
+past the last cached block, as with the in-process vLLM engine's fresh requests (``vllm_engine.py``, which
+also keeps sessions alive between runs), whose conventions this engine follows (finish reasons, ``computed`` /
+``last_prefill``, seeds ``seed + job.row``, raw top probs).
 
 * Cancelling a job closes its stream; vLLM aborts a request whose client went away.
 * ``session.last_prefill`` = prompt tokens minus the server's ``usage.prompt_tokens_details.cached_tokens``

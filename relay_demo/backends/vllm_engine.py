@@ -13,15 +13,29 @@ Usage::
 
 How it works: one in-process ``vllm.LLM`` per model, driven step by step through its ``LLMEngine``
 (``add_request`` / ``step`` / ``abort_request``, delta outputs): the synchronous equivalent of AsyncLLM
-streaming, so the relay loop can read every step and cancel jobs between steps. vLLM keeps no per-session
-KV cache; each run sends the whole ``session.ids`` as a token prompt and the automatic prefix cache
-makes the re-read cost only the tokens past the last fully cached block (at most ``block_size - 1``
-old tokens, i.e. 31 with the CPU default of 32, plus what is new).
+streaming, so the relay loop can read every step and cancel jobs between steps.
+
+Sessions kept alive (:mod:`relay_demo.backends.vllm_sessions`): a job's request is *resumable*; when its chunk
+ends (or the job is cancelled) vLLM parks it with its KV, and the session's next run resumes it, sending only
+the ids the session gained since (``Session.extend``) plus the chunk's last sampled token, which vLLM does not
+keep: a handoff re-reads nothing old (teacher tokens per new token 1.000 as on the transformers engine, 1.40
+with the prefix cache alone). A job gets a fresh request on the whole ``session.ids`` instead (the prefix
+cache then makes the re-read the tokens past the last fully cached block: at most ``block_size - 1`` old ones,
+31 with the CPU default of 32), its parked request freed, when: the session was truncated below what vLLM
+holds (dropping only the last sampled token is fine); the engine is multiprocess; ``resume_sessions`` is
+False; or parked sessions would take more than half of ``max_num_seqs`` or of the KV cache (least recently
+used other sessions are evicted first: a parked request holds a slot and its KV). ``VLLMSession.release()``
+frees the parked request; a session dropped without it is freed at the engine's next run. Traps: the engine
+core does not check a resumed session's length (past ``max_model_len`` it dies), so a resumed chunk's
+``max_tokens`` is capped at ``max_model_len - len(ids)``; seeded sampling on a resumed session continues its
+first chunk's generator (the fresh path re-seeds every run); stop strings, which AsyncLLM refuses on resumable
+requests, work in-process: the output processor matches them and the chunk is parked where it stopped.
 
 Conventions:
 
 * ``session.last_prefill`` = prompt tokens vLLM did not find in its prefix cache (``len(ids) -
-  num_cached_tokens``). ``session.computed`` adds, per run, that prefill plus every generated token
+  num_cached_tokens``), or on a resumed chunk the ids it sent (vLLM reports 0 cached tokens there, though it
+  read only those). ``session.computed`` adds, per run, that prefill plus every generated token
   except the newest: the last sampled token has not been fed to the model yet (the next run feeds it
   as part of its prompt). Same convention as the transformers engine: positions a forward ran on.
 * Finish: ``"eos"`` for any id in ``eos_ids`` (all of them are vLLM stop ids; the token is kept),
@@ -59,7 +73,8 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from .base import Delta, Job, ModelEngine, Session, check_jobs, count_params, eos_ids
+from .base import Delta, Job, ModelEngine, check_jobs, count_params, eos_ids
+from .vllm_sessions import Keeper, Parked, VLLMSession, add_chunk, chunk_done, pause
 
 DEFAULT_KV_CACHE_GIB = 1.0  # per engine, CPU only; two engines + training fit in 24 GiB
 CPU_BLOCK_SIZE = 32  # the CPU attention backend needs a multiple of 32; smaller = cheaper re-reads
@@ -91,18 +106,6 @@ def _match_threads(n: int) -> None:
         torch._C.set_num_threads(n)
 
 
-class VLLMSession(Session):
-    """A sequence for vLLM: only the ids; the KV lives in vLLM's shared prefix cache."""
-
-    def __init__(self, prompt_ids: list[int]):
-        super().__init__(prompt_ids)
-        self.released = False
-
-    def release(self) -> None:
-        # Prefix-cache blocks are shared and evicted by vLLM (LRU); nothing is owned per session.
-        self.released = True
-
-
 class _Live:
     """Book-keeping of one job while its request runs."""
 
@@ -112,6 +115,8 @@ class _Live:
         self.prompt_len = len(job.session.ids)
         self.n_generated = 0
         self.prefilled = False
+        self.internal_id: str | None = None  # a resumable request's id in the engine core
+        self.prefill: int | None = None  # a resumed chunk's prefill: the ids it sent
 
 
 class VLLMEngine(ModelEngine):
@@ -119,6 +124,7 @@ class VLLMEngine(ModelEngine):
 
     backend = "vllm"
     supports_hidden = False
+    resume_sessions = True  # keep sessions' requests parked between runs (False: a fresh request per run)
 
     def __init__(self, name: str, llm, tokenizer, n_params: int, eos_ids: set[int]):
         super().__init__(name, tokenizer, n_params, eos_ids)
@@ -133,8 +139,13 @@ class VLLMEngine(ModelEngine):
             global _open_engines
             _open_engines += 1
             self._finalizer = weakref.finalize(self, _shutdown_core, client)
+            cfg = llm.llm_engine.vllm_config
+            kv_tokens = (cfg.cache_config.num_gpu_blocks or 0) * cfg.cache_config.block_size
+            half_seqs = cfg.scheduler_config.max_num_seqs // 2
+            self._keeper: Keeper | None = Keeper(llm.llm_engine, half_seqs, kv_tokens // 2)
         else:  # multiprocess client: each engine core lives in its own process; its shutdown is local
             self._finalizer = weakref.finalize(self, client.shutdown)
+            self._keeper = None  # resuming needs the in-process engine core (see vllm_sessions)
 
     @classmethod
     def load(
@@ -206,16 +217,16 @@ class VLLMEngine(ModelEngine):
         return self.llm.llm_engine.model_config.max_model_len
 
     def session(self, prompt_ids: list[int]) -> VLLMSession:
-        return VLLMSession(prompt_ids)
+        return VLLMSession(prompt_ids, self)
 
     # ------------------------------------------------------------------ run
-    def _params(self, job: Job):
+    def _params(self, job: Job, max_tokens: int | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         s = job.sampling
         return SamplingParams(
-            max_tokens=job.max_tokens,
+            max_tokens=job.max_tokens if max_tokens is None else max_tokens,
             temperature=s.temperature,  # 0 -> greedy in vLLM
             top_p=s.top_p,
             seed=None if s.seed is None else s.seed + job.row,
@@ -231,8 +242,6 @@ class VLLMEngine(ModelEngine):
 
     def run(self, jobs: list[Job]) -> Iterator[list[Delta]]:
         """Add every job as one request, step the engine, yield the deltas of each step."""
-        from vllm.inputs import TokensPrompt
-
         if self.llm is None:
             raise RuntimeError(f"engine {self.name} is closed")
         if self._running:
@@ -242,6 +251,8 @@ class VLLMEngine(ModelEngine):
         eng = self.llm.llm_engine
         live: dict[str, _Live] = {}
         first: list[Delta] = []
+        keeper = self._keeper
+        plan = {} if keeper is None else keeper.plan(jobs, self.max_model_len, self.resume_sessions)
         self._running = True
         try:
             for i, job in enumerate(jobs):
@@ -252,10 +263,8 @@ class VLLMEngine(ModelEngine):
                     )
                     continue
                 req_id = f"relay-{next(self._req_counter)}"
-                eng.add_request(
-                    req_id, TokensPrompt(prompt_token_ids=list(job.session.ids)), self._params(job)
-                )
                 live[req_id] = _Live(i, job)
+                self._add(eng, req_id, live[req_id], plan)
             if first:
                 yield first
             while live:
@@ -267,6 +276,8 @@ class VLLMEngine(ModelEngine):
                             deltas.append(self._delta(state, out))
                             if deltas[-1].finish is not None:
                                 del live[out.request_id]
+                                if state.internal_id is not None and out.outputs[0].finish_reason != "abort":
+                                    self._park(state)
                 if deltas:
                     yield deltas
         finally:
@@ -274,12 +285,50 @@ class VLLMEngine(ModelEngine):
             if live:
                 eng.abort_request(list(live))
             self._running = False
+            if keeper is not None:  # free what sessions released or truncated during the run held, and
+                # the parked requests that were never resumed (an error while adding the jobs)
+                keeper.doomed += [p.internal_id for p in plan.values() if p is not None]
+                keeper.free_doomed()
+
+    def _add(self, eng, req_id: str, state: _Live, plan: dict[int, Parked | None]) -> None:
+        """A plain request on the whole session, or a resumable one (a new one, or a parked one resumed)."""
+        from vllm.inputs import TokensPrompt
+
+        job, ids = state.job, state.job.session.ids
+        if state.index not in plan:
+            eng.add_request(req_id, TokensPrompt(prompt_token_ids=list(ids)), self._params(job))
+            return
+        parked = plan[state.index]
+        # the engine core does not check a resumed session's length: stop at max_model_len
+        params = self._params(job, min(job.max_tokens, self.max_model_len - len(ids)))
+        state.internal_id = add_chunk(eng, req_id, ids, params, parked)
+        del plan[state.index]  # added: what is left in the plan when the run ends was never resumed
+        # num_cached_tokens reads 0 on resumed chunks: their prefill is the ids they sent
+        state.prefill = None if parked is None else len(ids) - parked.held
 
     def _abort_cancelled(self, live: dict[str, _Live]) -> list[Delta]:
+        """End cancelled jobs: a resumable chunk is parked as if it had ended (its session resumes next
+        run), any other request is aborted."""
         gone = [r for r, st in live.items() if st.job.cancelled]
-        if gone:
-            self.llm.llm_engine.abort_request(gone)
+        eng = self.llm.llm_engine
+        kept = [r for r in gone if self._pause(live[r])]
+        if len(kept) < len(gone):
+            eng.abort_request([r for r in gone if r not in kept])
         return [Delta(job=live.pop(r).index, token_ids=[], finish="cancelled") for r in gone]
+
+    def _pause(self, state: _Live) -> bool:
+        """Park a cancelled resumable chunk between steps; False: it must be aborted."""
+        ok = state.internal_id is not None and state.n_generated > 0 and not state.job.session.released
+        if ok := ok and pause(self.llm.llm_engine, state.internal_id):
+            self._park(state)
+        return ok
+
+    def _park(self, state: _Live) -> None:
+        """A resumable chunk ended: vLLM holds the session's ids but the last sampled one. A stop string
+        ends it in the output processor only: the engine core's request is parked here (see ``pause``)."""
+        pause(self.llm.llm_engine, state.internal_id)
+        chunk_done(self.llm.llm_engine, state.internal_id)
+        self._keeper.park(state.job.session, state.internal_id, state.prompt_len + state.n_generated - 1)
 
     def _delta(self, state: _Live, out) -> Delta:
         comp = out.outputs[0]
@@ -287,7 +336,8 @@ class VLLMEngine(ModelEngine):
         tokens = [int(t) for t in comp.token_ids]
         if not state.prefilled and (tokens or comp.finish_reason):
             state.prefilled = True
-            session.last_prefill = state.prompt_len - (out.num_cached_tokens or 0)
+            cached = out.num_cached_tokens or 0
+            session.last_prefill = state.prefill if state.prefill is not None else state.prompt_len - cached
             session.computed += session.last_prefill
         if tokens:
             # every new token but the newest has been fed; so has the previous step's newest
@@ -313,6 +363,8 @@ class VLLMEngine(ModelEngine):
 
     def close(self) -> None:
         """Free the model and its KV cache now (also runs when the engine is garbage-collected)."""
+        if self._keeper is not None:
+            self._keeper.clear()  # the parked requests go with the engine
         self._finalizer()
         self.llm = None
         gc.collect()
