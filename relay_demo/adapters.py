@@ -16,9 +16,14 @@ tokens), and the embedding is never resized. A logit bias on ``<call>`` is then 
 "unsupported LoRA weight"), and an unmerged peft model runs at a quarter of the base model's speed under
 transformers. So both backends load one merged copy: base weights in float32, the adapter (LoRA and the new
 rows) folded in, saved in float32 (merging in bf16 moved logits by up to 0.34 on this pair; the engines cast
-on load as they do for the base model) with the adapter's tokenizer. It is built once into
-``$RELAY_CACHE_DIR/merged/<key>`` (key: a hash of the adapter's files and the base folder's config),
+on load as they do for the base model) with the adapter's tokenizer (:func:`adapter_tokenizer`). It is built
+once into ``$RELAY_CACHE_DIR/merged/<key>`` (key: a hash of the adapter's files and the base folder's config),
 atomically, and checked against the unmerged model on a probe sequence before it is used.
+
+**The adapter's tokenizer.** A folder with its own ``tokenizer.json`` uses it; one without (a committed
+adapter leaves out the 11 MB file) uses the base model's, with the command tokens added by
+:func:`add_command_tokens` when the adapter trained their rows (``trainable_token_indices``): the same
+tokenizer training saved.
 """
 
 from __future__ import annotations
@@ -80,6 +85,45 @@ def add_command_tokens(tok, n_rows: int | None = None):
     return tok
 
 
+def adapter_tokenizer(base: str | Path, adapter: str | Path):
+    """The tokenizer of a student made of ``base`` + ``adapter`` (see the module docstring)."""
+    from transformers import AutoTokenizer
+
+    adapter = Path(adapter)
+    if (adapter / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(adapter)
+    tok = AutoTokenizer.from_pretrained(base)
+    conf = json.loads((adapter / "adapter_config.json").read_text())
+    rows = conf.get("trainable_token_indices") or {}
+    want = {i for ids in (rows.values() if isinstance(rows, dict) else [rows]) for i in ids}
+    if want:
+        tok = add_command_tokens(tok)
+        if set(command_ids(tok)) != want:
+            raise ValueError(f"{adapter} trained rows {sorted(want)}, not the commands' {command_ids(tok)}")
+    return tok
+
+
+def adapter_tokenizer_folder(base: str | Path, adapter: str | Path) -> Path:
+    """A folder holding :func:`adapter_tokenizer` (the adapter's own, or one saved once into the cache)."""
+    adapter = Path(adapter)
+    if (adapter / "tokenizer.json").is_file():
+        return adapter
+    out = _cache_root().parent / "tokenizers" / f"{adapter.name}-{merge_key(base, adapter)}"
+    if not (out / "tokenizer.json").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".partial", dir=_mkdir(out.parent)))
+        adapter_tokenizer(base, adapter).save_pretrained(tmp)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
 def _with_backend(tok, backend):
     """A copy of a fast tokenizer with another Rust tokenizer (the specials and chat template kept)."""
     with tempfile.TemporaryDirectory() as d:
@@ -103,7 +147,8 @@ def merge_key(base: str | Path, adapter: str | Path) -> str:
         if f.is_file():
             h.update(f.name.encode())
             h.update(f.read_bytes())
-    h.update((Path(base) / "config.json").read_bytes())
+    conf = Path(base) / "config.json"
+    h.update(conf.read_bytes() if conf.is_file() else str(base).encode())  # a hub id: its name
     return h.hexdigest()[:16]
 
 
@@ -135,9 +180,9 @@ def build_merged(base: Path, adapter: Path, out: Path) -> float:
     """Merge in float32, save, reload the saved copy and compare its logits with the unmerged model's."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer.json").is_file() else base)
+    tok = adapter_tokenizer(base, adapter)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(model, adapter)
     peft_model.eval()

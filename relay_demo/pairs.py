@@ -104,8 +104,10 @@ def _remote(name: str, role: str, url: str, folder: str, tokenizer: str | None, 
 
     adapter = _spec(name).get("adapter") if role == "student" else None
     tok = tokenizer or folder
-    if tokenizer is None and adapter and (Path(resolve(adapter)) / "tokenizer.json").is_file():
-        tok = resolve(adapter)  # the relay student's tokenizer (with <call> / </call>) is the adapter's
+    if tokenizer is None and adapter:  # the relay student's tokenizer (with <call> / </call>): the adapter's
+        from .adapters import adapter_tokenizer_folder
+
+        tok = str(adapter_tokenizer_folder(folder, resolve(adapter)))
     # the model's own folder (or hub id) gives its parameter count and end ids, whatever the tokenizer
     return RemoteEngine.load(url, tok, config=folder, name=f"{name}/{role}", **kw)
 

@@ -148,3 +148,35 @@ def test_lora_warmup_trains_the_command_rows_and_the_merged_copy_matches(qwen_to
     )  # cached
     adapter_cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert not os.path.isabs(adapter_cfg["base_model_name_or_path"])  # no machine path in a committed file
+
+
+def test_an_adapter_without_its_tokenizer_gets_the_base_one_and_commands(qwen_tok, tmp_path, monkeypatch):
+    """Committed adapters leave out the 11 MB tokenizer.json: rebuilt from the base model's, the same."""
+    from transformers import AutoTokenizer
+
+    from relay_demo.adapters import adapter_tokenizer, adapter_tokenizer_folder
+
+    monkeypatch.setenv("RELAY_CACHE_DIR", str(tmp_path / "cache"))
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    qwen_tok.save_pretrained(base)
+    adapter.mkdir()
+
+    def rows(ids):
+        conf = {"peft_type": "LORA", "trainable_token_indices": {"embed_tokens": ids, "lm_head": ids}}
+        (adapter / "adapter_config.json").write_text(json.dumps(conf))
+
+    rows([151665, 151666])
+    want = add_command_tokens(qwen_tok, ROWS)
+    got = adapter_tokenizer(base, adapter)
+    assert got.backend_tokenizer.to_str() == want.backend_tokenizer.to_str()
+    assert got.encode("x<call>32</call>y", add_special_tokens=False) == [87, 151665, 18, 17, 151666, 88]
+    folder = adapter_tokenizer_folder(base, adapter)  # for a student served elsewhere: a folder, made once
+    assert command_ids(AutoTokenizer.from_pretrained(folder)) == (151665, 151666)
+    assert adapter_tokenizer_folder(base, adapter) == folder
+    rows([151670, 151671])  # rows that are not the commands': refused, not silently mismatched
+    with pytest.raises(ValueError, match="not the commands'"):
+        adapter_tokenizer(base, adapter)
+    rows([])  # an adapter that trained no rows keeps the base tokenizer
+    assert command_ids(adapter_tokenizer(base, adapter)) is None
+    want.save_pretrained(adapter)  # an adapter with its own tokenizer uses it
+    assert adapter_tokenizer_folder(base, adapter) == adapter
