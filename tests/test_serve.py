@@ -210,6 +210,21 @@ def test_stream_matches_library(server, pair):
     _check(pieces, final, finish, usage, ref)
 
 
+def test_stream_interval_gathers_pieces_of_one_source(tmp_path, pair):
+    """--stream-interval 4: the same text and provenance in fewer chunks, each of one source."""
+    srv = Server(tmp_path, "--stream-interval", "4")
+    try:
+        srv.wait_ready()
+        prompt = "What is 17 * 23?"
+        pieces, final, finish, usage = _stream(srv.client(), prompt, INTERVAL, 60, seed=3)
+    finally:
+        srv.stop()
+    ref = _reference(pair, prompt, INTERVAL, 60, seed=3)
+    _check(pieces, final, finish, usage, ref)
+    bound = sum(-(-len(s.token_ids) // 4) for s in ref.spans)  # a span of k tokens: <= ceil(k / 4) chunks
+    assert len(pieces) <= bound < len(ref.token_ids)
+
+
 def test_non_stream_matches_library(server, pair):
     """random-token's triggers come from the request's seed: the same seed as the library, the same answer."""
     body = {"policy": "random-token", "p": 0.2, "n": 2}

@@ -258,6 +258,12 @@ def add_parser(sub) -> None:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-batch", type=int, default=32, help="rows decoded together, at most")
     g.add_argument("--max-queue", type=int, default=64, help="requests waiting, at most; past that 429")
+    g.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="pieces of text a streamed chunk gathers, at most (one source each; 1: every piece at once)",
+    )
     from ..cli import add_remote_flags
 
     add_remote_flags(g)
@@ -271,8 +277,8 @@ def serve(a) -> int:
 
     policy_from_args(a)  # bad flags fail here, before any model loads
     remote = pair_kwargs(a)
-    if a.max_batch < 1 or a.max_queue < 0:
-        raise ValueError("--max-batch must be >= 1 and --max-queue >= 0")
+    if a.max_batch < 1 or a.max_queue < 0 or a.stream_interval < 1:
+        raise ValueError("--max-batch and --stream-interval must be >= 1 and --max-queue >= 0")
     Sampling(temperature=a.temperature, top_p=a.top_p)
     pair = load_pair(a.pair, backend=a.backend, **remote)
     given = {"max_tokens": a.max_new_tokens, "max_n": a.max_n, "max_calls": a.max_calls}
@@ -288,6 +294,7 @@ def serve(a) -> int:
         api_key=a.api_key,
         max_batch=a.max_batch,
         max_queue=a.max_queue,
+        stream_interval=a.stream_interval,
     )
     app = create_app(settings)
     print(f"relay server: pair {pair.name} on http://{a.host}:{a.port}/v1", flush=True)

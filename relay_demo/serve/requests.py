@@ -151,6 +151,7 @@ class Settings:
     api_key: str | None = None
     max_batch: int = 32
     max_queue: int = 64
+    stream_interval: int = 1  # a streamed chunk carries up to this many pieces of one source (vLLM's option)
 
 
 @dataclass
@@ -168,6 +169,25 @@ class _Request:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     row: Row | None = None  # its row in the running RelayBatch
+
+    pending: list | None = None  # [source, text, pieces] not streamed yet (see span)
+
+    def span(self, source: str, text: str, interval: int) -> None:
+        """Stream ``text`` of ``source`` once ``interval`` pieces of one source have gathered (or at the
+        source's end, or the answer's: :meth:`flush`); ``interval`` 1 sends each piece as it comes."""
+        if self.pending is not None and self.pending[0] != source:
+            self.flush()
+        if self.pending is None:
+            self.pending = [source, "", 0]
+        self.pending[1] += text
+        self.pending[2] += 1
+        if self.pending[2] >= interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self.emit(("span", self.pending[0], self.pending[1]))
+            self.pending = None
 
     def emit(self, event: tuple) -> None:
         try:

@@ -87,12 +87,13 @@ class Scheduler:
                         if isinstance(item, RelayResult):
                             self._finish(reqs.pop(row), item)
                         elif req is not None and item.text and not req.cancelled:
-                            req.emit(("span", item.source, item.text))
+                            req.span(item.source, item.text, self.s.stream_interval)
                         self._service(batch, head.key, reqs)
                 except Exception as e:  # an engine failure ends this batch, not the server
                     log.exception("relay batch failed")
                     batch.close()
                     for req in reqs.values():
+                        req.flush()
                         req.emit(("error", f"decoding failed: {type(e).__name__}"))
                         self._count(req, failed=True)
 
@@ -131,4 +132,5 @@ class Scheduler:
         if result.teacher_error:  # the client sees only "teacher_unavailable"; the operator sees why
             log.warning("request %s went on without its teacher: %s", req.id, result.teacher_error)
         if not req.cancelled:
+            req.flush()
             req.emit(("end", result))
