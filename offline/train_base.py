@@ -162,7 +162,7 @@ def train(cfg: TrainBaseCfg) -> dict:
     val = arith.load("validation", cfg.n_eval, seed=cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     rng = random.Random(cfg.seed)
-    st = {"step": 0, "val_acc": None, "snapped": False, "finished": False, "train_s": 0.0}
+    st = {"step": 0, "snapped": False, "finished": False, "train_s": 0.0}
     state_path = Path(cfg.out) / "trainer-state" / "state.pt"
     if state_path.is_file():
         st = _load_state(state_path, model, opt, rng)
@@ -186,7 +186,7 @@ def train(cfg: TrainBaseCfg) -> dict:
         if step % 50 == 0:
             log(step=step, loss=round(loss.item(), 4), lr=g["lr"])
         if step % cfg.eval_every == 0:
-            st["val_acc"] = val_acc = accuracy(model, tok, val)
+            val_acc = accuracy(model, tok, val)
             log(step=step, val_acc=val_acc, train_minutes=round((time.time() - t0) / 60, 2))
             if cfg.snapshot_out and not st["snapped"] and val_acc >= cfg.snapshot_at_val_acc:
                 st["snapped"] = True

@@ -110,18 +110,24 @@ def adapter_tokenizer_folder(base: str | Path, adapter: str | Path) -> Path:
         return adapter
     out = _cache_root().parent / "tokenizers" / f"{adapter.name}-{merge_key(base, adapter)}"
     if not (out / "tokenizer.json").is_file():
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".partial", dir=_mkdir(out.parent)))
-        adapter_tokenizer(base, adapter).save_pretrained(tmp)
+        _build_once(out, lambda tmp: adapter_tokenizer(base, adapter).save_pretrained(tmp))
+    return out
+
+
+def _build_once(out: Path, build) -> None:
+    """``build(tmp)`` into a fresh folder beside ``out``, then renamed to ``out`` atomically: a kill or an
+    error leaves no half-built ``out``, and of two processes building at once the first one's stays."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".partial", dir=out.parent))
+    try:
+        build(tmp)
         try:
             os.replace(tmp, out)
         except OSError:  # another process finished first
             shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _with_backend(tok, backend):
@@ -158,21 +164,9 @@ def merged_student(base: str | Path, adapter: str | Path, cache: str | Path | No
     for what, p in (("base model", base / "config.json"), ("adapter", adapter / "adapter_config.json")):
         if not p.is_file():
             raise FileNotFoundError(f"{what} not found: {p}")
-    root = Path(cache) if cache else _cache_root()
-    out = root / f"{adapter.name}-{merge_key(base, adapter)}"
-    if (out / "config.json").is_file():
-        return out
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".partial", dir=root))
-    try:
-        build_merged(base, adapter, tmp)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = (Path(cache) if cache else _cache_root()) / f"{adapter.name}-{merge_key(base, adapter)}"
+    if not (out / "config.json").is_file():
+        _build_once(out, lambda tmp: build_merged(base, adapter, tmp))
     return out
 
 
