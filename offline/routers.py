@@ -21,6 +21,9 @@ How (CITER, Zheng et al. 2025, adapted to this repository's conventions):
 4. Saved with :meth:`relay_demo.policies.RouterMLP.save`; ``config.json`` also records the training facts
    (problems, positions, label balance, validation AUROC, seconds, models).
 
+Resumable: each forward batch and each batch of rollouts is kept in ``<out>/trainer-state`` as it finishes,
+so a killed run, rerun with the same command, redoes neither (labelling the real pair takes about an hour).
+
 Then: ``python -m relay_demo generate --pair tiny-arith --policy router \\
     --router results/models/tiny-arith/router``.
 """
@@ -28,7 +31,9 @@ Then: ``python -m relay_demo generate --pair tiny-arith --policy router \\
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -133,21 +138,41 @@ def encode(tok, problem: Problem) -> tuple[list[int], list[int]]:
 
 
 @torch.no_grad()
-def teacher_forced(tok, student, teacher, problems: list[Problem], batch_size: int = 32) -> Positions:
+def teacher_forced(
+    tok, student, teacher, problems: list[Problem], batch_size: int = 32, state: Path | None = None
+) -> Positions:
     """Hidden states and both models' argmax at every reference-response position (right-padded batches)."""
     return forward_positions(
-        student, teacher, [encode(tok, p) for p in problems], tok.pad_token_id, batch_size
+        student, teacher, [encode(tok, p) for p in problems], tok.pad_token_id, batch_size, state
     )
+
+
+_FIELDS = ("hidden", "problem", "offset", "ref", "student", "teacher")
 
 
 @torch.no_grad()
 def forward_positions(
-    student, teacher, encoded: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32
+    student,
+    teacher,
+    encoded: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    batch_size: int = 32,
+    state: Path | None = None,
 ) -> Positions:
-    """:func:`teacher_forced` on token ids: ``encoded`` holds (prompt ids, response ids) per problem."""
-    rows: dict[str, list] = {k: [] for k in ("hidden", "problem", "offset", "ref", "student", "teacher")}
+    """:func:`teacher_forced` on token ids: ``encoded`` holds (prompt ids, response ids) per problem.
+
+    With ``state`` (a folder) every batch's rows are saved there as it finishes and read back on a rerun.
+    """
+    rows: dict[str, list] = {k: [] for k in _FIELDS}
     for b in range(0, len(encoded), batch_size):
+        saved = state / f"forward-{b:06d}.npz" if state is not None else None
+        if saved is not None and saved.is_file():
+            with np.load(saved) as done:
+                for k in _FIELDS:
+                    rows[k].append(done[k])
+            continue
         chunk = encoded[b : b + batch_size]
+        first = len(rows["hidden"])
         n = max(len(p) + len(r) for p, r in chunk)
         ids = torch.full((len(chunk), n), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), n), dtype=torch.long)
@@ -164,7 +189,16 @@ def forward_positions(
             rows["ref"].append(np.asarray(r))
             rows["student"].append(s_out.logits[i, at].argmax(-1).numpy())
             rows["teacher"].append(t_logits[i, at].argmax(-1).numpy())
+        if saved is not None:
+            _save_npz(saved, {k: np.concatenate(rows[k][first:]) for k in _FIELDS})
     return Positions(**{k: np.concatenate(v) for k, v in rows.items()})
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically: a kill mid-write leaves no file, so the batch is simply redone."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def token_kinds(ref: np.ndarray, student: np.ndarray, teacher: np.ndarray) -> np.ndarray:
@@ -180,31 +214,62 @@ def rollouts_correct(
     problems: list[Problem],
     batch: int = 64,
     max_new_tokens: int = 128,
+    journal: Path | None = None,
 ) -> list[bool]:
     """Whether the student's greedy continuation of each (prompt + response prefix) reaches the right answer.
 
-    Prefixes are batched by equal length so no padding (and no position-id question) is involved.
+    Prefixes are batched by length (nearest lengths together, left-padded, the mask telling the model where
+    each row starts). With ``journal`` (a JSONL file) each batch's grades are appended as it finishes and
+    skipped on a rerun.
     """
-    eos = tok.eos_token_id
+    eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     result = [False] * len(prefixes)
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prefixes):
-        by_len.setdefault(len(p), []).append(i)
-    for length, idx in sorted(by_len.items()):
-        for b in range(0, len(idx), batch):
-            part = idx[b : b + batch]
-            ids = torch.tensor([prefixes[i] for i in part])
-            gen = student.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=eos,
-            )
-            for row, i in enumerate(part):
-                result[i] = _graded(tok, problems[i], prefixes[i], gen[row, length:].tolist())
+    done = _read_journal(journal)
+    for i, ok in done.items():
+        result[i] = ok
+    todo = sorted((i for i in range(len(prefixes)) if i not in done), key=lambda i: (len(prefixes[i]), i))
+    for b in range(0, len(todo), batch):
+        part = todo[b : b + batch]
+        width = max(len(prefixes[i]) for i in part)
+        ids = torch.full((len(part), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for row, i in enumerate(part):
+            ids[row, width - len(prefixes[i]) :] = torch.tensor(prefixes[i])
+            mask[row, width - len(prefixes[i]) :] = 1
+        gen = student.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
+        for row, i in enumerate(part):
+            result[i] = _graded(tok, problems[i], prefixes[i], gen[row, width:].tolist())
+        if journal is not None:
+            with journal.open("a") as f:
+                f.write("".join(json.dumps({"i": i, "ok": result[i]}) + "\n" for i in part))
+                f.flush()
+                os.fsync(f.fileno())
     return result
+
+
+def _read_journal(journal: Path | None) -> dict[int, bool]:
+    """Grades already journalled; a line torn by a kill mid-write is ignored (that rollout is redone)."""
+    done: dict[int, bool] = {}
+    if journal is None or not journal.is_file():
+        return done
+    for line in journal.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            done[int(row["i"])] = bool(row["ok"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    # rewritten with the good lines only, so the next append starts on a line of its own
+    tmp = journal.with_name(journal.name + ".tmp")
+    tmp.write_text("".join(json.dumps({"i": i, "ok": ok}) + "\n" for i, ok in done.items()))
+    os.replace(tmp, journal)
+    return done
 
 
 def _graded(tok, problem: Problem, prefix: list[int], new: list[int]) -> bool:
@@ -214,7 +279,14 @@ def _graded(tok, problem: Problem, prefix: list[int], new: list[int]) -> bool:
 
 
 def label(
-    tok, student, problems: list[Problem], pos: Positions, max_rollouts: int, seed: int = 0, **rollout_kw
+    tok,
+    student,
+    problems: list[Problem],
+    pos: Positions,
+    max_rollouts: int,
+    seed: int = 0,
+    state: Path | None = None,
+    **rollout_kw,
 ) -> np.ndarray:
     """KIND_* of every position; at most ``max_rollouts`` "neither" positions are rolled out (seeded)."""
     kinds = token_kinds(pos.ref, pos.student, pos.teacher)
@@ -225,8 +297,9 @@ def label(
     for j in chosen:
         p, r = encoded[int(pos.problem[j])]
         prefixes.append(p + r[: int(pos.offset[j])])
+    journal = state / "rollouts.jsonl" if state is not None else None
     ok = rollouts_correct(
-        tok, student, prefixes, [problems[int(pos.problem[j])] for j in chosen], **rollout_kw
+        tok, student, prefixes, [problems[int(pos.problem[j])] for j in chosen], journal=journal, **rollout_kw
     )
     for j, good in zip(chosen, ok, strict=True):
         kinds[j] = KIND_NEITHER_OK if good else KIND_NEITHER_FAIL
@@ -344,7 +417,8 @@ def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=
         n = cfg.n_problems + len(held)
         problems = load_benchmark(cfg.benchmark, split=cfg.split, n=n, seed=cfg.data_seed)
         problems = [p for p in problems if p.id not in held][: cfg.n_problems]
-    pos = teacher_forced(tok, student, teacher, problems, cfg.batch_size)
+    state = _state_folder(cfg, problems)
+    pos = teacher_forced(tok, student, teacher, problems, cfg.batch_size, state)
     log(f"{len(problems)} problems, {len(pos.ref)} positions ({time.time() - t0:.1f}s)")
     kinds = label(
         tok,
@@ -353,6 +427,7 @@ def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=
         pos,
         cfg.max_rollouts,
         cfg.seed,
+        state,
         batch=cfg.rollout_batch,
         max_new_tokens=cfg.rollout_max_new_tokens,
     )
@@ -386,6 +461,36 @@ def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=
     router.save(Path(resolve(cfg.out)))
     log(f"saved router to {cfg.out} ({router.config['seconds']}s)")
     return router
+
+
+# what the labels depend on: a rerun with these unchanged resumes, any change starts the labels afresh
+_LABEL_KEYS = (
+    "student",
+    "teacher",
+    "benchmark",
+    "split",
+    "n_problems",
+    "held_out",
+    "data_seed",
+    "batch_size",
+    "max_rollouts",
+    "rollout_batch",
+    "rollout_max_new_tokens",
+    "seed",
+)
+
+
+def _state_folder(cfg: RouterCfg, problems: list[Problem]) -> Path:
+    """``<out>/trainer-state``: finished forward batches and rollout grades (kept after the router is saved,
+    so a rerun with other training settings reuses the labels; git ignores the folder)."""
+    state = Path(resolve(cfg.out)) / "trainer-state"
+    key = {k: getattr(cfg, k) for k in _LABEL_KEYS} | {"problems": [p.id for p in problems]}
+    stamp = state / "labels-of.json"
+    if state.is_dir() and (not stamp.is_file() or json.loads(stamp.read_text()) != key):
+        shutil.rmtree(state)  # made for other labels: nothing in it can be reused
+    state.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(key))
+    return state
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,6 +82,24 @@ def test_rollouts_graded_on_the_final_answer(tok):
     assert ok[:2] == [True, False]
 
 
+def test_rollouts_batched_with_padding_continue_as_one_by_one(tok, monkeypatch):
+    """Prefixes of different lengths share a left-padded batch; each continues as it would alone."""
+    student = random_qwen2(tok, seed=5).eval()
+    prefixes = [
+        R.encode(tok, p)[0] + R.encode(tok, p)[1][:k] for p, k in zip(PROBLEMS, (0, 3, 7, 1), strict=False)
+    ]
+    seen = {}
+    monkeypatch.setattr(
+        R, "_graded", lambda tok, problem, prefix, new: seen.setdefault(len(seen), new) and False
+    )
+    R.rollouts_correct(tok, student, prefixes, PROBLEMS[:4], batch=4, max_new_tokens=6)
+    batched = [seen[k] for k in range(4)]  # in the batch's order: by length
+    seen.clear()
+    for p in sorted(prefixes, key=len):
+        R.rollouts_correct(tok, student, [p], PROBLEMS[:1], batch=1, max_new_tokens=6)
+    assert batched == [seen[k] for k in range(4)]
+
+
 def test_labels_same_model_never_needs_teacher(tok, scripted):
     pos = R.teacher_forced(tok, scripted, scripted, PROBLEMS)
     kinds = R.label(tok, scripted, PROBLEMS, pos, max_rollouts=1000, max_new_tokens=24)
@@ -129,6 +147,69 @@ def test_run_saves_a_router_the_policy_loads(tok, scripted, tmp_path):
         assert loaded.score(v) == pytest.approx(router.score(v), abs=1e-6)
     policy = make_policy("router", path=str(tmp_path / "router"), threshold=0.5)
     assert isinstance(policy.trigger(None, None, h[0]), bool)
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+class _DiesAfter(torch.nn.Module):
+    """Wraps a model; its ``budget``-th forward or generate call raises, like a job killed at that point."""
+
+    def __init__(self, inner, budget: int = 10**9):
+        super().__init__()
+        self.inner, self.budget, self.calls = inner, budget, {"forward": 0, "generate": 0}
+
+    def _tick(self, what: str):
+        self.budget -= 1
+        if self.budget < 0:
+            raise _Killed
+        self.calls[what] += 1
+
+    def forward(self, *a, **kw):
+        self._tick("forward")
+        return self.inner(*a, **kw)
+
+    def generate(self, *a, **kw):
+        self._tick("generate")
+        return self.inner.generate(*a, **kw)
+
+
+def test_a_killed_run_resumes_without_redoing_finished_work(tok, scripted, tmp_path):
+    teacher = random_qwen2(tok, seed=3).eval()
+
+    def cfg(folder):
+        c = R.RouterCfg(out=str(tmp_path / folder), max_rollouts=20, rollout_max_new_tokens=8, width=8)
+        c.batch_size, c.rollout_batch, c.val_frac, c.max_epochs = 2, 2, 0.34, 30
+        return c
+
+    quiet = {"problems": PROBLEMS, "log": lambda *_: None}
+    counted = _DiesAfter(scripted)
+    whole = R.run(cfg("whole"), models=(tok, counted, teacher), **quiet)
+    assert counted.calls["forward"] == 3 and counted.calls["generate"] >= 2
+    # killed in the forward pass (after 2 of 3 batches), then in the rollouts (after one batch of them)
+    with pytest.raises(_Killed):
+        R.run(cfg("killed"), models=(tok, _DiesAfter(scripted, 2), teacher), **quiet)
+    state = tmp_path / "killed" / "trainer-state"
+    assert len(list(state.glob("forward-*.npz"))) == 2
+    with pytest.raises(_Killed):
+        R.run(cfg("killed"), models=(tok, _DiesAfter(scripted, 2), teacher), **quiet)  # 1 forward + 1 rollout
+    assert len((state / "rollouts.jsonl").read_text().splitlines()) >= 1  # one batch of rollouts
+    with (state / "rollouts.jsonl").open("a") as f:
+        f.write('{"i": 7, "o')  # torn by the kill mid-write: that rollout is redone
+    spy = _DiesAfter(scripted)
+    resumed = R.run(cfg("killed"), models=(tok, spy, teacher), **quiet)
+    assert spy.calls == {"forward": 0, "generate": counted.calls["generate"] - 1}  # only what was missing
+    rolled = R._read_journal(state / "rollouts.jsonl")
+    assert len(rolled) == json.loads((tmp_path / "whole" / "config.json").read_text())["rollouts"]
+    h = np.random.default_rng(2).normal(size=(4, 64)).astype(np.float32)
+    for v in h:
+        assert resumed.score(v) == pytest.approx(whole.score(v), abs=1e-6)
+    # other labels (another seed) start afresh
+    other = cfg("killed")
+    other.seed = 1
+    R.run(other, models=(tok, scripted, teacher), **quiet)
+    assert json.loads((state / "labels-of.json").read_text())["seed"] == 1
 
 
 def test_refuses_the_test_split():
