@@ -73,7 +73,7 @@ def _pair(student, teacher, tok, engine=HFEngine, **limits):
     return Pair("test", engine(student, tok, "student"), engine(teacher, tok, "teacher"), Limits(**limits))
 
 
-PROMPTS = ["What is 2 + 2?", "Write one short sentence about the sea, please.", "x"]
+PROMPTS = ["What is 2 + 2?", "Write one short sentence about the sea, please.", "x", "ab", "Count: 1, 2"]
 
 
 @pytest.mark.parametrize(
@@ -82,6 +82,7 @@ PROMPTS = ["What is 2 + 2?", "Write one short sentence about the sea, please.", 
         make_policy("interval", every=5, n=3),
         make_policy("interval", every=1, n=1),
         make_policy("confidence", tau=0.9, n=2),
+        make_policy("random-token", p=0.15, n=2, seed=3),  # rows leave runs at different steps
         make_policy("teacher-only"),
         make_policy("student-only"),
     ],
@@ -92,7 +93,8 @@ def test_kv_reuse_matches_naive_reference(random_models, byte_tok, policy):
     s, t = random_models
     limits = {"max_tokens": 40, "max_calls": 5, "max_n": 8}
     fast = relay_batch(_pair(s, t, byte_tok, **limits), PROMPTS, policy, sampling=GREEDY)
-    ref = [relay(_pair(s, t, byte_tok, NaiveEngine, **limits), p, policy, sampling=GREEDY) for p in PROMPTS]
+    # one row at a time, as a batch so that a random policy draws the same per row (seeded by row)
+    ref = relay_batch(_pair(s, t, byte_tok, NaiveEngine, **limits), PROMPTS, policy, sampling=GREEDY)
     for a, b in zip(fast, ref, strict=True):
         assert a.token_ids == b.token_ids
         assert a.source_mask == b.source_mask

@@ -78,6 +78,16 @@ class HFSession(Session):
         self.n_cached = 0
 
 
+def _rows(cache: DynamicCache, rows: list[int], first: int, config) -> DynamicCache:
+    """A batch cache of these rows of ``cache``, from position column ``first`` on (one copy per layer)."""
+    index = torch.tensor(rows, device=cache.layers[0].keys.device)
+    data = [
+        (lay.keys.index_select(0, index)[:, :, first:], lay.values.index_select(0, index)[:, :, first:])
+        for lay in cache.layers
+    ]
+    return DynamicCache(ddp_cache_data=data, config=config)
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     ids: set[int] = set()
     for src in (getattr(model, "generation_config", None), model.config, tokenizer):
@@ -338,7 +348,15 @@ class HFEngine(ModelEngine):
                 yield stopped
             if not any(running):
                 break
-            # One decode step for every row; finished rows feed a masked pad so the batch stays rectangular.
+            if running.count(False) * 4 >= len(act):  # a quarter of the batch is padding: drop those rows
+                keep = [r for r in range(len(act)) if running[r]]
+                gone = [r for r in range(len(act)) if not running[r]]
+                self._split([act[r] for r in gone], _rows(cache, gone, 0, self.model.config), mask[gone])
+                first = int(mask[keep].any(0).long().argmax())  # columns that are holes in every kept row
+                cache, mask = _rows(cache, keep, first, self.model.config), mask[keep, first:]
+                act, live, running = [act[r] for r in keep], [live[r] for r in keep], [True] * len(keep)
+            # One decode step for every row; finished rows feed a masked pad so the batch stays rectangular
+            # (until they are a quarter of it, above: then they leave with their keys and values).
             step_ids = torch.full((len(act), 1), self.pad_id, dtype=torch.long, device=self.device)
             step_mask = torch.zeros(len(act), 1, dtype=torch.long, device=self.device)
             step_pos = torch.zeros(len(act), 1, dtype=torch.long, device=self.device)
