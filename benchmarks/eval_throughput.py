@@ -8,6 +8,13 @@ default the confidence trigger at tau 0.6, which calls about once per problem on
 uses the pair's own commands). Models are loaded once per backend, outside the timing; best of
 ``--repeats`` runs, since noise on a shared machine only ever adds time. ``relay_vs_student`` is the
 ratio of problems/s (the figure an evaluation budget depends on).
+
+    .venv/bin/python benchmarks/eval_throughput.py --real-pair --json   # needs `make qwen-pair`
+
+``--real-pair`` times one GSM8K sweep point of the real pair as the committed evaluation runs it (vLLM, bf16,
+3 GiB of KV, batch 64, greedy, 1024-token cap): the learned relay (pair ``qwen2.5-coder-0.5b-1.5b-relay``,
+call bias 0) against the same trained student alone, on the same 64 GSM8K test problems (timing only: no
+choice is made from them), one run each. ``relay_vs_student_time`` = relay seconds / student seconds.
 """
 
 from __future__ import annotations
@@ -26,15 +33,22 @@ RELAY = {
 }
 
 
-def run_once(pair, backend: str, method: dict, n: int, batch: int) -> tuple[float, dict]:
+REAL_PAIR = "qwen2.5-coder-0.5b-1.5b-relay"
+REAL_ENGINE = {"dtype": "bfloat16", "kv_cache_gib": 3}  # as offline/recipes/qwen2.5-coder-0.5b-1.5b/eval.yaml
+
+
+def run_once(
+    pair, backend: str, method: dict, n: int, batch: int, benchmark: str = "arith", limits=None
+) -> tuple[float, dict]:
     cfg = ev.EvalCfg(
         pair=pair.name,
         run_id="throughput",
-        benchmarks=["arith"],
+        benchmarks=[benchmark],
         methods=[ev.MethodCfg(**method)],
         backend=backend,
         n=n,
         batch_size=batch,
+        limits=limits or {},
         results_dir=tempfile.mkdtemp(prefix="eval-throughput-"),
     )
     cfg.validate()
@@ -58,21 +72,26 @@ def main() -> None:
     ap.add_argument("--relay", choices=sorted(RELAY), default="confidence")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--real-pair", action="store_true", help="one GSM8K sweep point of the real pair")
     a = ap.parse_args()
     from relay_demo.pairs import load_pair
 
-    n = 128 if a.quick else 512
-    figures = {"pair": a.pair, "problems": n, "batch": a.batch, "relay": a.relay}
+    n, bench, engine, limits = (128 if a.quick else 512), "arith", {}, None
+    if a.real_pair:  # one sweep point as the committed evaluation runs it; no warm-up run (it costs minutes)
+        a.pair, a.backends, a.relay, a.repeats, n, bench = REAL_PAIR, "vllm", "learned", 1, 64, "gsm8k"
+        engine, limits = REAL_ENGINE, {"max_tokens": 1024}
+    figures = {"pair": a.pair, "problems": n, "batch": a.batch, "relay": a.relay, "benchmark": bench}
     rows = []
     for backend in a.backends.split(","):
-        pair = load_pair(a.pair, backend=backend)
-        run_once(pair, backend, {"name": "student"}, a.batch, a.batch)  # warm both engines' first batch
-        run_once(pair, backend, RELAY[a.relay], a.batch, a.batch)
+        pair = load_pair(a.pair, backend=backend, **engine)
+        if not a.real_pair:  # warm both engines' first batch
+            run_once(pair, backend, {"name": "student"}, a.batch, a.batch)
+            run_once(pair, backend, RELAY[a.relay], a.batch, a.batch)
         per = {}
         for label, method in (("student", {"name": "student"}), ("relay", RELAY[a.relay])):
-            runs = [run_once(pair, backend, method, n, a.batch) for _ in range(a.repeats)]
+            runs = [run_once(pair, backend, method, n, a.batch, bench, limits) for _ in range(a.repeats)]
             dt, info = min(runs, key=lambda r: r[0])
-            per[label] = {"problems_s": info["problems"] / dt, "tok_s": info["tokens"] / dt, **info}
+            per[label] = {"problems_s": info["problems"] / dt, "tok_s": info["tokens"] / dt, "s": dt, **info}
             rows.append({"backend": backend, "method": label, **per[label], "seconds": dt})
         ratio = per["relay"]["problems_s"] / per["student"]["problems_s"]
         rows[-1]["relay_vs_student"] = ratio
@@ -80,6 +99,7 @@ def main() -> None:
             for k in ("problems_s", "tok_s", "accuracy", "call_ratio"):
                 figures[f"{backend}_{label}_{k}"] = round(d[k], 4)
         figures[f"{backend}_relay_vs_student"] = round(ratio, 4)
+        figures[f"{backend}_relay_vs_student_time"] = round(per["relay"]["s"] / per["student"]["s"], 4)
         pair.close()
     cols = [
         "backend",

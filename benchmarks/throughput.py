@@ -9,6 +9,11 @@ Response tokens of both models count; end-of-sequence is disabled so every run w
 Batched only, a second relay hands over at random positions (random-token, p = 1/every), as real policies do:
 rows then stop at different moments, which is what the early end of student runs is for. It runs with
 ``preempt`` on (the default in greedy decoding) and off: ``preempt_gain`` = on tok/s / off tok/s.
+
+Batched only, against the ideal: ``relay_vs_ideal`` = the time the relay's tokens would take if each model
+wrote its own share at its own batched speed with nothing lost at handoffs (the relay's student tokens at the
+student-only tok/s + its teacher tokens at the teacher-only tok/s, both measured on the same rows in the same
+run) / the relay's time. It separates what the loop loses (1 - ratio) from what the teacher's tokens cost.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ GREEDY = Sampling(temperature=0)
 
 
 def tok_per_s(pair, policy, prompts, max_tokens, **kw) -> tuple[float, float]:
+    """(tok/s, call ratio) of ``policy`` on ``prompts``, best of three."""
     limits = Limits(max_tokens=max_tokens, max_calls=10**6, max_n=max(1, policy.n))
     relay_batch(
         pair, prompts[:1], policy, limits=Limits(max_tokens=8, max_calls=10**6), sampling=GREEDY
@@ -64,9 +70,16 @@ def main() -> None:
             figures[f"{key}_relay_vs_student"] = round(r / s, 4)
             figures[f"{key}_call_ratio"] = round(ratio, 4)
             if n > 1:
+                t, _ = tok_per_s(pair, make_policy("teacher-only"), prompts, max_tokens)
                 rand = make_policy("random-token", p=1 / a.every, n=1, seed=0)
                 on, rratio = tok_per_s(pair, rand, prompts, max_tokens, preempt=True)
                 off, _ = tok_per_s(pair, rand, prompts, max_tokens, preempt=False)
+                # seconds per token of the ideal (each model's share at its own speed) over the relay's
+                ideal = {"": (ratio, r), "random_": (rratio, on)}
+                for name, (share, tok_s) in ideal.items():
+                    figures[f"{key}_{name}relay_vs_ideal"] = round(((1 - share) / s + share / t) * tok_s, 4)
+                figures[f"{key}_teacher_tok_s"] = round(t, 1)
+                rows[-1]["relay_vs_ideal"] = figures[f"{key}_relay_vs_ideal"]
                 rows.append(
                     {
                         "backend": backend,
@@ -75,6 +88,7 @@ def main() -> None:
                         "relay_tok_s": f"{off:.1f} / {on:.1f}",
                         "call_ratio": rratio,
                         "relay_vs_student": f"{off / s:.3f} / {on / s:.3f}",
+                        "relay_vs_ideal": figures[f"{key}_random_relay_vs_ideal"],
                     }
                 )
                 figures[f"{key}_random_relay_tok_s"] = round(on, 1)
@@ -82,7 +96,16 @@ def main() -> None:
                 figures[f"{key}_random_call_ratio"] = round(rratio, 4)
                 figures[f"{key}_preempt_gain"] = round(on / off, 4)
         pair.close()
-    print(table(rows, ["backend", "mode", "student_tok_s", "relay_tok_s", "call_ratio", "relay_vs_student"]))
+    cols = [
+        "backend",
+        "mode",
+        "student_tok_s",
+        "relay_tok_s",
+        "call_ratio",
+        "relay_vs_student",
+        "relay_vs_ideal",
+    ]
+    print(table(rows, cols))
     finish(figures, a.json)
 
 
