@@ -60,6 +60,9 @@ KIND_NAMES = (
 )
 
 
+SHARE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
 @dataclass
 class RouterCfg:
     student: str = "results/models/tiny-arith/student-base"
@@ -398,6 +401,9 @@ def train_mlp(
         "val_auroc": auroc(y[is_val], val_score),
         "train_auroc": auroc(yt, train_score),
         "pos_weight": float(pos_weight),
+        # how often each threshold would route a (validation, train-split) position to the teacher: a guide
+        # for the thresholds to sweep, read from training data only
+        "val_share_above": {str(t): float((val_score > t).mean()) for t in SHARE_THRESHOLDS},
     }
     log(f"trained {epochs} epochs: val loss {best:.4f}, val AUROC {facts['val_auroc']:.4f}")
     config = {"hidden_size": int(x.shape[1]), "width": cfg.width, "mean": mean.tolist(), "std": std.tolist()}
@@ -496,7 +502,15 @@ def _state_folder(cfg: RouterCfg, problems: list[Problem]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     cfg = cfglib.parse(RouterCfg, argv)
     router = run(cfg)
-    keys = ("n_problems", "positions", "label_counts", "positive_share", "val_auroc", "seconds")
+    keys = (
+        "n_problems",
+        "positions",
+        "label_counts",
+        "positive_share",
+        "val_auroc",
+        "val_share_above",
+        "seconds",
+    )
     print(json.dumps({k: router.config[k] for k in keys}, indent=1))
     return 0
 

@@ -119,6 +119,10 @@ def test_auroc():
     assert np.isnan(R.auroc(np.array([1, 1]), np.array([0.1, 0.2])))
 
 
+def scores_of(router, x):
+    return np.array([router.score(v) for v in x])
+
+
 def test_train_mlp_learns_a_separable_rule():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 16)).astype(np.float32) * 3 + 5
@@ -128,7 +132,8 @@ def test_train_mlp_learns_a_separable_rule():
         x, y, is_val, R.RouterCfg(width=16, max_epochs=100, minibatch=64), log=lambda *_: None
     )
     assert facts["val_auroc"] > 0.95
-    scores = np.array([router.score(v) for v in x[is_val]])
+    scores = scores_of(router, x[is_val])
+    assert facts["val_share_above"]["0.5"] == pytest.approx(float((scores > 0.5).mean()), abs=1e-9)
     assert R.auroc(y[is_val], scores) == pytest.approx(facts["val_auroc"], abs=1e-4)
 
 
