@@ -88,6 +88,21 @@ def _rows(cache: DynamicCache, rows: list[int], first: int, config) -> DynamicCa
     return DynamicCache(ddp_cache_data=data, config=config)
 
 
+def _width_groups(widths: list[int], min_saving: int = 64) -> list[list[int]]:
+    """Rows (indices) in one group, or in two (narrow ones, wide ones) when that spares at least half the
+    padded positions and ``min_saving`` of them: a forward has a fixed cost too."""
+    order = sorted(range(len(widths)), key=lambda r: widths[r])
+    one = len(widths) * widths[order[-1]]
+    best, cut = one, 0
+    for k in range(1, len(order)):  # the first k rows form the narrow group
+        cost = k * widths[order[k - 1]] + (len(order) - k) * widths[order[-1]]
+        if cost < best:
+            best, cut = cost, k
+    if cut == 0 or best > one / 2 or one - best < min_saving:
+        return [list(range(len(widths)))]
+    return [order[:cut], order[cut:]]
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     ids: set[int] = set()
     for src in (getattr(model, "generation_config", None), model.config, tokenizer):
@@ -289,6 +304,57 @@ class HFEngine(ModelEngine):
             s.cache = None
             s.shared = (tensors, r, width - s.n_cached)
 
+    def _prefill_batch(self, act: list[HFSession], cache, mask, want_hidden: bool):
+        """Feed each row's unseen tokens, right-aligned in a block of its group's widest row. Rows whose
+        unseen tokens differ much in number (a teacher catching up on student segments of random lengths)
+        are fed in two groups, short and long, so that the short ones are not padded to the longest; their
+        caches are then joined into one batch (the short group's left-padded with masked columns)."""
+        new = [s.ids[s.n_cached :] for s in act]
+        groups = _width_groups([len(n) for n in new])
+        outs = []
+        for rows in groups:
+            sub_cache = (
+                cache if len(groups) == 1 or cache is None else _rows(cache, rows, 0, self.model.config)
+            )
+            width = max(len(new[r]) for r in rows)
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=self.device)
+            nmask = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+            pos = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+            for k, r in enumerate(rows):
+                s, n = act[r], new[r]
+                ids[k, width - len(n) :] = torch.tensor(n)
+                nmask[k, width - len(n) :] = 1
+                pos[k, width - len(n) :] = torch.arange(s.n_cached, s.n_cached + len(n))
+                s.computed += len(n)
+                s.last_prefill = len(n)
+                s.n_cached += len(n)
+            sub_mask = torch.cat([mask[rows] if len(groups) > 1 else mask, nmask], dim=1)
+            logits, sub_cache, hidden = self._forward(ids, sub_cache, sub_mask, pos, want_hidden)
+            outs.append((logits, sub_cache, sub_mask, hidden))
+        if len(groups) == 1:
+            return outs[0]
+        # one batch again: every group as wide as the widest (masked columns in front), rows in their order
+        full = max(m.shape[1] for _, _, m, _ in outs)
+        order = torch.tensor([r for rows in groups for r in rows], device=self.device)
+        back = torch.argsort(order)
+        layers = []
+        for li in range(len(outs[0][1].layers)):
+            ks, vs = [], []
+            for _, c, m, _ in outs:
+                k, v = c.layers[li].keys, c.layers[li].values
+                gap = full - m.shape[1]
+                if gap:
+                    k = torch.cat([k.new_zeros(k.shape[0], k.shape[1], gap, k.shape[3]), k], dim=2)
+                    v = torch.cat([v.new_zeros(v.shape[0], v.shape[1], gap, v.shape[3]), v], dim=2)
+                ks.append(k)
+                vs.append(v)
+            layers.append((torch.cat(ks).index_select(0, back), torch.cat(vs).index_select(0, back)))
+        masks = [torch.cat([m.new_zeros(m.shape[0], full - m.shape[1]), m], dim=1) for _, _, m, _ in outs]
+        logits = torch.cat([lg for lg, _, _, _ in outs]).index_select(0, back)
+        hidden = None if not want_hidden else torch.cat([h for _, _, _, h in outs]).index_select(0, back)
+        cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        return logits, cache, torch.cat(masks).index_select(0, back), hidden
+
     def _run_batch(self, jobs: list[Job]) -> Iterator[list[Delta]]:
         sessions: list[HFSession] = [j.session for j in jobs]
         if len({id(s) for s in sessions}) != len(sessions):
@@ -311,22 +377,8 @@ class HFEngine(ModelEngine):
                 s.forget(1)
         act = [sessions[i] for i in live]
         cache, mask = self._merge(act)
-        # Prefill: each row's unseen tokens, right-aligned in a block of the longest row's width.
-        new = [s.ids[s.n_cached :] for s in act]
-        width = max(len(n) for n in new)
-        ids = torch.full((len(act), width), self.pad_id, dtype=torch.long, device=self.device)
-        nmask = torch.zeros(len(act), width, dtype=torch.long, device=self.device)
-        pos = torch.zeros(len(act), width, dtype=torch.long, device=self.device)
-        for r, (s, n) in enumerate(zip(act, new, strict=True)):
-            ids[r, width - len(n) :] = torch.tensor(n)
-            nmask[r, width - len(n) :] = 1
-            pos[r, width - len(n) :] = torch.arange(s.n_cached, s.n_cached + len(n))
-            s.computed += len(n)
-            s.last_prefill = len(n)
-            s.n_cached += len(n)
-        mask = torch.cat([mask, nmask], dim=1)
         want_hidden = any(jobs[i].want_hidden for i in live)
-        logits, cache, hidden = self._forward(ids, cache, mask, pos, want_hidden)
+        logits, cache, mask, hidden = self._prefill_batch(act, cache, mask, want_hidden)
         running = [True] * len(act)
         while True:
             deltas = []
