@@ -30,6 +30,7 @@ Then: ``python -m relay_demo generate --pair tiny-arith --policy router \\
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -79,6 +80,7 @@ class RouterCfg:
     max_rollouts: int = 2000  # cap on the student's greedy continuations for "neither" positions
     rollout_batch: int = 64
     rollout_max_new_tokens: int = 128
+    rollout_dtype: str = "float32"  # the student's copy that rolls out (bfloat16: ~2x faster on AMX CPUs)
     width: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -97,6 +99,8 @@ class RouterCfg:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_rollouts < 0:
             raise ValueError("max_rollouts must be >= 0")
+        if self.rollout_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"rollout_dtype: float32, bfloat16 or float16, not {self.rollout_dtype!r}")
         if not 0.0 < self.val_frac < 1.0:
             raise ValueError("val_frac must be in (0, 1)")
 
@@ -426,9 +430,12 @@ def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=
     state = _state_folder(cfg, problems)
     pos = teacher_forced(tok, student, teacher, problems, cfg.batch_size, state)
     log(f"{len(problems)} problems, {len(pos.ref)} positions ({time.time() - t0:.1f}s)")
+    roller = student  # the copy that rolls out: the forward pass above stays in float32 (the router's inputs)
+    if cfg.rollout_dtype != "float32":
+        roller = copy.deepcopy(student).to(getattr(torch, cfg.rollout_dtype))
     kinds = label(
         tok,
-        student,
+        roller,
         problems,
         pos,
         cfg.max_rollouts,
@@ -469,33 +476,31 @@ def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=
     return router
 
 
-# what the labels depend on: a rerun with these unchanged resumes, any change starts the labels afresh
-_LABEL_KEYS = (
-    "student",
-    "teacher",
-    "benchmark",
-    "split",
-    "n_problems",
-    "held_out",
-    "data_seed",
-    "batch_size",
-    "max_rollouts",
-    "rollout_batch",
-    "rollout_max_new_tokens",
-    "seed",
-)
+# what each stage depends on: a rerun with these unchanged resumes it; a change starts it (and those after it)
+# afresh
+_FORWARD_KEYS = ("student", "teacher", "benchmark", "split", "n_problems", "held_out", "data_seed")
+_FORWARD_KEYS += ("batch_size",)
+_ROLLOUT_KEYS = ("max_rollouts", "rollout_batch", "rollout_max_new_tokens", "rollout_dtype", "seed")
 
 
 def _state_folder(cfg: RouterCfg, problems: list[Problem]) -> Path:
     """``<out>/trainer-state``: finished forward batches and rollout grades (kept after the router is saved,
     so a rerun with other training settings reuses the labels; git ignores the folder)."""
     state = Path(resolve(cfg.out)) / "trainer-state"
-    key = {k: getattr(cfg, k) for k in _LABEL_KEYS} | {"problems": [p.id for p in problems]}
-    stamp = state / "labels-of.json"
-    if state.is_dir() and (not stamp.is_file() or json.loads(stamp.read_text()) != key):
-        shutil.rmtree(state)  # made for other labels: nothing in it can be reused
+    forward = {k: getattr(cfg, k) for k in _FORWARD_KEYS} | {"problems": [p.id for p in problems]}
+    rollouts = {k: getattr(cfg, k) for k in _ROLLOUT_KEYS}
+    stamps = {"forward": state / "forward-of.json", "rollouts": state / "rollouts-of.json"}
+
+    def same(stage: str, key: dict) -> bool:
+        return stamps[stage].is_file() and json.loads(stamps[stage].read_text()) == key
+
+    if state.is_dir() and not same("forward", forward):
+        shutil.rmtree(state)  # made for other problems or models: nothing in it can be reused
     state.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(key))
+    if not same("rollouts", rollouts):
+        (state / "rollouts.jsonl").unlink(missing_ok=True)
+    for stage, key in (("forward", forward), ("rollouts", rollouts)):
+        stamps[stage].write_text(json.dumps(key))
     return state
 
 

@@ -214,7 +214,12 @@ def test_a_killed_run_resumes_without_redoing_finished_work(tok, scripted, tmp_p
     other = cfg("killed")
     other.seed = 1
     R.run(other, models=(tok, scripted, teacher), **quiet)
-    assert json.loads((state / "labels-of.json").read_text())["seed"] == 1
+    assert json.loads((state / "rollouts-of.json").read_text())["seed"] == 1
+    # rollouts in another dtype: the forward pass is kept, the rollouts are redone
+    spy = _DiesAfter(scripted)
+    other.rollout_dtype = "bfloat16"
+    R.run(other, models=(tok, spy, teacher), **quiet)
+    assert spy.calls["forward"] == 0 and len(R._read_journal(state / "rollouts.jsonl")) == len(rolled)
 
 
 def test_refuses_the_test_split():
