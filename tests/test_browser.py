@@ -182,7 +182,10 @@ def test_playground_shows_the_pairs_own_examples_and_warns_off_task(page):
     _pick(page, "pair", "tiny-arith")
     page.wait_for_selector("#chat-purpose :text('synthetic arithmetic')", timeout=15_000)
     page.locator("#chat-examples").get_by_text("Dan has 83 eggs", exact=False).first.click()
-    assert page.input_value("#prompt textarea").startswith("Dan has 83 eggs")
+    # the click's update reaches the textbox a moment later (a loaded machine: many moments)
+    page.wait_for_function(
+        "document.querySelector('#prompt textarea').value.startsWith('Dan has 83 eggs')", timeout=30_000
+    )
     page.fill("#prompt textarea", "What is the capital of France?")
     page.click("#send")
     page.wait_for_selector("#chat-note :text('expect noise')", timeout=30_000)
