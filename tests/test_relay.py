@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from relay_demo.backends.base import Delta, Sampling
-from relay_demo.backends.hf_engine import HFEngine, _width_groups
+from relay_demo.backends.hf_cache import width_groups
+from relay_demo.backends.hf_engine import HFEngine
 from relay_demo.pairs import Pair, byte_tokenizer
 from relay_demo.policies import make_policy
 from relay_demo.relay import Limits, RelayBatch, RelayResult, relay, relay_batch, relay_stream
@@ -73,7 +74,7 @@ def _pair(student, teacher, tok, engine=HFEngine, **limits):
     return Pair("test", engine(student, tok, "student"), engine(teacher, tok, "teacher"), Limits(**limits))
 
 
-# lengths far apart: the teacher's first catch-up is fed in two groups (hf_engine._width_groups)
+# lengths far apart: the teacher's first catch-up is fed in two groups (hf_cache.width_groups)
 PROMPTS = ["What is 2 + 2?", "Write one short sentence about the sea, please.", "x", "ab", "T " + "la " * 60]
 
 
@@ -110,9 +111,9 @@ def test_kv_reuse_matches_naive_reference(random_models, byte_tok, policy):
 
 
 def test_rows_fed_in_groups_by_width():
-    assert _width_groups([3, 2, 90, 4]) == [[1, 0, 3], [2]]
-    assert _width_groups([10, 12, 11]) == [[0, 1, 2]]  # little to spare: one forward
-    assert _width_groups([1, 40]) == [[0, 1]]  # spares fewer than 64 positions
+    assert width_groups([3, 2, 90, 4]) == [[1, 0, 3], [2]]
+    assert width_groups([10, 12, 11]) == [[0, 1, 2]]  # little to spare: one forward
+    assert width_groups([1, 40]) == [[0, 1]]  # spares fewer than 64 positions
 
 
 def test_teacher_reads_only_unseen_tokens(random_models, byte_tok):

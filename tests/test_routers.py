@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from offline import router_mlp as M
 from offline import routers as R
+from offline.common import Jsonl
 from offline.tasks.base import Problem
 from relay_demo.pairs import byte_tokenizer
 from relay_demo.policies import RouterMLP, make_policy
@@ -113,10 +115,10 @@ def test_labels_same_model_never_needs_teacher(tok, scripted):
 
 
 def test_auroc():
-    assert R.auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
-    assert R.auroc(np.array([0, 0, 1, 1]), np.array([0.4, 0.3, 0.2, 0.1])) == 0.0
-    assert R.auroc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
-    assert np.isnan(R.auroc(np.array([1, 1]), np.array([0.1, 0.2])))
+    assert M.auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert M.auroc(np.array([0, 0, 1, 1]), np.array([0.4, 0.3, 0.2, 0.1])) == 0.0
+    assert M.auroc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+    assert np.isnan(M.auroc(np.array([1, 1]), np.array([0.1, 0.2])))
 
 
 def scores_of(router, x):
@@ -128,13 +130,13 @@ def test_train_mlp_learns_a_separable_rule():
     x = rng.normal(size=(600, 16)).astype(np.float32) * 3 + 5
     y = (x[:, 0] > 5.5).astype(np.float32)
     is_val = np.arange(600) >= 480
-    router, facts = R.train_mlp(
+    router, facts = M.train_mlp(
         x, y, is_val, R.RouterCfg(width=16, max_epochs=100, minibatch=64), log=lambda *_: None
     )
     assert facts["val_auroc"] > 0.95
     scores = scores_of(router, x[is_val])
     assert facts["val_share_above"]["0.5"] == pytest.approx(float((scores > 0.5).mean()), abs=1e-9)
-    assert R.auroc(y[is_val], scores) == pytest.approx(facts["val_auroc"], abs=1e-4)
+    assert M.auroc(y[is_val], scores) == pytest.approx(facts["val_auroc"], abs=1e-4)
 
 
 def test_run_saves_a_router_the_policy_loads(tok, scripted, tmp_path):
@@ -205,7 +207,7 @@ def test_a_killed_run_resumes_without_redoing_finished_work(tok, scripted, tmp_p
     spy = _DiesAfter(scripted)
     resumed = R.run(cfg("killed"), models=(tok, spy, teacher), **quiet)
     assert spy.calls == {"forward": 0, "generate": counted.calls["generate"] - 1}  # only what was missing
-    rolled = R._read_journal(state / "rollouts.jsonl")
+    rolled = Jsonl(state / "rollouts.jsonl").rows()
     assert len(rolled) == json.loads((tmp_path / "whole" / "config.json").read_text())["rollouts"]
     h = np.random.default_rng(2).normal(size=(4, 64)).astype(np.float32)
     for v in h:
@@ -219,7 +221,7 @@ def test_a_killed_run_resumes_without_redoing_finished_work(tok, scripted, tmp_p
     spy = _DiesAfter(scripted)
     other.rollout_dtype = "bfloat16"
     R.run(other, models=(tok, spy, teacher), **quiet)
-    assert spy.calls["forward"] == 0 and len(R._read_journal(state / "rollouts.jsonl")) == len(rolled)
+    assert spy.calls["forward"] == 0 and len(Jsonl(state / "rollouts.jsonl").rows()) == len(rolled)
 
 
 def test_refuses_the_test_split():

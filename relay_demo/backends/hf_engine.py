@@ -7,6 +7,7 @@ masked, positions are explicit) and decoding all rows in lock-step. Afterwards t
 compacted with one gather per layer and each session keeps a view of its row, so the next round over the
 same rows (the usual case: all sequences return to the student after a handoff) selects rows instead of
 copying them one by one. A single session runs on its own cache with no copy at all: the app's path.
+The sessions and the batch-cache operations live in ``hf_cache.py``.
 
     engine = HFEngine.load("results/models/tiny-arith/teacher")
     session = engine.session(prompt_ids)
@@ -21,86 +22,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
-from .base import Delta, Job, ModelEngine, Session
-
-
-class HFSession(Session):
-    """A sequence's keys and values: its own ``DynamicCache`` (single-stream path), or a row of the batch
-    tensors of the last batched run (``shared``), kept as they are so the next round of the same rows can
-    reuse them without copying row by row. Either way they hold ``ids[:n_cached]``."""
-
-    def __init__(self, prompt_ids: list[int]):
-        super().__init__(prompt_ids)
-        self.cache: DynamicCache | None = None
-        self.shared: tuple[list, int, int] | None = (
-            None  # (per-layer (K, V) batch tensors, row, first position)
-        )
-        self.n_cached = 0
-        self.generator: torch.Generator | None = None  # per-session stream, so rounds do not repeat draws
-
-    def forget(self, k: int) -> None:
-        """Drop the last ``k`` cached positions (a shared row just masks them out)."""
-        if k <= 0:
-            return
-        if self.cache is not None:
-            self.cache.crop(-k)
-        self.n_cached -= k
-
-    def truncate(self, n: int) -> None:
-        super().truncate(n)
-        self.forget(self.n_cached - n)
-
-    def row_kv(self, layer: int):
-        """This sequence's keys and values of one layer, [1, heads, n_cached, dim] (views, no copy)."""
-        if self.cache is not None:
-            lay = self.cache.layers[layer]
-            return lay.keys, lay.values
-        tensors, row, start = self.shared
-        k, v = tensors[layer]
-        end = start + self.n_cached
-        return k[row : row + 1, :, start:end], v[row : row + 1, :, start:end]
-
-    def own_cache(self, config) -> DynamicCache:
-        if self.cache is None:
-            if self.shared is not None and self.n_cached:
-                data = [self.row_kv(li) for li in range(len(self.shared[0]))]
-                self.cache = DynamicCache(ddp_cache_data=data, config=config)
-            else:
-                self.cache = DynamicCache(config=config)
-            self.shared = None
-        return self.cache
-
-    def release(self) -> None:
-        self.cache = None
-        self.shared = None
-        self.n_cached = 0
-
-
-def _rows(cache: DynamicCache, rows: list[int], first: int, config) -> DynamicCache:
-    """A batch cache of these rows of ``cache``, from position column ``first`` on (one copy per layer)."""
-    index = torch.tensor(rows, device=cache.layers[0].keys.device)
-    data = [
-        (lay.keys.index_select(0, index)[:, :, first:], lay.values.index_select(0, index)[:, :, first:])
-        for lay in cache.layers
-    ]
-    return DynamicCache(ddp_cache_data=data, config=config)
-
-
-def _width_groups(widths: list[int], min_saving: int = 64) -> list[list[int]]:
-    """Rows (indices) in one group, or in two (narrow ones, wide ones) when that spares at least half the
-    padded positions and ``min_saving`` of them: a forward has a fixed cost too."""
-    order = sorted(range(len(widths)), key=lambda r: widths[r])
-    one = len(widths) * widths[order[-1]]
-    best, cut = one, 0
-    for k in range(1, len(order)):  # the first k rows form the narrow group
-        cost = k * widths[order[k - 1]] + (len(order) - k) * widths[order[-1]]
-        if cost < best:
-            best, cut = cost, k
-    if cut == 0 or best > one / 2 or one - best < min_saving:
-        return [list(range(len(widths)))]
-    return [order[:cut], order[cut:]]
+from .base import Delta, Job, ModelEngine
+from .hf_cache import HFSession, join_groups, merge, rows_of, split, width_groups
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -250,71 +174,17 @@ class HFEngine(ModelEngine):
             session.computed += 1
             session.n_cached += 1
 
-    def _merge(self, sessions: list[HFSession]):
-        """One batch cache for these sessions and its 2-D mask (1 = real position, 0 = padding or hole)."""
-        bases = {  # which earlier batch each row lives in
-            id(s.shared[0]) if s.shared is not None and s.cache is None else None for s in sessions
-        }
-        if len(bases) == 1 and None not in bases:
-            # every row comes from the same earlier batch (the common case: rounds of the same sequences):
-            # select the rows in one op per layer instead of copying them one by one
-            tensors = sessions[0].shared[0]
-            rows = [s.shared[1] for s in sessions]
-            if rows != list(range(tensors[0][0].shape[0])):
-                index = torch.tensor(rows, device=self.device)
-                tensors = [(k.index_select(0, index), v.index_select(0, index)) for k, v in tensors]
-            mask = torch.zeros(len(sessions), tensors[0][0].shape[2], dtype=torch.long, device=self.device)
-            for r, s in enumerate(sessions):
-                mask[r, s.shared[2] : s.shared[2] + s.n_cached] = 1
-            return DynamicCache(ddp_cache_data=tensors, config=self.model.config), mask
-        # mixed origins: left-pad each row's keys and values into a new batch
-        past = [s.n_cached for s in sessions]
-        width = max(past)
-        mask = torch.zeros(len(sessions), width, dtype=torch.long, device=self.device)
-        for r, p in enumerate(past):
-            mask[r, width - p :] = 1
-        if width == 0:
-            return None, mask
-        layers = []
-        for li in range(self.model.config.get_text_config().num_hidden_layers):
-            rows = [s.row_kv(li) if p else None for s, p in zip(sessions, past, strict=True)]
-            ref = next(kv[0] for kv in rows if kv is not None)
-            shape = (len(sessions), ref.shape[1], width, ref.shape[3])
-            K, V = ref.new_zeros(shape), ref.new_zeros(shape)
-            for r, (kv, p) in enumerate(zip(rows, past, strict=True)):
-                if p:
-                    K[r, :, width - p :] = kv[0][0]
-                    V[r, :, width - p :] = kv[1][0]
-            layers.append((K, V))
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config), mask
-
-    def _split(self, sessions: list[HFSession], cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Compact the batch cache (real positions right-aligned, one gather per layer) and point each session
-        at its row of it."""
-        lengths = mask.sum(1)
-        width = int(lengths.max())
-        order = torch.argsort(mask, dim=1, stable=True)[:, mask.shape[1] - width :]  # holes first, then real
-        tensors = []
-        for layer in cache.layers:
-            k, v = layer.keys, layer.values
-            index = order[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-            tensors.append((k.gather(2, index), v.gather(2, index)))
-        for r, s in enumerate(sessions):
-            assert int(lengths[r]) == s.n_cached, "cache and session disagree"
-            s.cache = None
-            s.shared = (tensors, r, width - s.n_cached)
-
     def _prefill_batch(self, act: list[HFSession], cache, mask, want_hidden: bool):
         """Feed each row's unseen tokens, right-aligned in a block of its group's widest row. Rows whose
         unseen tokens differ much in number (a teacher catching up on student segments of random lengths)
         are fed in two groups, short and long, so that the short ones are not padded to the longest; their
         caches are then joined into one batch (the short group's left-padded with masked columns)."""
         new = [s.ids[s.n_cached :] for s in act]
-        groups = _width_groups([len(n) for n in new])
+        groups = width_groups([len(n) for n in new])
         outs = []
         for rows in groups:
             sub_cache = (
-                cache if len(groups) == 1 or cache is None else _rows(cache, rows, 0, self.model.config)
+                cache if len(groups) == 1 or cache is None else rows_of(cache, rows, 0, self.model.config)
             )
             width = max(len(new[r]) for r in rows)
             ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=self.device)
@@ -333,27 +203,7 @@ class HFEngine(ModelEngine):
             outs.append((logits, sub_cache, sub_mask, hidden))
         if len(groups) == 1:
             return outs[0]
-        # one batch again: every group as wide as the widest (masked columns in front), rows in their order
-        full = max(m.shape[1] for _, _, m, _ in outs)
-        order = torch.tensor([r for rows in groups for r in rows], device=self.device)
-        back = torch.argsort(order)
-        layers = []
-        for li in range(len(outs[0][1].layers)):
-            ks, vs = [], []
-            for _, c, m, _ in outs:
-                k, v = c.layers[li].keys, c.layers[li].values
-                gap = full - m.shape[1]
-                if gap:
-                    k = torch.cat([k.new_zeros(k.shape[0], k.shape[1], gap, k.shape[3]), k], dim=2)
-                    v = torch.cat([v.new_zeros(v.shape[0], v.shape[1], gap, v.shape[3]), v], dim=2)
-                ks.append(k)
-                vs.append(v)
-            layers.append((torch.cat(ks).index_select(0, back), torch.cat(vs).index_select(0, back)))
-        masks = [torch.cat([m.new_zeros(m.shape[0], full - m.shape[1]), m], dim=1) for _, _, m, _ in outs]
-        logits = torch.cat([lg for lg, _, _, _ in outs]).index_select(0, back)
-        hidden = None if not want_hidden else torch.cat([h for _, _, _, h in outs]).index_select(0, back)
-        cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
-        return logits, cache, torch.cat(masks).index_select(0, back), hidden
+        return join_groups(outs, groups, self.model.config, self.device)
 
     def _run_batch(self, jobs: list[Job]) -> Iterator[list[Delta]]:
         sessions: list[HFSession] = [j.session for j in jobs]
@@ -376,7 +226,7 @@ class HFEngine(ModelEngine):
             if s.n_cached >= len(s.ids):
                 s.forget(1)
         act = [sessions[i] for i in live]
-        cache, mask = self._merge(act)
+        cache, mask = merge(act, self.model.config, self.device)
         want_hidden = any(jobs[i].want_hidden for i in live)
         logits, cache, mask, hidden = self._prefill_batch(act, cache, mask, want_hidden)
         running = [True] * len(act)
@@ -403,9 +253,9 @@ class HFEngine(ModelEngine):
             if running.count(False) * 4 >= len(act):  # a quarter of the batch is padding: drop those rows
                 keep = [r for r in range(len(act)) if running[r]]
                 gone = [r for r in range(len(act)) if not running[r]]
-                self._split([act[r] for r in gone], _rows(cache, gone, 0, self.model.config), mask[gone])
+                split([act[r] for r in gone], rows_of(cache, gone, 0, self.model.config), mask[gone])
                 first = int(mask[keep].any(0).long().argmax())  # columns that are holes in every kept row
-                cache, mask = _rows(cache, keep, first, self.model.config), mask[keep, first:]
+                cache, mask = rows_of(cache, keep, first, self.model.config), mask[keep, first:]
                 act, live, running = [act[r] for r in keep], [live[r] for r in keep], [True] * len(keep)
             # One decode step for every row; finished rows feed a masked pad so the batch stays rectangular
             # (until they are a quarter of it, above: then they leave with their keys and values).
@@ -421,5 +271,5 @@ class HFEngine(ModelEngine):
                     s.n_cached += 1
             mask = torch.cat([mask, step_mask], dim=1)
             logits, cache, hidden = self._forward(step_ids, cache, mask, step_pos, want_hidden)
-        self._split(act, cache, mask)
+        split(act, cache, mask)
         # The last sampled token of each row was never fed: the cache holds ids[:n_cached] exactly.
