@@ -228,8 +228,8 @@ def rollouts_correct(
     """
     eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     result = [False] * len(prefixes)
-    log = Jsonl(journal) if journal is not None else None  # a line torn by a kill is cut off: redone
-    done = {int(r["i"]): bool(r["ok"]) for r in log.rows()} if log is not None else {}
+    grades = Jsonl(journal) if journal is not None else None  # a line torn by a kill is cut off: redone
+    done = {int(r["i"]): bool(r["ok"]) for r in grades.rows()} if grades is not None else {}
     for i, ok in done.items():
         result[i] = ok
     todo = sorted((i for i in range(len(prefixes)) if i not in done), key=lambda i: (len(prefixes[i]), i))
@@ -251,8 +251,8 @@ def rollouts_correct(
         )
         for row, i in enumerate(part):
             result[i] = _graded(tok, problems[i], prefixes[i], gen[row, width:].tolist())
-        if log is not None:
-            log.append([{"i": i, "ok": result[i]} for i in part])
+        if grades is not None:
+            grades.append([{"i": i, "ok": result[i]} for i in part])
     return result
 
 
@@ -359,8 +359,7 @@ def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=
 
 # what each stage depends on: a rerun with these unchanged resumes it; a change starts it (and those after it)
 # afresh
-_FORWARD_KEYS = ("student", "teacher", "benchmark", "split", "n_problems", "held_out", "data_seed")
-_FORWARD_KEYS += ("batch_size",)
+_FORWARD_KEYS = tuple("student teacher benchmark split n_problems held_out data_seed batch_size".split())
 _ROLLOUT_KEYS = ("max_rollouts", "rollout_batch", "rollout_max_new_tokens", "rollout_dtype", "seed")
 
 
