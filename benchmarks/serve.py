@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve.py [--quick] [--json] [--pair tiny-random] [--clients 1,8,32]
         [--stream-interval K]   # the server's: a chunk gathers up to K pieces of one source
+        [--stream-every-ms MS]  # the server's: a stream gets a chunk at most every MS ms (default 20)
 
 For each number of clients C: C threads each stream one chat completion at once (greedy, the interval
 policy: the teacher writes 4 tokens after every 8 student tokens) from ``python -m relay_demo serve`` in a
@@ -51,12 +52,14 @@ def baseline(pair, ps: list[str], max_tokens: int) -> float:
     return best
 
 
-def start_server(pair_name: str, stream_interval: int = 1) -> tuple[subprocess.Popen, str]:
+def start_server(
+    pair_name: str, stream_interval: int = 1, every_ms: float = 20.0
+) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "relay_demo", "serve", "--pair", pair_name, "--port", str(port)]
-    cmd += ["--stream-interval", str(stream_interval)]
+    cmd += ["--stream-interval", str(stream_interval), "--stream-every-ms", str(every_ms)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -144,12 +147,13 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--stream-interval", type=int, default=1, help="the server's --stream-interval")
+    ap.add_argument("--stream-every-ms", type=float, default=20.0, help="the server's --stream-every-ms")
     a = ap.parse_args()
     max_tokens = 32 if a.quick else 128
     counts = [int(c) for c in a.clients.split(",")]
     pair = load_pair(a.pair)
     base = {c: baseline(pair, prompts(c), max_tokens) for c in counts}
-    proc, url = start_server(a.pair, a.stream_interval)
+    proc, url = start_server(a.pair, a.stream_interval, a.stream_every_ms)
     rows = []
     try:
         clients(url, a.pair, prompts(2), 8)  # warm
@@ -165,11 +169,18 @@ def main() -> None:
         proc.wait(timeout=30)
     print(
         f"pair {a.pair}, hf, greedy, interval every 8 n 4, max_tokens {max_tokens}, "
-        f"stream interval {a.stream_interval}"
+        f"stream interval {a.stream_interval}, a chunk at most every {a.stream_every_ms:g} ms"
     )
     print(table(rows, ["clients", "agg_tok_s", "batch_tok_s", "ratio", "ttft_p50", "ttft_p95", "failed"]))
     finish(
-        {"pair": a.pair, "max_tokens": max_tokens, "stream_interval": a.stream_interval, "rows": rows}, a.json
+        {
+            "pair": a.pair,
+            "max_tokens": max_tokens,
+            "stream_interval": a.stream_interval,
+            "stream_every_ms": a.stream_every_ms,
+            "rows": rows,
+        },
+        a.json,
     )
 
 

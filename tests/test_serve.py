@@ -410,3 +410,31 @@ def test_curl_style_stream_ends_with_done(server):
     assert lines[-1] == "data: [DONE]"
     last = json.loads(lines[-2][len("data: ") :])
     assert last["choices"][0]["finish_reason"] in ("stop", "length") and "calls" in last["relay"]
+
+
+def test_chunk_gathering_rule():
+    """A stream's first text leaves at once; pieces then gather until the period has passed (checked for every
+    piece and between events), a change of writer sends what gathered, and the interval counts pieces."""
+    from relay_demo.serve.requests import Settings, _Request
+
+    sent = []
+    req = _Request.__new__(_Request)
+    req.pending, req.sent_at = None, float("-inf")
+    req.emit = sent.append
+    s = Settings(pair=None, policy=None, limits=None, stream_every_s=0.02)
+    req.span("student", "a", s, now=1.000)
+    req.span("student", "b", s, now=1.005)
+    req.span("student", "c", s, now=1.010)
+    assert sent == [("span", "student", "a")]
+    req.due(s, now=1.019)
+    assert len(sent) == 1
+    req.due(s, now=1.021)  # between events: the period has passed
+    req.span("student", "d", s, now=1.022)
+    req.span("teacher", "E", s, now=1.023)  # a new writer: "d" goes at once, "E" waits for the period
+    req.flush(now=1.030)  # the answer's end
+    assert sent[1:] == [("span", "student", "bc"), ("span", "student", "d"), ("span", "teacher", "E")]
+    sent.clear()
+    s = Settings(pair=None, policy=None, limits=None, stream_interval=3, stream_every_s=0.0)
+    for i, t in enumerate("uvwxyz"):
+        req.span("student", t, s, now=2.0 + i)
+    assert sent == [("span", "student", "uvw"), ("span", "student", "xyz")]

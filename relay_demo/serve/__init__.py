@@ -23,11 +23,12 @@ run's slowest row ends, and gets its last chunk then; its sessions are released 
 engine writes every row's cache back then).
 
 Cancellation. A client that disconnects (or a row past its wall-time limit) is cancelled
-(``RelayBatch.cancel``) at the next event the scheduler sees: a row in the running run gets no tokens after
-that step (in a hf batch its slot rides along as a masked pad until a quarter of the batch has ended or the
-run does) and is finished and its sessions released when the run ends; its own KV cache is dropped at once,
-and a row of the run's shared batch tensors is freed when the next run rebuilds them. A row waiting for the
-other model is finished and released at once; a request still in the queue is just removed.
+(``RelayBatch.cancel``) when the scheduler next looks over its rows (once an engine step's burst of events):
+a row in the running run gets no tokens after that step (in a hf batch its slot rides along as a masked pad
+until a quarter of the batch has ended or the run does) and is finished and its sessions released when the run
+ends; its own KV cache is dropped at once, and a row of the run's shared batch tensors is freed when the next
+run rebuilds them. A row waiting for the other model is finished and released at once; a request still in the
+queue is just removed.
 
 Bounds: at most ``--max-batch`` rows decode together and ``--max-queue`` more wait; past that, 429.
 

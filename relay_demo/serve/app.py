@@ -264,6 +264,13 @@ def add_parser(sub) -> None:
         default=1,
         help="pieces of text a streamed chunk gathers, at most (one source each; 1: every piece at once)",
     )
+    g.add_argument(
+        "--stream-every-ms",
+        type=float,
+        default=20.0,
+        help="a stream gets a text chunk at most this often; pieces decoded in between gather (its first "
+        "text, a change of writer and the end go out at once; 0: every piece as it comes)",
+    )
     from ..cli import add_remote_flags
 
     add_remote_flags(g)
@@ -279,6 +286,8 @@ def serve(a) -> int:
     remote = pair_kwargs(a)
     if a.max_batch < 1 or a.max_queue < 0 or a.stream_interval < 1:
         raise ValueError("--max-batch and --stream-interval must be >= 1 and --max-queue >= 0")
+    if not 0 <= a.stream_every_ms <= 10_000:
+        raise ValueError(f"--stream-every-ms must be between 0 and 10000, got {a.stream_every_ms}")
     Sampling(temperature=a.temperature, top_p=a.top_p)
     pair = load_pair(a.pair, backend=a.backend, **remote)
     given = {"max_tokens": a.max_new_tokens, "max_n": a.max_n, "max_calls": a.max_calls}
@@ -295,6 +304,7 @@ def serve(a) -> int:
         max_batch=a.max_batch,
         max_queue=a.max_queue,
         stream_interval=a.stream_interval,
+        stream_every_s=a.stream_every_ms / 1000,
     )
     app = create_app(settings)
     print(f"relay server: pair {pair.name} on http://{a.host}:{a.port}/v1", flush=True)

@@ -152,6 +152,7 @@ class Settings:
     max_batch: int = 32
     max_queue: int = 64
     stream_interval: int = 1  # a streamed chunk carries up to this many pieces of one source (vLLM's option)
+    stream_every_s: float = 0.02  # and a stream gets a chunk at most this often (its first text at once)
 
 
 @dataclass
@@ -171,23 +172,34 @@ class _Request:
     row: Row | None = None  # its row in the running RelayBatch
 
     pending: list | None = None  # [source, text, pieces] not streamed yet (see span)
+    sent_at: float = float("-inf")  # when its latest text chunk was handed to the event loop
 
-    def span(self, source: str, text: str, interval: int) -> None:
-        """Stream ``text`` of ``source`` once ``interval`` pieces of one source have gathered (or at the
-        source's end, or the answer's: :meth:`flush`); ``interval`` 1 sends each piece as it comes."""
+    def span(self, source: str, text: str, s: Settings, now: float) -> None:
+        """Gather ``text`` of ``source``. A chunk goes out once ``s.stream_interval`` pieces of one source
+        have gathered and ``s.stream_every_s`` has passed since the stream's previous chunk (:meth:`due`), and
+        at once when the source changes or the answer ends (:meth:`flush`). So a stream's first text leaves at
+        once; a fast decoder's pieces then leave in one chunk per period (each chunk costs the server and the
+        client a JSON event and a socket write), a slow one's one by one, as they come."""
         if self.pending is not None and self.pending[0] != source:
-            self.flush()
+            self.flush(now)
         if self.pending is None:
             self.pending = [source, "", 0]
         self.pending[1] += text
         self.pending[2] += 1
-        if self.pending[2] >= interval:
-            self.flush()
+        self.due(s, now)
 
-    def flush(self) -> None:
+    def due(self, s: Settings, now: float) -> None:
+        """Send what has gathered if it is due (called for every piece, and between the scheduler's events so
+        that a row waiting for the other model does not hold its text back)."""
+        if self.pending is not None and self.pending[2] >= s.stream_interval:
+            if now - self.sent_at >= s.stream_every_s:
+                self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
         if self.pending is not None:
             self.emit(("span", self.pending[0], self.pending[1]))
             self.pending = None
+            self.sent_at = time.monotonic() if now is None else now
 
     def emit(self, event: tuple) -> None:
         try:

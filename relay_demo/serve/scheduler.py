@@ -12,6 +12,7 @@ from ..relay import RelayBatch, RelayResult
 from .requests import ApiError, Settings, _Request
 
 log = logging.getLogger("relay_demo.serve")
+SERVICE_S = 0.001  # the rows are looked over at most this often (see _loop)
 
 
 class Scheduler:
@@ -81,14 +82,19 @@ class Scheduler:
             with self.s.pair.lock:
                 self.totals["batches"] += 1
                 self._admit(batch, head.key, reqs, running=False)
+                serviced = time.monotonic()
                 try:
                     for row, item in batch.events():
-                        req = reqs.get(row)
+                        req, now = reqs.get(row), time.monotonic()
                         if isinstance(item, RelayResult):
                             self._finish(reqs.pop(row), item)
                         elif req is not None and item.text and not req.cancelled:
-                            req.span(item.source, item.text, self.s.stream_interval)
-                        self._service(batch, head.key, reqs)
+                            req.span(item.source, item.text, self.s, now)
+                        # an engine step's events come in a burst, one a row: the rows are looked over
+                        # (cancelled, late, text due, newcomers) once a burst, not once an event
+                        if now - serviced >= SERVICE_S:
+                            self._service(batch, head.key, reqs, now)
+                            serviced = now
                 except Exception as e:  # an engine failure ends this batch, not the server
                     log.exception("relay batch failed")
                     batch.close()
@@ -110,15 +116,16 @@ class Scheduler:
                 )
                 reqs[req.row] = req
 
-    def _service(self, batch: RelayBatch, key: tuple, reqs: dict) -> None:
-        """Between two events: stop rows whose client left or whose time is up, let waiting requests of this
-        batch's kind join it."""
-        now = time.monotonic()
+    def _service(self, batch: RelayBatch, key: tuple, reqs: dict, now: float) -> None:
+        """Between two events: stop rows whose client left or whose time is up, send text whose chunk is due,
+        let waiting requests of this batch's kind join it."""
         for req in reqs.values():
             if req.cancelled:
                 batch.cancel(req.row, "cancelled")
             elif req.deadline is not None and now > req.deadline:
                 batch.cancel(req.row, "timeout")
+            else:
+                req.due(self.s, now)
         self._admit(batch, key, reqs)
 
     def _count(self, req: _Request, failed: bool = False) -> None:
