@@ -58,6 +58,9 @@ class LoraWarmupCfg:
     # LoRA rate 42 steps moved them by 0.07 in norm (typical rows: 0.51) and <call> stayed at rank ~2,500
     # where the labels put it: the rows get a rate of their own.
     token_lr: float = 5e-3
+    # start from this adapter (LoRA and command rows) instead of a fresh one: a further epoch of a finished
+    # run, with a schedule of its own, into another ``out``
+    init_adapter: str = ""
     epochs: float = 2.0
     max_steps: int = -1
     batch_size: int = 2
@@ -73,6 +76,10 @@ class LoraWarmupCfg:
             raise ValueError("lora_r, batch_size, grad_accum and save_steps must be >= 1")
         if not self.lr > 0 or not self.token_lr > 0:
             raise ValueError(f"lr and token_lr must be > 0, got {self.lr}, {self.token_lr}")
+        if self.init_adapter and not (_path(self.init_adapter) / "adapter_config.json").is_file():
+            raise ValueError(f"init_adapter {self.init_adapter!r} holds no adapter_config.json")
+        if self.init_adapter and _path(self.init_adapter).resolve() == _path(self.out).resolve():
+            raise ValueError("init_adapter and out must differ: the run would overwrite its own start")
 
 
 def _path(p: str) -> Path:
@@ -125,6 +132,10 @@ def make_model(cfg: LoraWarmupCfg, tok):
     from relay_demo.adapters import command_ids
 
     model = AutoModelForCausalLM.from_pretrained(_path(cfg.student), dtype=getattr(torch, cfg.dtype))
+    if cfg.init_adapter:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, _path(cfg.init_adapter), is_trainable=True)
     rows = list(command_ids(tok))
     if model.config.tie_word_embeddings:
         # one shared matrix: a delta on embed_tokens alone, lm_head follows it

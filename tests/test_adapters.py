@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -148,6 +149,18 @@ def test_lora_warmup_trains_the_command_rows_and_the_merged_copy_matches(qwen_to
     )  # cached
     adapter_cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert not os.path.isabs(adapter_cfg["base_model_name_or_path"])  # no machine path in a committed file
+
+    # a further epoch starts from the trained adapter (LoRA and command rows), trainable, not from scratch
+    tok = add_command_tokens(AutoTokenizer.from_pretrained(tiny_student), ROWS)
+    more = replace(cfg, init_adapter=str(tmp_path / "adapter"), out=str(tmp_path / "adapter2"))
+    more.validate()
+    start = warmup_lora.make_model(more, tok)
+    with torch.no_grad():
+        assert (start(probe).logits - tuned(probe).logits).abs().max() < 1e-5
+    trainable = [n for n, p in start.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in trainable) and any("trainable_tokens_delta" in n for n in trainable)
+    with pytest.raises(ValueError, match="must differ"):
+        replace(more, out=more.init_adapter).validate()
 
 
 def test_an_adapter_without_its_tokenizer_gets_the_base_one_and_commands(qwen_tok, tmp_path, monkeypatch):
