@@ -122,7 +122,7 @@ def test_command_over_bpe_tokens_on_vllm(folders, tok):
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])
 def test_early_round_end_changes_no_greedy_output(pairs, backend):
-    """Pausing the writers once as many rows wait for the teacher: same tokens, and it really paused."""
+    """Pausing the writers once enough rows wait for the teacher: same tokens, and it really paused."""
     prompts = PROMPTS * 2
     policy = make_policy("random-token", p=0.08, n=2)
     runs = {}
