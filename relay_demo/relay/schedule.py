@@ -11,8 +11,8 @@ next run.
 A student run can last a whole answer, so it ends early (its writers' jobs cancelled, their tokens kept; they
 rejoin the next student run, which re-reads at most one cache block) in two cases:
 
-* ``preempt`` (default in greedy decoding only): the rows waiting for the teacher are a third as many as those
-  still writing (``PREEMPT_WAITING``), so the rows that handed over come back while the batch is still wide,
+* ``preempt`` (default in greedy decoding only): the rows waiting for the teacher are at least a third as many
+  as those still writing (``PREEMPT_WAITING``), so rows that handed over come back while the batch is wide,
   instead of finishing in a tail of their own after the others. With sampling a row's random stream would
   depend on when its neighbours hand over, so it is off there. The share was chosen on the real pair's
   learned relay (vLLM, bf16, batch 64, 1,024-token cap) over 64 held-out GSM8K *train* problems (the dev set),
