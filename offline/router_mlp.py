@@ -109,6 +109,3 @@ def train_mlp(
     log(f"trained {epochs} epochs: val loss {best:.4f}, val AUROC {facts['val_auroc']:.4f}")
     config = {"hidden_size": int(x.shape[1]), "width": cfg.width, "mean": mean.tolist(), "std": std.tolist()}
     return RouterMLP(weights, config), facts
-
-
-# ---------------------------------------------------------------------------------------------- job

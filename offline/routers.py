@@ -295,7 +295,7 @@ def targets(kinds: np.ndarray) -> np.ndarray:
     return np.isin(kinds, (KIND_TEACHER, KIND_NEITHER_FAIL)).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------- training
+# ---------------------------------------------------------------------------------------------- job
 
 
 def run(cfg: RouterCfg, problems: list[Problem] | None = None, models=None, log=print) -> RouterMLP:

@@ -18,9 +18,8 @@ class HFSession(Session):
     def __init__(self, prompt_ids: list[int]):
         super().__init__(prompt_ids)
         self.cache: DynamicCache | None = None
-        self.shared: tuple[list, int, int] | None = (
-            None  # (per-layer (K, V) batch tensors, row, first position)
-        )
+        # (per-layer (K, V) batch tensors, row, first position)
+        self.shared: tuple[list, int, int] | None = None
         self.n_cached = 0
         self.generator: torch.Generator | None = None  # per-session stream, so rounds do not repeat draws
 
@@ -146,7 +145,6 @@ def split(sessions: list[HFSession], cache: DynamicCache, mask: torch.Tensor) ->
 def join_groups(outs: list, groups: list[list[int]], config, device):
     """One batch of the groups' (logits, cache, mask, hidden): every group as wide as the widest (masked
     columns in front), rows back in their order."""
-    # one batch again: every group as wide as the widest (masked columns in front), rows in their order
     full = max(m.shape[1] for _, _, m, _ in outs)
     order = torch.tensor([r for rows in groups for r in rows], device=device)
     back = torch.argsort(order)
