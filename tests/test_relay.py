@@ -110,6 +110,36 @@ def test_kv_reuse_matches_naive_reference(random_models, byte_tok, policy):
     ) or policy.name in ("teacher-only", "student-only")
 
 
+def test_engine_rows_with_holes_cut_back_and_joined_match_reference(random_models, byte_tok):
+    """hf engine: a row that ends early keeps masked holes in its shared batch row. Rows cut back into their
+    cached positions, given another model's token, or fresh, run on with it, then one alone on its own
+    cache: greedy tokens equal those of an engine that re-reads everything."""
+    from relay_demo.backends.base import Job
+
+    s, _ = random_models
+    prompts = [list(byte_tok.encode(f"prompt {i} " + "z" * (3 * i + 40 * (i == 7)))) for i in range(8)]
+
+    def drive(engine):
+        def run(sessions, n):
+            jobs = [Job(x, k, GREEDY) for x, k in zip(sessions, n, strict=True)]
+            for _ in engine.run(jobs):
+                pass
+
+        rows = [engine.session(list(p)) for p in prompts]
+        run(rows, [30] * 7 + [1])  # row 7, the longest, stops at once: 29 masked holes follow in its row
+        rows[0].truncate(len(rows[0].ids) - 3)  # back into positions already cached
+        rows[1].extend([int(byte_tok.encode("q")[0])])  # as a teacher's token would be
+        rows.append(engine.session(prompts[0][:6]))  # fresh: nothing cached
+        # row 7's holes are compacted away (hf_cache.COMPACT_AT); the fresh row's 6 prompt tokens widen the
+        # block of new tokens, which leaves holes inside the other rows (their one or two new tokens are
+        # right-aligned in it)
+        run(rows, [5] * 9)
+        run(rows[1:2], [4])  # alone: its own cache, built from its batch row, holes left out
+        return [x.ids for x in rows]
+
+    assert drive(HFEngine(s, byte_tok, "s")) == drive(NaiveEngine(s, byte_tok, "s"))
+
+
 def test_rows_fed_in_groups_by_width():
     assert width_groups([3, 2, 90, 4]) == [[1, 0, 3], [2]]
     assert width_groups([10, 12, 11]) == [[0, 1, 2]]  # little to spare: one forward

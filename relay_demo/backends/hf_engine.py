@@ -3,10 +3,11 @@
 Each :class:`HFSession` holds the keys and values of every token it has already run, so a handoff costs
 the other model only the tokens it has not seen (``computed`` counts them). A batch of sessions is run
 together by left-padding their caches into one ``DynamicCache`` with a 2-D attention mask (holes are
-masked, positions are explicit) and decoding all rows in lock-step. Afterwards the batch tensors are
-compacted with one gather per layer and each session keeps a view of its row, so the next round over the
-same rows (the usual case: all sequences return to the student after a handoff) selects rows instead of
-copying them one by one. A single session runs on its own cache with no copy at all: the app's path.
+masked, positions are explicit) and decoding all rows in lock-step. Afterwards each session keeps a view
+of its row of the batch tensors, holes and all, so the next run over the same rows (the usual case: the
+student's rows come back after a handoff) takes them as they are, or selects rows in one op per layer,
+instead of copying them one by one; holes are compacted away once they widen the batch by a quarter. A
+single session runs on its own cache with no copy at all: the app's path.
 The sessions and the batch-cache operations live in ``hf_cache.py``.
 
     engine = HFEngine.load("results/models/tiny-arith/teacher")
@@ -253,7 +254,7 @@ class HFEngine(ModelEngine):
             if running.count(False) * 4 >= len(act):  # a quarter of the batch is padding: drop those rows
                 keep = [r for r in range(len(act)) if running[r]]
                 gone = [r for r in range(len(act)) if not running[r]]
-                split([act[r] for r in gone], rows_of(cache, gone, 0, self.model.config), mask[gone])
+                split([act[r] for r in gone], cache, mask, rows=gone)  # views of this step's tensors
                 first = int(mask[keep].any(0).long().argmax())  # columns that are holes in every kept row
                 cache, mask = rows_of(cache, keep, first, self.model.config), mask[keep, first:]
                 act, live, running = [act[r] for r in keep], [live[r] for r in keep], [True] * len(keep)
