@@ -48,6 +48,30 @@ def timed(fn, *a, **kw):
     return out, time.perf_counter() - t
 
 
+def time_inside(engine) -> list[float]:
+    """From now on, count in ``[0]`` the seconds spent inside ``engine.run``: its own steps, not the work of
+    the loop that consumes them."""
+    spent, run = [0.0], type(engine).run
+
+    def counted(jobs):
+        steps = run(engine, jobs)
+        try:
+            while True:
+                t = time.perf_counter()
+                try:
+                    deltas = next(steps)
+                except StopIteration:
+                    return
+                finally:
+                    spent[0] += time.perf_counter() - t
+                yield deltas
+        finally:
+            steps.close()
+
+    engine.run = counted
+    return spent
+
+
 def timed_cpu(fn, *a, **kw):
     """(result, wall seconds, CPU seconds of this process). CPU time is what a shared machine cannot inflate
     by making us wait for a core, so ratios of it are the steadier figure here."""
