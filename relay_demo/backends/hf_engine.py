@@ -134,10 +134,12 @@ class HFEngine(ModelEngine):
         finally:
             self.wall_s += time.perf_counter() - start
 
-    def _emit(self, i: int, job: Job, logits, hidden, done: list[bool]) -> Delta:
-        """Sample the next token of job ``i`` from ``logits``, record it, decide whether the job ends."""
+    def _emit(self, i: int, job: Job, logits, hidden, done: list[bool], argmax: int | None = None) -> Delta:
+        """Sample the next token of job ``i`` from ``logits`` (``argmax``: theirs, if already known), record
+        it, decide whether the job ends."""
         session = job.session
-        tok = _sample(logits, job, session)
+        greedy = argmax is not None and job.sampling.temperature == 0 and not job.logit_bias
+        tok = argmax if greedy else _sample(logits, job, session)
         session.ids.append(tok)
         top = None
         if job.want_top_prob:
@@ -188,17 +190,15 @@ class HFEngine(ModelEngine):
                 cache if len(groups) == 1 or cache is None else rows_of(cache, rows, 0, self.model.config)
             )
             width = max(len(new[r]) for r in rows)
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=self.device)
-            nmask = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
-            pos = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
-            for k, r in enumerate(rows):
-                s, n = act[r], new[r]
-                ids[k, width - len(n) :] = torch.tensor(n)
-                nmask[k, width - len(n) :] = 1
-                pos[k, width - len(n) :] = torch.arange(s.n_cached, s.n_cached + len(n))
+            block = []  # per row: ids, mask and positions, right-aligned
+            for r in rows:
+                s, n, gap = act[r], new[r], width - len(new[r])
+                block += [[self.pad_id] * gap + n, [0] * gap + [1] * len(n)]
+                block.append([0] * gap + list(range(s.n_cached, s.n_cached + len(n))))
                 s.computed += len(n)
                 s.last_prefill = len(n)
                 s.n_cached += len(n)
+            ids, nmask, pos = torch.tensor(block, device=self.device).view(len(rows), 3, width).unbind(1)
             sub_mask = torch.cat([mask[rows] if len(groups) > 1 else mask, nmask], dim=1)
             logits, sub_cache, hidden = self._forward(ids, sub_cache, sub_mask, pos, want_hidden)
             outs.append((logits, sub_cache, sub_mask, hidden))
@@ -232,11 +232,12 @@ class HFEngine(ModelEngine):
         logits, cache, mask, hidden = self._prefill_batch(act, cache, mask, want_hidden)
         running = [True] * len(act)
         while True:
-            deltas = []
+            deltas, argmax = [], logits.argmax(-1).tolist()  # greedy rows' tokens, in one op
             for r, i in enumerate(live):
                 if not running[r]:
                     continue
-                deltas.append(self._emit(i, jobs[i], logits[r], None if hidden is None else hidden[r], done))
+                hid = None if hidden is None else hidden[r]
+                deltas.append(self._emit(i, jobs[i], logits[r], hid, done, argmax[r]))
                 if done[i]:
                     running[r] = False
             yield deltas
@@ -260,16 +261,12 @@ class HFEngine(ModelEngine):
                 act, live, running = [act[r] for r in keep], [live[r] for r in keep], [True] * len(keep)
             # One decode step for every row; finished rows feed a masked pad so the batch stays rectangular
             # (until they are a quarter of it, above: then they leave with their keys and values).
-            step_ids = torch.full((len(act), 1), self.pad_id, dtype=torch.long, device=self.device)
-            step_mask = torch.zeros(len(act), 1, dtype=torch.long, device=self.device)
-            step_pos = torch.zeros(len(act), 1, dtype=torch.long, device=self.device)
-            for r, s in enumerate(act):
-                if running[r]:
-                    step_ids[r, 0] = s.ids[-1]
-                    step_mask[r, 0] = 1
-                    step_pos[r, 0] = s.n_cached
-                    s.computed += 1
-                    s.n_cached += 1
+            rows = list(zip(act, running, strict=True))
+            feed = [(s.ids[-1], 1, s.n_cached) if on else (self.pad_id, 0, 0) for s, on in rows]
+            step_ids, step_mask, step_pos = torch.tensor(feed, device=self.device).T[:, :, None]
+            for s, on in rows:
+                s.computed += on
+                s.n_cached += on
             mask = torch.cat([mask, step_mask], dim=1)
             logits, cache, hidden = self._forward(step_ids, cache, mask, step_pos, want_hidden)
         split(act, cache, mask)
