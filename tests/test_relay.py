@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from relay_demo.backends.base import Delta, Sampling
+from relay_demo.backends.base import Delta, Job, Sampling
 from relay_demo.backends.hf_cache import width_groups
 from relay_demo.backends.hf_engine import HFEngine
 from relay_demo.pairs import Pair, byte_tokenizer
@@ -114,8 +114,6 @@ def test_engine_rows_with_holes_cut_back_and_joined_match_reference(random_model
     """hf engine: a row that ends early keeps masked holes in its shared batch row. Rows cut back into their
     cached positions, given another model's token, or fresh, run on with it, then one alone on its own
     cache: greedy tokens equal those of an engine that re-reads everything."""
-    from relay_demo.backends.base import Job
-
     s, _ = random_models
     prompts = [list(byte_tok.encode(f"prompt {i} " + "z" * (3 * i + 40 * (i == 7)))) for i in range(8)]
 

@@ -135,11 +135,10 @@ class HFEngine(ModelEngine):
             self.wall_s += time.perf_counter() - start
 
     def _emit(self, i: int, job: Job, logits, hidden, done: list[bool], argmax: int | None = None) -> Delta:
-        """Sample the next token of job ``i`` from ``logits`` (``argmax``: theirs, if already known), record
-        it, decide whether the job ends."""
+        """Sample the next token of job ``i`` from ``logits`` (``argmax``: a greedy job's token, already
+        known), record it, decide whether the job ends."""
         session = job.session
-        greedy = argmax is not None and job.sampling.temperature == 0 and not job.logit_bias
-        tok = argmax if greedy else _sample(logits, job, session)
+        tok = argmax if argmax is not None else _sample(logits, job, session)
         session.ids.append(tok)
         top = None
         if job.want_top_prob:
@@ -193,8 +192,8 @@ class HFEngine(ModelEngine):
             block = []  # per row: ids, mask and positions, right-aligned
             for r in rows:
                 s, n, gap = act[r], new[r], width - len(new[r])
-                block += [[self.pad_id] * gap + n, [0] * gap + [1] * len(n)]
-                block.append([0] * gap + list(range(s.n_cached, s.n_cached + len(n))))
+                positions = list(range(s.n_cached, s.n_cached + len(n)))
+                block += [[self.pad_id] * gap + n, [0] * gap + [1] * len(n), [0] * gap + positions]
                 s.computed += len(n)
                 s.last_prefill = len(n)
                 s.n_cached += len(n)
@@ -229,15 +228,18 @@ class HFEngine(ModelEngine):
         act = [sessions[i] for i in live]
         cache, mask = merge(act, self.model.config, self.device)
         want_hidden = any(jobs[i].want_hidden for i in live)
+        greedy = [j.sampling.temperature == 0 and not j.logit_bias for j in jobs]  # token = the argmax
+        any_greedy = any(greedy)
         logits, cache, mask, hidden = self._prefill_batch(act, cache, mask, want_hidden)
         running = [True] * len(act)
         while True:
-            deltas, argmax = [], logits.argmax(-1).tolist()  # greedy rows' tokens, in one op
+            # greedy rows' tokens in one op (not computed when every row samples)
+            deltas, argmax = [], logits.argmax(-1).tolist() if any_greedy else None
             for r, i in enumerate(live):
                 if not running[r]:
                     continue
                 hid = None if hidden is None else hidden[r]
-                deltas.append(self._emit(i, jobs[i], logits[r], hid, done, argmax[r]))
+                deltas.append(self._emit(i, jobs[i], logits[r], hid, done, argmax[r] if greedy[i] else None))
                 if done[i]:
                     running[r] = False
             yield deltas
