@@ -12,6 +12,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from ..backends.base import Sampling
+from ..flags import add_remote_flags, pair_kwargs, policy_from_args
 from .requests import POLICY_KNOBS, STAT_KEYS, ApiError, Prompter, Settings, _Request, openai_finish
 from .scheduler import Scheduler
 
@@ -271,15 +272,12 @@ def add_parser(sub) -> None:
         help="a stream gets a text chunk at most this often; pieces decoded in between gather (its first "
         "text, a change of writer and the end go out at once; 0: every piece as it comes)",
     )
-    from ..cli import add_remote_flags
-
     add_remote_flags(g)
 
 
 def serve(a) -> int:
     import uvicorn
 
-    from ..cli import pair_kwargs, policy_from_args
     from ..pairs import load_pair
 
     policy_from_args(a)  # bad flags fail here, before any model loads

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 from ..backends.base import Sampling, chat_ids
+from ..flags import policy_from_args
 from ..knobs import KNOBS
 from ..protocol import OPEN, single_token_id
 from ..relay import Limits, Row, validate_prompt
@@ -55,10 +56,8 @@ class ApiError(Exception):
 
 def policy_from_body(body: dict, defaults: SimpleNamespace):
     """The request's policy: its ``policy`` and knobs, mapped to ``make_policy`` as the CLI maps its flags
-    (``cli.policy_from_args``). Without ``policy`` the server's policy and knobs apply, the body's knobs on
+    (``flags.policy_from_args``). Without ``policy`` the server's policy and knobs apply, the body's knobs on
     top; a body naming a policy brings its own knobs only. A router's weights come only from --router."""
-    from ..cli import policy_from_args
-
     ns = SimpleNamespace(**{k: None for k in POLICY_KNOBS}, policy=defaults.policy, router=defaults.router)
     if "policy" in body:
         ns.policy = body["policy"]
