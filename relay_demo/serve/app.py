@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 from ..backends.base import Sampling
 from ..flags import add_remote_flags, pair_kwargs, policy_from_args
+from ..protocol import strip_commands
 from .requests import POLICY_KNOBS, STAT_KEYS, ApiError, Prompter, Settings, _Request, openai_finish
 from .scheduler import Scheduler
 
@@ -119,6 +120,13 @@ def create_app(settings: Settings):
         return JSONResponse(scheduler.status())
 
     async def chat(request: Request):
+        try:
+            return await answer(request)
+        except ApiError:
+            scheduler.count("rejected")
+            raise
+
+    async def answer(request: Request):
         check_key(request)
         try:
             body = json.loads(await request.body())
@@ -152,7 +160,8 @@ def create_app(settings: Settings):
                 if kind == "end":
                     result = rest[0]
             spans = [{"source": sp.source, "text": sp.text} for sp in result.spans if sp.text]
-            message = {"role": "assistant", "content": result.text}
+            # the answer as a client reads it; the commands stay in the relay spans
+            message = {"role": "assistant", "content": strip_commands(result.text)}
             finish = openai_finish(result)
             choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
             relay = {**_stats(result), "spans": spans}
@@ -213,6 +222,7 @@ def create_app(settings: Settings):
 
     async def on_any_error(request, exc: Exception):
         log.exception("request failed")
+        scheduler.count("failed")
         return error(ApiError(500, f"internal error ({type(exc).__name__})", None, "internal_error"))
 
     @contextlib.asynccontextmanager

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
-from ..backends.base import Sampling, chat_ids
+from ..backends.base import Sampling, TemplateError, chat_ids
 from ..flags import policy_from_args
 from ..knobs import KNOBS
 from ..protocol import OPEN, single_token_id
@@ -262,8 +262,18 @@ class Prompter:
             seed=secrets.randbelow(1 << 31) if seed is None else seed,
         )
         with self.lock:
-            s_ids = chat_ids(self.student.tokenizer, messages, s.pair.chat_kwargs)
-            t_ids = chat_ids(self.teacher.tokenizer, messages, s.pair.chat_kwargs)
+            try:
+                s_ids = chat_ids(self.student.tokenizer, messages, s.pair.chat_kwargs)
+                t_ids = chat_ids(self.teacher.tokenizer, messages, s.pair.chat_kwargs)
+            except TemplateError as e:
+                param = f"messages[{e.index}]"
+                raise ApiError(
+                    400,
+                    f"{param}: the chat template of {s.pair.name} has no place for a {e.role} message (it "
+                    "leaves it out or rewrites it); send this text in a user message instead",
+                    param,
+                    "unsupported_role",
+                ) from None
         longest = max(len(s_ids), len(t_ids))
         if longest > s.limits.max_prompt_tokens:
             raise ApiError(
