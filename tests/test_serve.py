@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from relay_demo.backends.base import Sampling
+from relay_demo.knobs import TEMPERATURE
 from relay_demo.pairs import load_pair
 from relay_demo.policies import make_policy
 from relay_demo.protocol import OPEN, strip_commands
@@ -498,3 +499,21 @@ def test_non_streamed_content_is_the_answer_and_the_commands_stay_in_the_spans(a
     assert "".join(s["text"] for s in spans) == ref.text
     content = r.choices[0].message.content
     assert content == strip_commands(ref.text) and OPEN not in content and content.endswith("#### 534")
+
+
+def test_the_servers_temperature_range_is_the_declared_one(server):
+    """knobs.TEMPERATURE's range, for the server's --temperature (refused before any model loads: it
+    accepted up to the engine's 100) and for a request's temperature."""
+    lo, hi = TEMPERATURE.lo, TEMPERATURE.hi
+    cmd = [sys.executable, "-m", "relay_demo", "serve", "--pair", "tiny-random", "--port", str(_free_port())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    p = subprocess.run(
+        [*cmd, "--temperature", str(hi + 1)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2 and f"temperature must be in [{lo:g}, {hi:g}]" in p.stderr, p.stderr
+    client, messages = server.client(), [{"role": "user", "content": "hi"}]
+    r = client.chat.completions.create(model="tiny-random", messages=messages, temperature=hi, max_tokens=2)
+    assert r.usage.completion_tokens >= 1
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-random", messages=messages, temperature=hi + 0.5)
+    assert e.value.body["param"] == "temperature" and f"[{lo}, {hi}]" in e.value.body["message"]

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 from ..backends.base import Sampling, TemplateError, chat_ids
 from ..flags import policy_from_args
-from ..knobs import KNOBS
+from ..knobs import KNOBS, TEMPERATURE
 from ..protocol import OPEN, single_token_id
 from ..relay import Limits, Row, validate_prompt
 
@@ -144,7 +144,7 @@ class Settings:
     pair: object
     policy: SimpleNamespace  # policy, router and knobs, as the CLI parsed them
     limits: Limits
-    temperature: float = 0.7
+    temperature: float = TEMPERATURE.default
     top_p: float = 1.0
     max_wall_s: float | None = None
     api_key: str | None = None
@@ -236,7 +236,7 @@ class Prompter:
         max_tokens = max_tokens or mt or pair_max
         max_calls = _int_field(body, "max_calls", 0, s.limits.max_calls)
         max_n = _int_field(body, "max_n", 1, s.limits.max_n)
-        temperature = _float_field(body, "temperature", 0.0, 2.0)
+        temperature = _float_field(body, "temperature", TEMPERATURE.lo, TEMPERATURE.hi)
         top_p = _float_field(body, "top_p", 0.0, 1.0, open_low=True)
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
