@@ -5,17 +5,28 @@ validation positions above each threshold describe it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from relay_demo.policies import RouterMLP
 
-if TYPE_CHECKING:
-    from offline.routers import RouterCfg
-
 SHARE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+@dataclass
+class MLPCfg:
+    """How the MLP is fitted; the router job's config (``offline.routers.RouterCfg``) extends it, so that
+    this module needs nothing of the job."""
+
+    width: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 300
+    patience: int = 20
+    minibatch: int = 512
+    seed: int = 0
 
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float:
@@ -48,7 +59,7 @@ def split_by_problem(problem: np.ndarray, val_frac: float, seed: int) -> np.ndar
 
 
 def train_mlp(
-    x: np.ndarray, y: np.ndarray, is_val: np.ndarray, cfg: RouterCfg, log=print
+    x: np.ndarray, y: np.ndarray, is_val: np.ndarray, cfg: MLPCfg, log=print
 ) -> tuple[RouterMLP, dict]:
     """Fit the MLP with class-weighted BCE and early stopping on the validation loss; (router, facts)."""
     if is_val.all() or not is_val.any():

@@ -43,7 +43,7 @@ import torch
 
 from offline import config as cfglib
 from offline.common import Jsonl
-from offline.router_mlp import split_by_problem, train_mlp
+from offline.router_mlp import MLPCfg, split_by_problem, train_mlp
 from offline.tasks import grade_response, load_benchmark
 from offline.tasks.base import Problem
 from relay_demo.backends.base import chat_ids
@@ -62,7 +62,7 @@ KIND_NAMES = (
 
 
 @dataclass
-class RouterCfg:
+class RouterCfg(MLPCfg):  # the MLP's settings (width, lr, ..., seed) from MLPCfg
     student: str = "results/models/tiny-arith/student-base"
     teacher: str = "results/models/tiny-arith/teacher"
     out: str = "results/models/tiny-arith/router"
@@ -78,14 +78,7 @@ class RouterCfg:
     rollout_batch: int = 64
     rollout_max_new_tokens: int = 128
     rollout_dtype: str = "float32"  # the student's copy that rolls out (bfloat16: ~2x faster on AMX CPUs)
-    width: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    max_epochs: int = 300
-    patience: int = 20
-    minibatch: int = 512
     val_frac: float = 0.2
-    seed: int = 0
     threads: int = 1
 
     def validate(self) -> None:

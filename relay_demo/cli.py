@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+from .flags import add_remote_flags, pair_kwargs, policy_from_args
+
 COLOURS = {"student": "", "teacher": "\033[1;36m", "command": "\033[1;33m"}
 RESET = "\033[0m"
 
@@ -63,45 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parser(sub)
     return ap
-
-
-def add_remote_flags(g) -> None:
-    g.add_argument(
-        "--teacher-url", metavar="URL", help="the teacher on a vLLM OpenAI server (http://host:port)"
-    )
-    g.add_argument("--student-url", metavar="URL", help="the student on a vLLM OpenAI server")
-    g.add_argument(
-        "--tokenizer", metavar="DIR", help="the served models' tokenizer (default: the pair's own folders)"
-    )
-    g.add_argument(
-        "--remote-timeout-s", type=float, default=None, help="longest wait for a byte from a model server"
-    )
-
-
-def pair_kwargs(a) -> dict:
-    """``load_pair`` keywords of the remote flags; a bad timeout fails before anything loads."""
-    if a.remote_timeout_s is not None and not a.remote_timeout_s > 0:
-        raise ValueError(f"--remote-timeout-s must be positive, got {a.remote_timeout_s}")
-    return {
-        "teacher_url": a.teacher_url,
-        "student_url": a.student_url,
-        "tokenizer": a.tokenizer,
-        "remote_timeout_s": a.remote_timeout_s,
-    }
-
-
-def policy_from_args(a):
-    """The policy the flags describe; each knob checked against its declared range (``relay_demo.knobs``)."""
-    from .knobs import KNOBS, policy_kwargs
-    from .policies import make_policy
-
-    values = {k: getattr(a, k, None) for k in KNOBS}
-    if values.get("path") is None:  # the server's namespace names it router
-        values["path"] = getattr(a, "router", None)
-    kwargs = policy_kwargs(a.policy, values)
-    if a.policy == "router" and "path" not in kwargs:
-        raise ValueError("the router policy needs --router PATH")
-    return make_policy(a.policy, **kwargs)
 
 
 MAX_PROMPT_BYTES = 16 * 2**20  # far past any pair's prompt limit; a larger file is a mistake

@@ -63,6 +63,10 @@ KNOBS: dict[str, Knob] = {
     )
 }  # fmt: skip
 
+# sampling, not a policy knob: the app's slider, its handler, the CLI and the server read this one range
+# (OpenAI's); past 2 a small model's text is noise
+TEMPERATURE = Knob("temperature", float, 0.7, 0.0, 2.0, "sampling temperature (0 = greedy)", (0.0, 2.0, 0.05))
+
 # which policy takes which knob (the keywords of its constructor)
 POLICY_KNOBS: dict[str, tuple[str, ...]] = {
     "learned": ("call_bias",),

@@ -52,6 +52,10 @@ class Pair:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def close(self) -> None:
+        # out of the cache first: a closed engine refuses to run, so load_pair must load this pair anew
+        with _load_lock:
+            for key in [k for k, p in _loaded.items() if p is self]:
+                del _loaded[key]
         self.student.close()
         self.teacher.close()
 
@@ -307,8 +311,9 @@ def unload_pairs(names) -> None:
     import gc
 
     with _load_lock:
-        for key in [k for k in _loaded if k[0] in set(names)]:
-            _loaded.pop(key).close()
+        closing = [_loaded.pop(k) for k in [k for k in _loaded if k[0] in set(names)]]
+    for pair in closing:  # outside the lock: Pair.close takes it
+        pair.close()
     gc.collect()
 
 

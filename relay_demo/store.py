@@ -22,7 +22,9 @@ Views (in an in-memory DuckDB; the parquet files are only read):
 
 :meth:`Store.summary` adds what SQL does not say well (``relay_demo.results.summary``): APGR against the
 pair's student and teacher on the same benchmark, CPT(50%) / CPT(80%) of each method's curve, the saving
-against the accuracy-matched random-query router, and the simulated band of the random-query rows.
+against the accuracy-matched random-query router, and the simulated band of the random-query rows; and
+``wall_mixed``, true where a run behind the row was written under several git commits (its sessions'), so
+that its wall ratio may compare two versions of the loop (the CLI's table marks it with ``*``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ GROUP BY pair, benchmark, method, param
     split=",\n       ".join(f"CASE WHEN COUNT({c}) = COUNT(*) THEN AVG({c}) END AS {c}" for c in ADDED)
 )
 
+MIXED_SQL = """SELECT s.pair, s.benchmark, s.method, s.param, bool_or(r.n_commits > 1) AS wall_mixed
+FROM samples s JOIN runs r USING (run_id) GROUP BY s.pair, s.benchmark, s.method, s.param"""
+
 PER_PROBLEM_SQL = """
 SELECT problem_id, AVG(correct) AS correct,
        AVG(student_tokens + teacher_tokens + command_tokens) AS tokens,
@@ -106,6 +111,12 @@ FROM samples
 WHERE pair = ? AND benchmark = ? AND method = ? AND param IS NULL
 GROUP BY problem_id ORDER BY problem_id
 """
+
+
+def _n_commits(manifest: dict) -> int:
+    """How many git commits wrote the run: each session (a start or resume of the job) records its own."""
+    commits = {(x.get("git") or {}).get("commit") for x in manifest.get("sessions") or []}
+    return len(commits - {None}) or 1
 
 
 def _check_part(path: Path) -> tuple[str | None, list[str]]:
@@ -200,10 +211,11 @@ class Store:
                     "created_at": m.get("created_at"),
                     "finished_at": m.get("finished_at"),
                     "commit": (m.get("git") or {}).get("commit"),
+                    "n_commits": _n_commits(m),
                 }
                 for m in self.manifests
             ],
-            columns=["run_id", "pair", "created_at", "finished_at", "commit"],
+            columns=["run_id", "pair", "created_at", "finished_at", "commit", "n_commits"],
         )
         self.con.register("runs_df", runs)
         self.con.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
@@ -264,11 +276,22 @@ class Store:
             student, teacher = self.side(p, b, "student"), self.side(p, b, "teacher")
             out.append(summary.enrich(group.copy(), student, teacher, n_seeds))
         if not out:
-            return pd.DataFrame(columns=SUMMARY_COLUMNS)
+            return pd.DataFrame(columns=[*SUMMARY_COLUMNS, "wall_mixed"])
         df = pd.concat(out, ignore_index=True)[SUMMARY_COLUMNS]
         if mean:
             df = pd.concat([df, *[mean_rows(g) for _, g in df.groupby("pair")]], ignore_index=True)
-        return summary.ordered(df)
+        return self._flag_mixed_code(summary.ordered(df))
+
+    def _flag_mixed_code(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``wall_mixed``: a run behind the row was written under several commits (resumed or redone after a
+        code change), so its wall time and its teacher's may be of different loops (rows do not say which
+        session wrote them: the whole run is flagged)."""
+        mixed = self.query(MIXED_SQL)
+        key = ["pair", "method", "param"]
+        means = mixed.groupby(key, dropna=False)["wall_mixed"].any().reset_index().assign(benchmark=MEAN)
+        flags = pd.concat([mixed, means], ignore_index=True)
+        df = df.merge(flags, on=[*key, "benchmark"], how="left")
+        return df.assign(wall_mixed=df["wall_mixed"].eq(True))
 
 
 def _filters(pair: str | None, benchmark: str | None) -> tuple[str, list]:
@@ -300,7 +323,23 @@ def _table(df: pd.DataFrame) -> str:
         shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
     shown["flops"] = shown["flops"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
     shown["param"] = shown["param"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
-    return shown.to_string(index=False)
+    if not df["wall_mixed"].any():
+        return shown.to_string(index=False)
+    shown.loc[df["wall_mixed"] & shown["wall_vs_teacher"].ne(""), "wall_vs_teacher"] += "*"
+    note = "* wall_vs_teacher: its run was written under several commits; the times may be of different loops"
+    return shown.to_string(index=False) + "\n" + note
+
+
+def _no_match(st: Store, pair: str | None, benchmark: str | None) -> str | None:
+    """Why the filters select nothing, naming what there is; None when they select something."""
+    pairs = st.pairs()
+    if pair is not None and pair not in pairs:
+        return f"--pair {pair}: no results; pairs with results: {', '.join(pairs) or 'none'}"
+    benchmarks = st.benchmarks(pair)
+    if benchmark is not None and benchmark not in benchmarks:
+        of = f" of pair {pair}" if pair else ""
+        return f"--benchmark {benchmark}: no results{of}; benchmarks: {', '.join(benchmarks) or 'none'}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        df = Store(args.results).summary(args.pair, args.benchmark, mean=args.mean)
+        st = Store(args.results)
+        why = _no_match(st, args.pair, args.benchmark)
+        if why:
+            parser.exit(2, f"{parser.prog}: error: {why}\n")
+        df = st.summary(args.pair, args.benchmark, mean=args.mean)
     if args.json:
         rows = [{k: _jsonable(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
         print(json.dumps(rows, indent=1))

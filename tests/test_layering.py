@@ -6,6 +6,9 @@
 * A job (a module of ``offline/`` with a ``def main(``) imports the library and helpers, never another job.
 * No module of ``relay_demo/`` or ``offline/`` is longer than 400 lines, and the relay loop
   (``relay_demo/relay/loop.py``, the file that defines ``relay_batch``) no longer than 300.
+* No import circle among the project's modules: every import counts, inside a function or under
+  ``TYPE_CHECKING`` too (a circle that works today works by the order of first imports, and breaks when a
+  caller imports the other end first).
 
 OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_layering.py -q
 """
@@ -34,22 +37,81 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported(path: Path) -> set[str]:
-    """Every module ``path`` imports, anywhere in it, as absolute dotted names (relative imports resolved)."""
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """Each import statement anywhere in ``path``: (module, names taken from it; [] for ``import module``),
+    the module as an absolute dotted name (relative imports resolved)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = _module_name(path).split(".")
     if path.name != "__init__.py":
         package = package[:-1]
-    names: set[str] = set()
+    out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
+            out += [(a.name, []) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
-            mod = ".".join([*base, *([node.module] if node.module else [])])
-            names.add(mod)
-            names.update(f"{mod}.{a.name}" for a in node.names)  # `from offline import grpo` names a module
+            out.append(
+                (".".join([*base, *([node.module] if node.module else [])]), [a.name for a in node.names])
+            )
+    return out
+
+
+def imported(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in it, as absolute dotted names (relative imports resolved)."""
+    names: set[str] = set()
+    for mod, taken in _imports(path):
+        names.add(mod)
+        names.update(f"{mod}.{t}" for t in taken)  # `from offline import grpo` names a module
     return names
+
+
+def project_modules() -> dict[str, Path]:
+    """Every Python module of the repository (its own code: not the virtual environment)."""
+    paths = [
+        ROOT / "app.py",
+        *(p for d in ("relay_demo", "offline", "benchmarks", "scripts", "tests") for p in _modules(d)),
+    ]
+    return {_module_name(p): p for p in paths}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project's modules it imports. ``from pkg import sub`` leads to ``pkg.sub`` when that is a
+    module, else to ``pkg``; the parent packages that Python initialises on the way are not edges (each is
+    set up before its submodules, so they are no circle)."""
+    mods = project_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        out = graph[name] = set()
+        for mod, taken in _imports(path):
+            subs = {f"{mod}.{t}" for t in taken} & mods.keys()
+            out |= subs
+            if mod in mods and (not taken or len(subs) < len(taken)):  # a name defined in mod
+                out.add(mod)
+        out.discard(name)
+    return graph
+
+
+def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as [a, b, ..., a], or None (depth-first search; grey = on the current path)."""
+    colour: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = "grey"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if colour.get(nxt) == "grey":
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in colour and (found := visit(nxt)):
+                return found
+        path.pop()
+        colour[node] = "black"
+        return None
+
+    for start in sorted(graph):
+        if start not in colour and (found := visit(start)):
+            return found
+    return None
 
 
 def _is_offline(name: str) -> bool:
@@ -90,6 +152,22 @@ def test_the_import_walker_sees_lazy_and_relative_imports():
     names = imported(pkg / "handlers.py")
     assert "relay_demo.answers" in names  # a relative import inside a function
     assert "relay_demo.pairs" in names and "relay_demo.ui.render" in names
+
+
+def test_no_import_circle_among_the_projects_modules():
+    graph = import_graph()
+    assert {"relay_demo.cli", "relay_demo.serve.app", "offline.routers", "app"} <= graph.keys()
+    assert find_circle(graph) is None, " -> ".join(find_circle(graph))
+
+
+def test_the_circle_finder_finds_circles_and_nothing_else():
+    assert find_circle({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a", "c"}}) is None
+    assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_circle({"x": {"y"}, "y": {"z"}, "z": {"y"}}) == ["y", "z", "y"]
+    graph = import_graph()
+    # a function-level relative import is an edge; `from . import ROOT` leads to the package itself
+    assert "relay_demo.answers" in graph["relay_demo.ui.handlers"]
+    assert "relay_demo" in graph["relay_demo.pairs"]
 
 
 def test_no_module_is_longer_than_400_lines_and_the_loop_than_300():

@@ -64,3 +64,21 @@ def test_the_toy_pairs_examples_are_its_task_from_the_train_generator_and_others
         hint = pairs.off_task_hint(name, "What is the capital of France?")
         assert hint and "expect noise" in hint
     assert pairs.off_task_hint("qwen2.5-coder-0.5b-1.5b", "What is the capital of France?") is None
+
+
+def test_a_closed_pair_is_never_handed_out_again():
+    """Closing leaves the cache: the next load_pair loads anew (a closed vLLM or remote engine refuses to
+    run), and only the closed pair goes; a load of the same pair with other keywords stays."""
+    from relay_demo.policies import make_policy
+    from relay_demo.relay import relay_batch
+
+    other = pairs.load_pair("tiny-random", "hf", dtype="bfloat16")
+    closed = pairs.load_pair("tiny-random", "hf", dtype="float32")
+    closed.close()
+    again = pairs.load_pair("tiny-random", "hf", dtype="float32")
+    assert again is not closed
+    assert pairs.load_pair("tiny-random", "hf", dtype="bfloat16") is other
+    (result,) = relay_batch(again, ["hi"], make_policy("student-only"), limits=again.limits)
+    assert result.student_tokens > 0
+    pairs.unload_pairs(["tiny-random"])  # closes each pair it unloads (Pair.close takes the cache's lock too)
+    assert "tiny-random" not in pairs.loaded_pairs()

@@ -22,8 +22,10 @@ import openai
 import pytest
 
 from relay_demo.backends.base import Sampling
+from relay_demo.knobs import TEMPERATURE
 from relay_demo.pairs import load_pair
 from relay_demo.policies import make_policy
+from relay_demo.protocol import OPEN, strip_commands
 from relay_demo.relay import relay_stream
 
 from .conftest import REPO
@@ -42,12 +44,12 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, tmp_path, *flags: str):
+    def __init__(self, tmp_path, *flags: str, pair: str = "tiny-random"):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"serve-{self.port}.log"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        cmd = [sys.executable, "-m", "relay_demo", "serve", "--pair", "tiny-random", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "relay_demo", "serve", "--pair", pair, "--port", str(self.port)]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 [*cmd, *flags], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -116,12 +118,12 @@ def pair():
     return load_pair("tiny-random")
 
 
-def _reference(pair, prompt: str, body: dict, max_tokens: int, seed: int):
-    """The library's answer for what the server was asked (greedy)."""
+def _reference(pair, prompt: str | list, body: dict, max_tokens: int, seed: int):
+    """The library's answer for what the server was asked (greedy); ``prompt``: a user turn or messages."""
     knobs = {k: v for k, v in body.items() if k != "policy"}
     stream = relay_stream(
         pair,
-        [{"role": "user", "content": prompt}],
+        [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt,
         make_policy(body["policy"], **knobs),
         limits=replace(pair.limits, max_tokens=max_tokens),
         sampling=Sampling(temperature=0.0, seed=seed),
@@ -438,3 +440,80 @@ def test_chunk_gathering_rule():
     for i, t in enumerate("uvwxyz"):
         req.span("student", t, s, now=2.0 + i)
     assert sent == [("span", "student", "uvw"), ("span", "student", "xyz")]
+
+
+@pytest.fixture(scope="module")
+def arith(tmp_path_factory):
+    """The tiny-arith pair: its relay student writes <call>N</call>; its chat template has no system role."""
+    srv = Server(tmp_path_factory.mktemp("serve-arith"), pair="tiny-arith")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_a_system_message_is_used_where_the_template_writes_it(server, pair):
+    messages = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]
+    r = server.client().chat.completions.create(
+        model="tiny-random", messages=messages, temperature=0, seed=5, max_tokens=24, extra_body=INTERVAL
+    )
+    ref = _reference(pair, messages, INTERVAL, 24, seed=5)
+    alone = _reference(pair, "hi", INTERVAL, 24, seed=5)
+    assert r.choices[0].message.content == ref.text
+    assert r.usage.prompt_tokens == len(ref.prompt_ids) > len(alone.prompt_ids)  # the system turn is in it
+
+
+@pytest.mark.parametrize("role", ["system", "developer"])
+def test_a_system_message_the_template_cannot_write_is_a_400_that_says_why_and_is_counted(arith, role):
+    """tiny-arith's template writes user and assistant turns only: a 400 naming the message and what to do,
+    never a 500, and the status counts it."""
+    before = arith.status()
+    messages = [{"role": role, "content": "be nice"}, {"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as e:
+        arith.client().chat.completions.create(model="tiny-arith", messages=messages)
+    err = e.value.body
+    assert (err["param"], err["code"], err["type"]) == (
+        "messages[0]",
+        "unsupported_role",
+        "invalid_request_error",
+    )
+    assert "system message" in err["message"] and "user message" in err["message"]
+    after = arith.status()
+    assert (after["rejected"], after["failed"]) == (before["rejected"] + 1, before["failed"])
+
+
+def test_non_streamed_content_is_the_answer_and_the_commands_stay_in_the_spans(arith):
+    """The relay student writes <call>2</call> on this example: message.content is the answer without it;
+    relay.spans keep the command, and spans joined are the library's text."""
+    prompt = (
+        "Dan has 83 eggs. He buys 5 boxes of 67 eggs. He finds 71 eggs. He finds 45 eggs."
+        " How many eggs does he have now?"
+    )
+    r = arith.client().chat.completions.create(
+        model="tiny-arith", messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=128
+    )
+    ref = _reference(load_pair("tiny-arith"), prompt, {"policy": "learned"}, 128, seed=0)
+    spans = _extra(r, "relay")["spans"]
+    assert ref.calls >= 1 and any(s["source"] == "command" and OPEN in s["text"] for s in spans)
+    assert "".join(s["text"] for s in spans) == ref.text
+    content = r.choices[0].message.content
+    assert content == strip_commands(ref.text) and OPEN not in content and content.endswith("#### 534")
+
+
+def test_the_servers_temperature_range_is_the_declared_one(server):
+    """knobs.TEMPERATURE's range, for the server's --temperature (refused before any model loads: it
+    accepted up to the engine's 100) and for a request's temperature."""
+    lo, hi = TEMPERATURE.lo, TEMPERATURE.hi
+    cmd = [sys.executable, "-m", "relay_demo", "serve", "--pair", "tiny-random", "--port", str(_free_port())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    p = subprocess.run(
+        [*cmd, "--temperature", str(hi + 1)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2 and f"temperature must be in [{lo:g}, {hi:g}]" in p.stderr, p.stderr
+    client, messages = server.client(), [{"role": "user", "content": "hi"}]
+    r = client.chat.completions.create(model="tiny-random", messages=messages, temperature=hi, max_tokens=2)
+    assert r.usage.completion_tokens >= 1
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-random", messages=messages, temperature=hi + 0.5)
+    assert e.value.body["param"] == "temperature" and f"[{lo}, {hi}]" in e.value.body["message"]

@@ -26,9 +26,11 @@ S_OK = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
 T_OK = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
 
 
-def _row(method, param, i, correct, st, tt, flops=1e9, calls=0.0, pair="toy", bench="arith"):
+def _row(
+    method, param, i, correct, st, tt, flops=1e9, calls=0.0, pair="toy", bench="arith", run_id="toy-run"
+):
     return {
-        "run_id": "toy-run",
+        "run_id": run_id,
         "pair": pair,
         "method": method,
         "param": param,
@@ -310,3 +312,59 @@ def test_a_run_written_before_the_split_still_loads(tmp_path):
     relay = _one(store.Store(tmp_path).points("split"), "relay")
     assert pd.isna(relay["flops_student"])  # half the rows have no split: no average that hides it
     assert relay["decode_vs_teacher"] == pytest.approx(1.2 / 5)  # over the rows that have one
+
+
+def test_summary_of_a_pair_or_benchmark_without_results_is_an_error_naming_what_there_is(results, capsys):
+    with pytest.raises(SystemExit) as e:
+        store.main(["summary", "--pair", "nope", "--results", str(results)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--pair nope: no results" in err and "other, toy" in err
+    with pytest.raises(SystemExit) as e:
+        store.main(["summary", "--pair", "toy", "--benchmark", "gsm8k", "--results", str(results)])
+    assert e.value.code == 2 and "benchmarks: arith" in capsys.readouterr().err
+
+
+def test_a_method_that_never_calls_the_teacher_has_no_saving(results):
+    """An SFT-only student (6/10, call ratio 0) matches the router at p* = 0.5 but saves nothing: it is
+    another student, not a mix of the two models; the relay beside it (5% call ratio) keeps its saving."""
+    rows = [_row("sft-only", None, i, S_OK[i] or i < 6, 100, 0, run_id="sft-run") for i in range(N)]
+    with rio.open_run(results, "sft-run", {"pair": "toy"}) as w:
+        w.add(rows)
+    df = store.Store(results).summary("toy", "arith", n_seeds=100)
+    sft = _one(df, "sft-only")
+    assert sft["p_star"] == pytest.approx(0.5)
+    assert sft[["saving_call", "saving_query", "saving_flops"]].isna().all()
+    assert _one(df, "relay")["saving_query"] == pytest.approx(1 - 0.05 / 0.5)
+    assert M.paper_saving(0.6, 0.0, 0.4, 0.8) is None and M.paper_saving(
+        0.6, 0.05, 0.4, 0.8
+    ) == pytest.approx(0.9)
+
+
+def test_wall_ratios_of_a_run_written_under_several_commits_are_flagged(results, capsys):
+    """A run resumed or redone after a code change: its rows' wall times and its teacher's may be of
+    different loops, so the summary flags them (a column, a mark in the table) and leaves other runs alone."""
+    path = results / "runs" / "toy-run" / rio.MANIFEST
+    manifest = json.loads(path.read_text())
+    first = manifest["sessions"][0]
+    manifest["sessions"] = [
+        {**first, "git": {"commit": "a" * 40, "dirty": False}},
+        {**first, "git": {"commit": "b" * 40, "dirty": False}},
+    ]
+    path.write_text(json.dumps(manifest))
+    with rio.open_run(results, "solo-run", {"pair": "solo"}) as w:  # one session: one commit
+        w.add(
+            [
+                _row(m, None, i, 1, 10, 0, pair="solo", run_id="solo-run")
+                for m in ("student", "teacher")
+                for i in range(3)
+            ]
+        )
+    df = store.Store(results).summary()
+    assert df.loc[df["pair"] == "toy", "wall_mixed"].all()
+    assert not df.loc[df["pair"] == "solo", "wall_mixed"].any()
+    assert store.main(["summary", "--pair", "toy", "--results", str(results)]) == 0
+    table = capsys.readouterr().out
+    assert "100.00%*" in table and "written under several commits" in table
+    assert store.main(["summary", "--pair", "solo", "--results", str(results)]) == 0
+    assert "*" not in capsys.readouterr().out

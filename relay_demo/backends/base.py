@@ -42,6 +42,15 @@ def chat_ids(tokenizer, prompt, chat_kwargs: dict | None = None) -> list[int]:
     return [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
 
 
+class TemplateError(ValueError):
+    """The chat template leaves out or rewrites ``messages[index]`` (a template without a system role drops
+    system messages): its text cannot be kept apart from the template's own tokens."""
+
+    def __init__(self, index: int, role: str):
+        super().__init__(f"the chat template does not write messages[{index}] ({role}) as given")
+        self.index, self.role = index, role
+
+
 def _text_ids(tokenizer, text: str) -> list[int]:
     """Ids of message text with every special-token string read as plain characters."""
     return [int(i) for i in tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]]
@@ -63,10 +72,10 @@ def _chat_template_ids(tokenizer, messages: list[dict], chat_kwargs: dict) -> li
     )
     ids: list[int] = []
     rest = rendered
-    for m, mark in zip(messages, marks, strict=True):
+    for i, (m, mark) in enumerate(zip(messages, marks, strict=True)):
         head, sep, rest = rest.partition(mark)
         if not sep:  # a template that drops or rewrites a message: no way to keep its text apart
-            raise ValueError("the chat template does not write each message's text as given")
+            raise TemplateError(i, str(m.get("role")))
         ids += [int(i) for i in tokenizer(head, add_special_tokens=False)["input_ids"]] if head else []
         ids += _text_ids(tokenizer, m["content"]) if m["content"] else []
     if rest:

@@ -24,6 +24,9 @@ Definitions (``acc_s``, ``acc_t``: accuracy of the student alone and of the teac
   share), and ``1 - flops / router_flops(p*)`` (total FLOPs). The paper's 98.2% is the second:
   Qwen3-1.7B -> 8B relay 49.52% at 1.07% call ratio, student 42.50%, teacher 54.12% -> p* = 60.4%,
   1 - 1.07 / 60.4 = 98.2%. When the two models write answers of similar length the first two agree.
+  A method that never calls the teacher (call ratio 0: an SFT- or GRPO-only student, the relay student with
+  calls blocked) has no saving: its accuracy is another student's, not a mix of these two models, and
+  "saving 100%" would credit the teacher for tokens it never wrote.
 
     >>> apgr(0.4952, 0.4250, 0.5412)   # ~0.604
 """
@@ -188,6 +191,8 @@ def saving_vs_random(acc: float, call_ratio: float, flops: float, student: Side,
     if p is None:
         return Saving(None, None, None, None, None, None)
     router = random_query(student, teacher, p)
+    if call_ratio <= 0:  # another student, not a mix of the two (module docstring)
+        return Saving(p, router.call_ratio, router.flops, None, None, None)
     return Saving(
         p,
         router.call_ratio,
@@ -201,4 +206,4 @@ def saving_vs_random(acc: float, call_ratio: float, flops: float, student: Side,
 def paper_saving(relay_acc: float, relay_call_ratio: float, acc_s: float, acc_t: float) -> float | None:
     """The paper's headline: ``1 - relay_call_ratio / p*`` from aggregate numbers only."""
     p = matched_p(relay_acc, acc_s, acc_t)
-    return _one_minus_ratio(relay_call_ratio, p)
+    return _one_minus_ratio(relay_call_ratio, p) if relay_call_ratio > 0 else None

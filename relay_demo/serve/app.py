@@ -12,6 +12,9 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from ..backends.base import Sampling
+from ..flags import add_remote_flags, pair_kwargs, policy_from_args
+from ..knobs import TEMPERATURE, add_cli_flags
+from ..protocol import strip_commands
 from .requests import POLICY_KNOBS, STAT_KEYS, ApiError, Prompter, Settings, _Request, openai_finish
 from .scheduler import Scheduler
 
@@ -118,6 +121,13 @@ def create_app(settings: Settings):
         return JSONResponse(scheduler.status())
 
     async def chat(request: Request):
+        try:
+            return await answer(request)
+        except ApiError:
+            scheduler.count("rejected")
+            raise
+
+    async def answer(request: Request):
         check_key(request)
         try:
             body = json.loads(await request.body())
@@ -151,7 +161,8 @@ def create_app(settings: Settings):
                 if kind == "end":
                     result = rest[0]
             spans = [{"source": sp.source, "text": sp.text} for sp in result.spans if sp.text]
-            message = {"role": "assistant", "content": result.text}
+            # the answer as a client reads it; the commands stay in the relay spans
+            message = {"role": "assistant", "content": strip_commands(result.text)}
             finish = openai_finish(result)
             choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
             relay = {**_stats(result), "spans": spans}
@@ -212,6 +223,7 @@ def create_app(settings: Settings):
 
     async def on_any_error(request, exc: Exception):
         log.exception("request failed")
+        scheduler.count("failed")
         return error(ApiError(500, f"internal error ({type(exc).__name__})", None, "internal_error"))
 
     @contextlib.asynccontextmanager
@@ -236,7 +248,6 @@ def create_app(settings: Settings):
 
 
 def add_parser(sub) -> None:
-    from ..knobs import add_cli_flags
     from ..pairs import PAIRS
     from ..policies import POLICIES
 
@@ -254,7 +265,7 @@ def add_parser(sub) -> None:
     g.add_argument("--max-n", type=int, default=None)
     g.add_argument("--max-calls", type=int, default=None)
     g.add_argument("--max-wall-s", type=float, default=None, help="wall-time limit of one request")
-    g.add_argument("--temperature", type=float, default=0.7, help="when a request gives none")
+    g.add_argument("--temperature", type=float, default=TEMPERATURE.default, help="when a request gives none")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-batch", type=int, default=32, help="rows decoded together, at most")
     g.add_argument("--max-queue", type=int, default=64, help="requests waiting, at most; past that 429")
@@ -271,15 +282,12 @@ def add_parser(sub) -> None:
         help="a stream gets a text chunk at most this often; pieces decoded in between gather (its first "
         "text, a change of writer and the end go out at once; 0: every piece as it comes)",
     )
-    from ..cli import add_remote_flags
-
     add_remote_flags(g)
 
 
 def serve(a) -> int:
     import uvicorn
 
-    from ..cli import pair_kwargs, policy_from_args
     from ..pairs import load_pair
 
     policy_from_args(a)  # bad flags fail here, before any model loads
@@ -288,7 +296,7 @@ def serve(a) -> int:
         raise ValueError("--max-batch and --stream-interval must be >= 1 and --max-queue >= 0")
     if not 0 <= a.stream_every_ms <= 10_000:
         raise ValueError(f"--stream-every-ms must be between 0 and 10000, got {a.stream_every_ms}")
-    Sampling(temperature=a.temperature, top_p=a.top_p)
+    Sampling(temperature=TEMPERATURE.check(a.temperature), top_p=a.top_p)  # a request's range, before loading
     pair = load_pair(a.pair, backend=a.backend, **remote)
     given = {"max_tokens": a.max_new_tokens, "max_n": a.max_n, "max_calls": a.max_calls}
     overrides = {k: v for k, v in given.items() if v is not None}

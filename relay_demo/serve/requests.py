@@ -13,8 +13,9 @@ import uuid
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
-from ..backends.base import Sampling, chat_ids
-from ..knobs import KNOBS
+from ..backends.base import Sampling, TemplateError, chat_ids
+from ..flags import policy_from_args
+from ..knobs import KNOBS, TEMPERATURE
 from ..protocol import OPEN, single_token_id
 from ..relay import Limits, Row, validate_prompt
 
@@ -55,10 +56,8 @@ class ApiError(Exception):
 
 def policy_from_body(body: dict, defaults: SimpleNamespace):
     """The request's policy: its ``policy`` and knobs, mapped to ``make_policy`` as the CLI maps its flags
-    (``cli.policy_from_args``). Without ``policy`` the server's policy and knobs apply, the body's knobs on
+    (``flags.policy_from_args``). Without ``policy`` the server's policy and knobs apply, the body's knobs on
     top; a body naming a policy brings its own knobs only. A router's weights come only from --router."""
-    from ..cli import policy_from_args
-
     ns = SimpleNamespace(**{k: None for k in POLICY_KNOBS}, policy=defaults.policy, router=defaults.router)
     if "policy" in body:
         ns.policy = body["policy"]
@@ -145,7 +144,7 @@ class Settings:
     pair: object
     policy: SimpleNamespace  # policy, router and knobs, as the CLI parsed them
     limits: Limits
-    temperature: float = 0.7
+    temperature: float = TEMPERATURE.default
     top_p: float = 1.0
     max_wall_s: float | None = None
     api_key: str | None = None
@@ -237,7 +236,7 @@ class Prompter:
         max_tokens = max_tokens or mt or pair_max
         max_calls = _int_field(body, "max_calls", 0, s.limits.max_calls)
         max_n = _int_field(body, "max_n", 1, s.limits.max_n)
-        temperature = _float_field(body, "temperature", 0.0, 2.0)
+        temperature = _float_field(body, "temperature", TEMPERATURE.lo, TEMPERATURE.hi)
         top_p = _float_field(body, "top_p", 0.0, 1.0, open_low=True)
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
@@ -263,8 +262,18 @@ class Prompter:
             seed=secrets.randbelow(1 << 31) if seed is None else seed,
         )
         with self.lock:
-            s_ids = chat_ids(self.student.tokenizer, messages, s.pair.chat_kwargs)
-            t_ids = chat_ids(self.teacher.tokenizer, messages, s.pair.chat_kwargs)
+            try:
+                s_ids = chat_ids(self.student.tokenizer, messages, s.pair.chat_kwargs)
+                t_ids = chat_ids(self.teacher.tokenizer, messages, s.pair.chat_kwargs)
+            except TemplateError as e:
+                param = f"messages[{e.index}]"
+                raise ApiError(
+                    400,
+                    f"{param}: the chat template of {s.pair.name} has no place for a {e.role} message (it "
+                    "leaves it out or rewrites it); send this text in a user message instead",
+                    param,
+                    "unsupported_role",
+                ) from None
         longest = max(len(s_ids), len(t_ids))
         if longest > s.limits.max_prompt_tokens:
             raise ApiError(

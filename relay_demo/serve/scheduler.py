@@ -21,7 +21,11 @@ class Scheduler:
         self.cv = threading.Condition()
         self.waiting: deque[_Request] = deque()
         self.running = 0
-        self.totals = {"completed": 0, "cancelled": 0, "failed": 0, "batches": 0, "joined_running": 0}
+        # rejected: answered with an error before decoding (bad body, unknown model, full queue); failed: a
+        # request the server could not finish (a batch or the server broke)
+        self.totals = {
+            "completed": 0, "cancelled": 0, "rejected": 0, "failed": 0, "batches": 0, "joined_running": 0
+        }  # fmt: skip
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name="relay-scheduler", daemon=True)
         self.thread.start()
@@ -49,6 +53,11 @@ class Scheduler:
             if req in self.waiting:
                 self.waiting.remove(req)
                 self.totals["cancelled"] += 1
+
+    def count(self, kind: str) -> None:
+        """A request that never reached a batch: "rejected" or "failed"."""
+        with self.cv:
+            self.totals[kind] += 1
 
     def status(self) -> dict:
         with self.cv:
