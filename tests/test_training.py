@@ -231,6 +231,8 @@ def test_config_loader_nested_overrides_and_errors(tmp_path):
         ("offline.warmup:WarmupCfg", "qwen3-1.7b-8b/warmup.yaml"),
         ("offline.grpo:GrpoCfg", "qwen3-1.7b-8b/grpo-relay.yaml"),
         ("offline.grpo:GrpoCfg", "qwen3-1.7b-8b/grpo-only.yaml"),
+        ("offline.rl_relay:RlCfg", "qwen2.5-coder-0.5b-1.5b/rl.yaml"),
+        ("offline.rl_relay:RlCfg", "qwen3-1.7b-8b/rl.yaml"),
     ],
 )
 def test_checked_in_recipes_load(job, recipe):

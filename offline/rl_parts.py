@@ -1,0 +1,203 @@
+"""The RL job's two machines (``offline/rl_relay.py``): the vLLM engines that roll out and evaluate, and the
+LoRA learner that takes the policy-gradient step. ``cfg`` is that job's ``RlCfg``."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from offline.tasks.base import Problem
+from relay_demo import ROOT
+from relay_demo.pairs import resolve
+
+
+def _path(p: str) -> Path:
+    return Path(resolve(p))
+
+
+# -- the engines -----------------------------------------------------------------------------------
+
+
+def merged_copy(base: Path, adapter: Path, cache: Path) -> Path:
+    """``relay_demo.adapters.merged_student`` in a child process: the merge holds two float32 copies of the
+    student, and memory a process has once held is not all given back, while this one keeps two vLLM
+    engines and the learner for hours."""
+    import subprocess
+
+    code = (
+        "import sys; from relay_demo.adapters import merged_student; "
+        "print(merged_student(sys.argv[1], sys.argv[2], cache=sys.argv[3]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(base), str(adapter), str(cache)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+class Engines:
+    """The frozen teacher (loaded once) and the student of the current round (reloaded when it changes)."""
+
+    def __init__(self, cfg):
+        from relay_demo.backends.vllm_engine import VLLMEngine
+        from relay_demo.pairs import registry, resolve_dtype
+
+        self.cfg = cfg
+        kw = dict(cfg.engine)
+        self.dtype = resolve_dtype(kw.pop("dtype", "bfloat16"))
+        self.kw = kw
+        self.teacher = VLLMEngine.load(str(_path(cfg.teacher)), dtype=self.dtype, name="teacher", **kw)
+        self.chat_kwargs = dict(registry()[cfg.pair].get("chat_kwargs", {}))
+        self.student = None
+        self.adapter: Path | None = None
+        self.reload_s = 0.0
+
+    def student_of(self, adapter: Path):
+        """A pair whose student is ``adapter`` merged into the base (``relay_demo.adapters``)."""
+        from relay_demo.backends.vllm_engine import VLLMEngine
+        from relay_demo.pairs import Pair
+        from relay_demo.relay import Limits
+
+        if adapter != self.adapter:
+            t0 = time.monotonic()
+            if self.student is not None:
+                self.student.close()
+            cache = _path(self.cfg.work) / "merged"
+            folder = merged_copy(_path(self.cfg.student), adapter, cache)
+            self.student = VLLMEngine.load(str(folder), dtype=self.dtype, name="student", **self.kw)
+            for old in cache.iterdir():  # vLLM holds the weights now; 2 GB a copy
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
+            self.adapter = adapter
+            self.reload_s = time.monotonic() - t0
+        limits = Limits(max_n=self.cfg.max_n, max_calls=self.cfg.max_calls, max_tokens=self.cfg.max_tokens)
+        return Pair("rl", self.student, self.teacher, limits, self.chat_kwargs, "vllm")
+
+    def teacher_samples(
+        self, problems: list[Problem], k: int, temperature: float, seed: int
+    ) -> list[list[str]]:
+        """``k`` whole teacher answers a problem (vLLM's ``n``: the prompt is read once)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        from relay_demo.backends.base import chat_ids
+
+        tok = self.teacher.tokenizer
+        params = SamplingParams(
+            n=k,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=self.cfg.eval_max_tokens,
+            stop_token_ids=sorted(self.teacher.eos_ids),
+        )
+        prompts = [TokensPrompt(prompt_token_ids=chat_ids(tok, p.prompt, self.chat_kwargs)) for p in problems]
+        out = self.teacher.llm.generate(prompts, params, use_tqdm=False)
+        return [[c.text for c in r.outputs] for r in out]
+
+
+# -- advantages and the update ---------------------------------------------------------------------
+
+
+def advantages(rewards: list[float], scale: bool) -> list[float]:
+    mean = sum(rewards) / len(rewards)
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+    if std < 1e-6:  # every rollout scored alike: nothing to prefer
+        return [0.0] * len(rewards)
+    return [(r - mean) / (std if scale else 1.0) for r in rewards]
+
+
+class Learner:
+    """The LoRA student under training (transformers + peft) and its optimizer."""
+
+    def __init__(self, cfg, adapter: Path):
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        self.cfg = cfg
+        base = AutoModelForCausalLM.from_pretrained(_path(cfg.student), dtype=getattr(torch, cfg.train_dtype))
+        self.model = PeftModel.from_pretrained(base, adapter, is_trainable=True)
+        self.model.train()
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        rows = [p for n, p in named if "trainable_tokens_delta" in n]
+        rest = [p for n, p in named if "trainable_tokens_delta" not in n]
+        groups = [{"params": rest, "lr": cfg.lr}] + ([{"params": rows, "lr": cfg.token_lr}] if rows else [])
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
+        state = adapter / "optimizer.pt"
+        if state.is_file():
+            self.opt.load_state_dict(torch.load(state, weights_only=True))
+
+    def step(self, rows: list[dict]) -> dict:
+        """One optimizer step on ``rows`` (their advantages non-zero); returns loss and token counts."""
+        import torch
+
+        live = [r for r in rows if r["advantage"] != 0.0 and sum(r["source_mask"])]
+        n_tokens = sum(sum(r["source_mask"]) for r in live)
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        seen = 0
+        for k in range(0, len(live), self.cfg.micro_batch):
+            batch = live[k : k + self.cfg.micro_batch]
+            loss = self._loss(*self._batch(batch)) / n_tokens
+            loss.backward()
+            total += float(loss.detach())
+            seen += int(sum(len(r["prompt_ids"]) + len(r["token_ids"]) for r in batch))
+        norm = float(torch.nn.utils.clip_grad_norm_(self._params(), self.cfg.max_grad_norm)) if live else 0.0
+        if live:
+            self.opt.step()
+        return {
+            "loss": total,
+            "grad_norm": norm,
+            "trained_rollouts": len(live),
+            "trained_tokens": n_tokens,
+            "forward_tokens": seen,
+        }
+
+    def _params(self):
+        return [p for g in self.opt.param_groups for p in g["params"]]
+
+    def _batch(self, batch: list[dict]):
+        """Right-padded ids, the loss mask over response tokens the student wrote, advantages, attention."""
+        import torch
+
+        seqs = [r["prompt_ids"] + r["token_ids"] for r in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        attn = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.float32)
+        for i, (r, s) in enumerate(zip(batch, seqs, strict=True)):
+            ids[i, : len(s)] = torch.tensor(s)
+            attn[i, : len(s)] = 1
+            start = len(r["prompt_ids"])
+            mask[i, start : len(s)] = torch.tensor(r["source_mask"], dtype=torch.float32)
+        adv = torch.tensor([r["advantage"] for r in batch], dtype=torch.float32)
+        return ids, mask, adv, attn
+
+    def _loss(self, ids, mask, adv, attn):
+        import torch
+
+        logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return -(adv[:, None] * logp * mask[:, 1:]).sum()
+
+    def save(self, out: Path) -> None:
+        """The adapter (with the base's name, not this machine's path) and the optimizer, atomically."""
+        import torch
+
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        spec_file = tmp / "adapter_config.json"
+        spec = json.loads(spec_file.read_text())
+        init = json.loads((_path(self.cfg.init_adapter) / "adapter_config.json").read_text())
+        spec["base_model_name_or_path"] = init.get("base_model_name_or_path")
+        spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+        torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)

@@ -1,0 +1,365 @@
+"""The RL stage for a real pair: on-policy relay rounds scored by the paper's difficulty-aware reward.
+
+    make qwen-pair                                        # once: the models, into models/qwen2.5-coder
+    OMP_NUM_THREADS=2 .venv/bin/python -m offline.rl_relay \
+        --config offline/recipes/qwen2.5-coder-0.5b-1.5b/rl.yaml
+    ... rl.yaml rounds=1 eval_every=1 problems_per_round=2 group=4 dev_n=4 work=/tmp/rl   # a short trial
+
+Each **round** is one GRPO step done in three resumable parts:
+
+1. *Rollouts.* The student of this round (the merged copy of its adapter, on vLLM) relay-decodes ``group``
+   samples of each of ``problems_per_round`` problems; its ``<call>N</call>`` commands are served by the
+   frozen teacher through the project's own relay loop (``relay_batch``), exactly as the app and the
+   evaluation run them. Graded answers go into the paper's difficulty-aware reward per problem group
+   (``offline.rewards``); advantages are group-relative ((r - mean) / std within the group).
+2. *Update.* One policy-gradient step of the LoRA student (transformers + peft) on the rollouts whose
+   advantage is not zero: ``-A * log p(token)`` summed over the tokens the *student* wrote (the relay's
+   source mask: the teacher's tokens never enter the loss), divided by the number of those tokens
+   (token-level normalisation, as DAPO). One step on fresh samples is on-policy: the importance ratio is 1
+   and PPO's clipping would never act, so none is computed.
+3. *Dev point* (every ``eval_every`` rounds): greedy relay and its teacher-free twin on held-out train
+   problems (never a test split), with the teacher-alone answers of the committed dev run, into the learning
+   curve (``curve``): accuracy, call ratio, calls per problem, the share of calls on problems only the
+   teacher solves, and how many problems the calls turn from wrong (teacher-free) to right (relay).
+
+Why rounds and not TRL's ``GRPOTrainer``: its ``rollout_func`` would decode with the training model itself
+under transformers, where the unmerged peft student writes about 4 tokens/s (shared/notes); vLLM on a merged
+copy writes ~200 tokens/s batched here. The reward, the group advantages and the source mask are the same
+as in ``offline/grpo.py`` (the tiny pair's TRL job); the cost of each part is logged per round.
+
+**Training problems** come from the train split in a seeded order, minus the dev problems and the problems
+the warm-up was labelled on, filtered by the teacher's pass rate as the paper does: a problem is kept when
+the teacher solves it in at least one of ``filter_k`` samples. Filtering runs lazily, ``filter_chunk``
+problems at a time, whenever the next round needs more kept problems than there are.
+
+Everything lands under ``work`` (ignored by git): ``filter.jsonl``, ``rollouts/round-NNN.jsonl``,
+``adapters/round-NNN/`` (the adapter and optimizer state after NNN updates; round-000 is ``init_adapter``).
+Killed at any moment, a rerun continues from the last finished part. ``metrics`` (one row a round) and
+``curve`` are committed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from offline import config as cfglib
+from offline.common import Jsonl
+from offline.rewards import RewardCfg, Rollout, group_rewards
+from offline.rl_parts import Engines, Learner, advantages
+from offline.tasks import grade_response, load_benchmark
+from offline.tasks.base import Problem
+from relay_demo.pairs import resolve
+
+
+@dataclass
+class RlCfg:
+    pair: str = "qwen2.5-coder-0.5b-1.5b-relay"  # registry name: base student, teacher, chat settings
+    student: str = "models/qwen2.5-coder/qwen2.5-coder-0.5b-instruct"  # the base the adapters sit on
+    teacher: str = "models/qwen2.5-coder/qwen2.5-coder-1.5b-instruct"
+    init_adapter: str = "results/models/qwen2.5-coder-0.5b-1.5b/relay-lora"
+    work: str = "results/models/qwen2.5-coder-0.5b-1.5b/relay-rl/trainer-state"
+    metrics: str = "results/training/qwen2.5-coder-0.5b-1.5b/rl.jsonl"
+    curve: str = "results/training/qwen2.5-coder-0.5b-1.5b/rl-dev.jsonl"
+    benchmark: str = "gsm8k"
+    split: str = "train"
+    seed: int = 0
+    dev_ids: str = "results/training/qwen2.5-coder-0.5b-1.5b/labels/dev_ids.json"
+    dev_n: int = 100  # the first dev_n of dev_ids: eval-dev.yaml's problems
+    dev_run: str = "results/runs/qwen2.5-coder-0.5b-1.5b-dev"  # its teacher rows: who solves a dev problem
+    exclude: list[str] = field(default_factory=lambda: ["results/training/qwen2.5-coder-0.5b-1.5b/labels"])
+    filter_k: int = 2
+    filter_temperature: float = 0.7
+    filter_chunk: int = 32
+    rounds: int = 40
+    problems_per_round: int = 8
+    group: int = 8
+    temperature: float = 0.7  # the paper's rollout temperature
+    call_bias: float = 0.0
+    max_n: int = 100
+    max_calls: int = 5
+    max_tokens: int = 640  # rollouts; the dev points use eval_max_tokens, as the evaluation recipes
+    eval_max_tokens: int = 1024
+    eval_every: int = 4
+    reward: RewardCfg = field(default_factory=RewardCfg)
+    scale_rewards: bool = True  # divide by the group's std (GRPO); false: centred only (Dr. GRPO)
+    lr: float = 5e-5
+    token_lr: float = 5e-5  # the two command rows (the warm-up gave them their own, larger rate)
+    max_grad_norm: float = 1.0
+    micro_batch: int = 2
+    engine: dict = field(default_factory=lambda: {"dtype": "bfloat16", "kv_cache_gib": 2})
+    train_dtype: str = "bfloat16"
+    keep_adapters: int = 3  # round adapters kept besides those at dev points
+    threads: int = 2
+
+    def validate(self) -> None:
+        if self.group < 2:
+            raise ValueError("group must be >= 2: advantages are relative within a problem's group")
+        if min(self.problems_per_round, self.rounds, self.filter_k, self.filter_chunk, self.eval_every) < 1:
+            raise ValueError("problems_per_round, rounds, filter_k, filter_chunk, eval_every must be >= 1")
+        if not 0 < self.temperature <= 2 or not 0 <= self.filter_temperature <= 2:
+            raise ValueError("temperature must be in (0, 2], filter_temperature in [0, 2]")
+        if self.filter_k > 1 and self.filter_temperature == 0:
+            raise ValueError("filter_k > 1 greedy samples would all be the same: give filter_temperature")
+        if not self.lr > 0 or not self.token_lr >= 0:
+            raise ValueError("lr must be > 0 and token_lr >= 0")
+
+
+def _path(p: str) -> Path:
+    return Path(resolve(p))
+
+
+# -- problems --------------------------------------------------------------------------------------
+
+
+def dev_problems(cfg: RlCfg, by_id: dict[str, Problem]) -> list[Problem]:
+    ids = json.loads(_path(cfg.dev_ids).read_text(encoding="utf-8"))
+    return [by_id[i] for i in ids[: cfg.dev_n]]
+
+
+def pool(cfg: RlCfg, problems: list[Problem]) -> list[Problem]:
+    """Train problems in a seeded order, minus the dev ids and the problems an ``exclude`` folder labelled."""
+    banned = set(json.loads(_path(cfg.dev_ids).read_text(encoding="utf-8")))
+    for folder in cfg.exclude:
+        for name in ("rollouts.jsonl", "examples.jsonl"):
+            banned |= {r["id"] for r in Jsonl(_path(folder) / name).rows()}
+    order = [p for p in problems if p.id not in banned]
+    random.Random(f"rl/{cfg.benchmark}-{cfg.split}/{cfg.seed}").shuffle(order)
+    return order
+
+
+def grade(cfg: RlCfg, text: str, problem: Problem) -> bool:
+    from relay_demo.protocol import strip_commands
+
+    return bool(grade_response(cfg.benchmark, strip_commands(text), problem).correct)
+
+
+# -- stage 1: the teacher filter -------------------------------------------------------------------
+
+
+def kept_problems(cfg: RlCfg, engines: Engines, ordered: list[Problem], need: int, log) -> list[Problem]:
+    """The first ``need`` kept problems of ``ordered``, filtering further chunks when there are too few."""
+    store = Jsonl(_path(cfg.work) / "filter.jsonl")
+    done = {r["id"]: r for r in store.rows()}
+    by_pos = list(ordered)
+    while True:
+        kept = [p for p in by_pos if p.id in done and done[p.id]["kept"]]
+        if len(kept) >= need:
+            return kept[:need]
+        todo = [p for p in by_pos if p.id not in done][: cfg.filter_chunk]
+        if not todo:
+            raise RuntimeError(f"the pool has only {len(kept)} kept problems; {need} needed")
+        t0 = time.monotonic()
+        samples = engines.teacher_samples(todo, cfg.filter_k, cfg.filter_temperature, cfg.seed + len(done))
+        rows = []
+        for p, texts in zip(todo, samples, strict=True):
+            solved = sum(grade(cfg, t, p) for t in texts)
+            rows.append({"id": p.id, "solved": solved, "k": cfg.filter_k, "kept": solved > 0})
+        store.append(rows)
+        done.update({r["id"]: r for r in rows})
+        log(stage="filter", problems=len(rows), kept=sum(r["kept"] for r in rows), secs=time.monotonic() - t0)
+
+
+# -- stage 2a: rollouts ----------------------------------------------------------------------------
+
+
+def rollouts(cfg: RlCfg, pair, problems: list[Problem], rnd: int) -> list[dict]:
+    """``group`` relay samples of each problem, graded, rewarded and given group-relative advantages."""
+    from relay_demo.backends.base import Sampling
+    from relay_demo.policies import make_policy
+    from relay_demo.relay import relay_batch
+
+    prompts = [p.prompt for p in problems for _ in range(cfg.group)]
+    sampling = Sampling(temperature=cfg.temperature, seed=cfg.seed * 100_003 + rnd)
+    results = relay_batch(pair, prompts, make_policy("learned", call_bias=cfg.call_bias), sampling=sampling)
+    rows = []
+    for i, p in enumerate(problems):
+        group = results[i * cfg.group : (i + 1) * cfg.group]
+        outcome = [Rollout(grade(cfg, r.text, p), r.calls > 0, r.call_ratio) for r in group]
+        rewards = group_rewards(outcome, cfg.reward)
+        for r, o, rew, adv in zip(
+            group, outcome, rewards, advantages(rewards, cfg.scale_rewards), strict=True
+        ):
+            rows.append(
+                {
+                    "id": p.id,
+                    "correct": o.correct,
+                    "calls": r.calls,
+                    "call_ratio": r.call_ratio,
+                    "reward": rew,
+                    "advantage": adv,
+                    "finish": r.finish_reason,
+                    "prompt_ids": r.prompt_ids,
+                    "token_ids": r.token_ids,
+                    "source_mask": r.source_mask,
+                }
+            )
+    return rows
+
+
+# -- stage 3: the dev curve ------------------------------------------------------------------------
+
+
+def teacher_alone(cfg: RlCfg) -> dict[str, bool]:
+    """Problem id -> the teacher alone is right, from the committed dev run (same problems, greedy)."""
+    from relay_demo.results import parts as rio
+
+    frame = rio.read_samples(_path(cfg.dev_run))
+    frame = frame[frame["method"] == "teacher"]
+    return {str(p): bool(c) for p, c in zip(frame["problem_id"], frame["correct"], strict=True)}
+
+
+def dev_point(cfg: RlCfg, engines: Engines, adapter: Path, dev: list[Problem], rnd: int) -> dict:
+    """Greedy relay and its teacher-free twin on the dev problems, and where the relay's calls went."""
+    from relay_demo.backends.base import Sampling
+    from relay_demo.policies import make_policy
+    from relay_demo.relay import Limits, relay_batch
+
+    t0 = time.monotonic()
+    pair = engines.student_of(adapter)
+    limits = Limits(max_n=cfg.max_n, max_calls=cfg.max_calls, max_tokens=cfg.eval_max_tokens)
+    free_limits = Limits(max_n=cfg.max_n, max_calls=0, max_tokens=cfg.eval_max_tokens)
+    policy = make_policy("learned", call_bias=cfg.call_bias)
+    prompts = [p.prompt for p in dev]
+    greedy = Sampling(temperature=0.0, seed=0)
+    relay = relay_batch(pair, prompts, policy, limits=limits, sampling=greedy)
+    free = relay_batch(pair, prompts, policy, limits=free_limits, sampling=greedy)
+    teacher = teacher_alone(cfg)
+    ok = [grade(cfg, r.text, p) for r, p in zip(relay, dev, strict=True)]
+    ok_free = [grade(cfg, r.text, p) for r, p in zip(free, dev, strict=True)]
+    called = [r.calls > 0 for r in relay]
+    response = sum(r.student_tokens + r.teacher_tokens + r.command_tokens for r in relay)
+    calling = [i for i, c in enumerate(called) if c]
+    return {
+        "round": rnd,
+        "adapter": adapter.name,
+        "n": len(dev),
+        "accuracy": sum(ok) / len(dev),
+        "teacher_free_accuracy": sum(ok_free) / len(dev),
+        "call_ratio": sum(r.teacher_tokens for r in relay) / max(1, response),
+        "calls_per_problem": sum(r.calls for r in relay) / len(dev),
+        "problems_calling": len(calling),
+        # of the problems the relay called on: the teacher alone solves them, the student's twin does not
+        "calling_teacher_only": sum(teacher.get(dev[i].id, False) and not ok_free[i] for i in calling),
+        "calling_teacher_fails": sum(not teacher.get(dev[i].id, False) for i in calling),
+        "turned_right": sum(ok[i] and not ok_free[i] for i in calling),  # wrong without the calls, right with
+        "turned_wrong": sum(ok_free[i] and not ok[i] for i in calling),
+        "secs": round(time.monotonic() - t0, 1),
+    }
+
+
+# -- the rounds ------------------------------------------------------------------------------------
+
+
+def _round_dir(cfg: RlCfg, rnd: int) -> Path:
+    return _path(cfg.work) / "adapters" / f"round-{rnd:03d}"
+
+
+def _last_round(cfg: RlCfg) -> int:
+    """The number of updates already saved (round-000 is the starting adapter)."""
+    folder = _path(cfg.work) / "adapters"
+    if not (folder / "round-000" / "adapter_config.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "round-000.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(_path(cfg.init_adapter), tmp)
+        tmp.rename(folder / "round-000")
+    done = [
+        int(p.name[6:]) for p in folder.glob("round-[0-9][0-9][0-9]") if (p / "adapter_config.json").is_file()
+    ]
+    return max(done)
+
+
+def _prune(cfg: RlCfg, latest: int) -> None:
+    """Keep round-000, every dev-point round and the newest ``keep_adapters``."""
+    for p in (_path(cfg.work) / "adapters").glob("round-[0-9][0-9][0-9]"):
+        rnd = int(p.name[6:])
+        if rnd and rnd % cfg.eval_every and rnd <= latest - cfg.keep_adapters:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows), encoding="utf-8")
+    tmp.rename(path)
+
+
+def run(cfg: RlCfg) -> dict:
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    problems = load_benchmark(cfg.benchmark, split=cfg.split)
+    dev = dev_problems(cfg, {p.id: p for p in problems})
+    ordered = pool(cfg, problems)
+    metrics, curve = Jsonl(_path(cfg.metrics)), Jsonl(_path(cfg.curve))
+    curve_done = {r["round"] for r in curve.rows()}
+
+    def log(**row):
+        metrics.append([{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}])
+        print(json.dumps(row), flush=True)
+
+    engines = Engines(cfg)
+    learner: Learner | None = None
+    start = _last_round(cfg)
+    for rnd in range(start, cfg.rounds + 1):
+        adapter = _round_dir(cfg, rnd)
+        if (rnd % cfg.eval_every == 0 or rnd == cfg.rounds) and rnd not in curve_done:
+            point = dev_point(cfg, engines, adapter, dev, rnd)
+            curve.append([point])
+            print(json.dumps(point), flush=True)
+        if rnd == cfg.rounds:
+            break
+        roll_file = _path(cfg.work) / "rollouts" / f"round-{rnd:03d}.jsonl"
+        if not roll_file.is_file():
+            kept = kept_problems(cfg, engines, ordered, (rnd + 1) * cfg.problems_per_round, log)
+            batch = kept[rnd * cfg.problems_per_round :]
+            pair = engines.student_of(adapter)
+            t0 = time.monotonic()
+            rows = rollouts(cfg, pair, batch, rnd)
+            secs = time.monotonic() - t0
+            _write_rows(roll_file, rows)
+            gen = sum(len(r["token_ids"]) for r in rows)
+            teacher = sum(len(r["source_mask"]) - sum(r["source_mask"]) for r in rows)
+            groups = [rows[i : i + cfg.group] for i in range(0, len(rows), cfg.group)]
+            log(
+                stage="rollouts",
+                round=rnd,
+                rollouts=len(rows),
+                accuracy=sum(r["correct"] for r in rows) / len(rows),
+                called=sum(r["calls"] > 0 for r in rows) / len(rows),
+                call_ratio=teacher / max(1, gen),
+                reward=sum(r["reward"] for r in rows) / len(rows),
+                groups_with_signal=sum(any(r["advantage"] for r in g) for g in groups),
+                secs=secs,
+                tokens=gen,
+                teacher_tokens=teacher,
+                tok_s=gen / secs,
+                reload_s=engines.reload_s,
+            )
+        rows = Jsonl(roll_file).rows()
+        if learner is None:
+            learner = Learner(cfg, adapter)
+        t0 = time.monotonic()
+        stats = learner.step(rows)
+        learner.save(_round_dir(cfg, rnd + 1))
+        secs = time.monotonic() - t0
+        _prune(cfg, rnd + 1)
+        log(stage="update", round=rnd, secs=secs, tok_s=stats["forward_tokens"] / secs, **stats)
+    return {"rounds": cfg.rounds, "curve": curve.rows()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = cfglib.parse_or_exit(RlCfg, argv, "python -m offline.rl_relay")
+    out = run(cfg)
+    print(json.dumps(out["curve"][-1] if out["curve"] else {}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The real-pair RL job's parts on tiny models: group advantages, relay rollouts with a scripted call, a
+LoRA update that never learns from teacher tokens, the problem pool and resuming from round folders."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+from offline import rl_parts, rl_relay  # noqa: E402
+from offline.rewards import RewardCfg  # noqa: E402
+from offline.tasks.base import Problem  # noqa: E402
+from relay_demo.backends.hf_engine import HFEngine  # noqa: E402
+from relay_demo.pairs import Pair  # noqa: E402
+from relay_demo.relay import Limits  # noqa: E402
+
+from .models import QWEN_TOKENIZER, bpe_chain_models, qwen_tokenizer, random_qwen2, save  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not QWEN_TOKENIZER.is_dir(), reason="needs ../shared/fixtures")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return qwen_tokenizer()
+
+
+def test_advantages_are_relative_within_a_group():
+    adv = rl_parts.advantages([1.5, 0.0, 0.0, 0.0], scale=True)
+    assert sum(adv) == pytest.approx(0.0)
+    assert adv[0] == pytest.approx(3**0.5) and adv[1] == pytest.approx(-(3**-0.5))
+    assert rl_parts.advantages([1.5, 0.0, 0.0, 0.0], scale=False) == pytest.approx(
+        [1.125, -0.375, -0.375, -0.375]
+    )
+    assert rl_parts.advantages([0.9, 0.9, 0.9], scale=True) == [0.0, 0.0, 0.0]  # no preference, no gradient
+
+
+def test_rollouts_record_calls_rewards_and_the_source_mask(tok):
+    s, t = bpe_chain_models(tok)
+    pair = Pair("chain", HFEngine(s, tok, "s"), HFEngine(t, tok, "t"), Limits(max_n=16, max_tokens=64))
+    cfg = rl_relay.RlCfg(group=2, temperature=1.0)
+    problems = [Problem("p/0", "hi", "42", "gsm8k"), Problem("p/1", "hi", "7", "gsm8k")]
+    rows = rl_relay.rollouts(cfg, pair, problems, rnd=0)
+    assert [r["id"] for r in rows] == ["p/0", "p/0", "p/1", "p/1"]
+    for r in rows:
+        # the scripted student calls once; the teacher writes 3 of the 16 response tokens
+        assert r["calls"] == 1 and r["call_ratio"] == pytest.approx(3 / 16)
+        assert r["source_mask"] == [1] * 11 + [0] * 3 + [1] * 2
+        assert len(r["token_ids"]) == len(r["source_mask"])
+        # nobody solved it and every rollout called: the paper's rho = call ratio, alike in the group
+        assert not r["correct"] and r["reward"] == pytest.approx(3 / 16) and r["advantage"] == 0.0
+
+
+def _adapter(tok, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = save(random_qwen2(tok, hidden=64, layers=1, seed=5), tok, tmp_path / "base")
+    from transformers import AutoModelForCausalLM
+
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM"
+    )
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora)
+    with torch.no_grad():  # B starts at zero: give it a value, so that A receives a gradient too
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    return base, tmp_path / "adapter"
+
+
+def test_update_learns_from_student_tokens_only_and_saves_a_resumable_round(tok, tmp_path):
+    base, adapter = _adapter(tok, tmp_path)
+    cfg = rl_relay.RlCfg(
+        student=base, init_adapter=str(adapter), lr=1e-2, token_lr=0.0, train_dtype="float32"
+    )
+    learner = rl_parts.Learner(cfg, adapter)
+    g = torch.Generator().manual_seed(0)
+    row = {
+        "prompt_ids": torch.randint(0, 1000, (5,), generator=g).tolist(),
+        "token_ids": torch.randint(0, 1000, (8,), generator=g).tolist(),
+        "source_mask": [1, 1, 1, 0, 0, 0, 1, 1],
+        "advantage": 1.0,
+    }
+    # the gradient reaching the final hidden states: none at positions predicting a teacher token
+    kept = {}
+
+    def hook(_, __, out):
+        out.retain_grad()
+        kept["h"] = out
+
+    handle = learner.model.base_model.model.model.norm.register_forward_hook(hook)
+    try:
+        learner._loss(*learner._batch([row])).backward()
+    finally:
+        handle.remove()
+    grad = kept["h"].grad[0].abs().sum(-1)
+    start = len(row["prompt_ids"])
+    predicts = {start - 1 + i: m for i, m in enumerate(row["source_mask"])}  # position t predicts token t+1
+    assert all(grad[p] == 0 for p, m in predicts.items() if m == 0)
+    assert all(grad[p] > 0 for p, m in predicts.items() if m == 1)
+    assert float(grad[: start - 1].sum()) == 0.0  # the prompt is never a target
+
+    learner.opt.zero_grad(set_to_none=True)
+    before = {n: p.detach().clone() for n, p in learner.model.named_parameters() if p.requires_grad}
+    idle = dict(row, advantage=0.0)
+    stats = learner.step([row, idle])
+    assert stats["trained_rollouts"] == 1 and stats["trained_tokens"] == 5
+    after = {n: p for n, p in learner.model.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+    out = tmp_path / "round-001"
+    learner.save(out)
+    assert (out / "adapter_config.json").is_file() and (out / "optimizer.pt").is_file()
+    again = rl_parts.Learner(cfg, out)  # a resumed run starts from the saved weights and optimizer moments
+    for n, p in again.model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, after[n])
+    assert again.opt.state_dict()["state"].keys() == learner.opt.state_dict()["state"].keys()
+
+
+def test_pool_leaves_out_dev_and_labelled_problems_in_a_seeded_order(tmp_path):
+    problems = [Problem(f"t/{i}", f"q{i}", "1", "gsm8k") for i in range(50)]
+    (tmp_path / "dev.json").write_text(json.dumps(["t/1", "t/2"]))
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "rollouts.jsonl").write_text('{"id": "t/3"}\n{"id": "t/4"}\n')
+    cfg = rl_relay.RlCfg(dev_ids=str(tmp_path / "dev.json"), exclude=[str(tmp_path / "labels")])
+    order = rl_relay.pool(cfg, problems)
+    assert {p.id for p in order} == {f"t/{i}" for i in range(50)} - {"t/1", "t/2", "t/3", "t/4"}
+    assert order == rl_relay.pool(cfg, problems) and order != sorted(order, key=lambda p: int(p.id[2:]))
+
+
+def test_rounds_resume_after_the_last_saved_adapter_and_keep_dev_points(tmp_path):
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "adapter_config.json").write_text("{}")
+    cfg = rl_relay.RlCfg(init_adapter=str(init), work=str(tmp_path / "work"), eval_every=4, keep_adapters=2)
+    assert rl_relay._last_round(cfg) == 0  # the starting adapter becomes round-000
+    for rnd in range(1, 10):
+        folder = rl_relay._round_dir(cfg, rnd)
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text("{}")
+    (tmp_path / "work" / "adapters" / "round-010.partial").mkdir()  # a save killed midway does not count
+    assert rl_relay._last_round(cfg) == 9
+    rl_relay._prune(cfg, 9)
+    left = sorted(p.name for p in (tmp_path / "work" / "adapters").glob("round-[0-9][0-9][0-9]"))
+    assert left == ["round-000", "round-004", "round-008", "round-009"]
+
+
+def test_config_rejects_groups_of_one_and_greedy_repeats():
+    with pytest.raises(ValueError, match="group"):
+        rl_relay.RlCfg(group=1).validate()
+    with pytest.raises(ValueError, match="filter_temperature"):
+        rl_relay.RlCfg(filter_k=2, filter_temperature=0.0).validate()
+    RlCfg = rl_relay.RlCfg
+    assert RlCfg(reward=RewardCfg()).reward.solo_bonus == 1.5
