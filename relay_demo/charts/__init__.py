@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from relay_demo.charts.training import learning_curve as learning_curve  # the RL stage's dev curve
 from relay_demo.reported import LABEL as REPORTED_LABEL
 from relay_demo.results.summary import METHOD_ORDER
 
