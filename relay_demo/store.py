@@ -1,6 +1,7 @@
 """DuckDB over ``results/``: every run's samples as one view, and the summary the charts and the README need.
 
     python -m relay_demo.store summary [--pair P] [--benchmark B] [--json] [--mean] [--results DIR]
+    python -m relay_demo.store compare --pair P --benchmark B METHOD[@PARAM] METHOD[@PARAM] [--json]
 
 Views (in an in-memory DuckDB; the parquet files are only read):
 
@@ -22,7 +23,10 @@ Views (in an in-memory DuckDB; the parquet files are only read):
 
 :meth:`Store.summary` adds what SQL does not say well (``relay_demo.results.summary``): APGR against the
 pair's student and teacher on the same benchmark, CPT(50%) / CPT(80%) of each method's curve, the saving
-against the accuracy-matched random-query router, and the simulated band of the random-query rows.
+against the accuracy-matched random-query router, the simulated band of the random-query rows, and 95%
+intervals (``relay_demo.stats``): accuracy by Wilson, call ratio and APGR by a paired bootstrap over
+problems. :meth:`Store.compare` sets two settings side by side on the problems both ran
+(``relay_demo.results.paired``) and refuses rows that are not on the same problems.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .results import metrics, summary
+from .results import metrics, paired, summary
 from .results.manifest import MANIFEST, read_manifest
 from .results.parts import ADDED, REQUIRED, SAMPLES, SCHEMA, scan_parts
 from .results.summary import MEAN as MEAN  # the explorer's and the tests' name for the averaged rows
@@ -97,6 +101,13 @@ GROUP BY pair, benchmark, method, param
 """.format(
     split=",\n       ".join(f"CASE WHEN COUNT({c}) = COUNT(*) THEN AVG({c}) END AS {c}" for c in ADDED)
 )
+
+# what the intervals and the paired comparisons resample: one row per (setting, problem) of a benchmark
+SETTING_ROWS_SQL = """
+SELECT method, param, problem_id, correct, teacher_tokens, run_id,
+       student_tokens + teacher_tokens + command_tokens AS tokens
+FROM samples WHERE pair = ? AND benchmark = ?
+"""
 
 PER_PROBLEM_SQL = """
 SELECT problem_id, AVG(correct) AS correct,
@@ -246,6 +257,20 @@ class Store:
             return None
         return metrics.Side.of(df["correct"], df["tokens"], df["teacher_tokens"], df["flops"])
 
+    def setting_rows(self, pair: str, benchmark: str) -> pd.DataFrame:
+        """Every setting's per-problem rows of one benchmark (what intervals and comparisons resample)."""
+        return self.query(SETTING_ROWS_SQL, [pair, benchmark])
+
+    def compare(self, pair: str, benchmark: str, a: str, b: str) -> paired.Comparison:
+        """Settings ``a`` and ``b`` (``METHOD[@PARAM]``) compared on the problems both ran; ValueError
+        saying why when they cannot be (see :func:`relay_demo.results.paired.compare`)."""
+        if pair not in self.pairs():
+            raise ValueError(f"no results for pair {pair!r}; pairs: {', '.join(self.pairs()) or 'none'}")
+        if benchmark not in self.benchmarks(pair):
+            known = ", ".join(self.benchmarks(pair))
+            raise ValueError(f"pair {pair} has no benchmark {benchmark!r}; benchmarks: {known}")
+        return paired.compare(self.setting_rows(pair, benchmark), a, b, where=f"{pair} · {benchmark}")
+
     def summary(
         self,
         pair: str | None = None,
@@ -262,7 +287,8 @@ class Store:
         out = []
         for (p, b), group in pts.groupby(["pair", "benchmark"], sort=True):
             student, teacher = self.side(p, b, "student"), self.side(p, b, "teacher")
-            out.append(summary.enrich(group.copy(), student, teacher, n_seeds))
+            rows = self.setting_rows(p, b)
+            out.append(summary.enrich(group.copy(), student, teacher, n_seeds, rows))
         if not out:
             return pd.DataFrame(columns=SUMMARY_COLUMNS)
         df = pd.concat(out, ignore_index=True)[SUMMARY_COLUMNS]
@@ -291,6 +317,10 @@ def _jsonable(value):
     return value
 
 
+def _interval(lo, hi, digits: int = 1) -> str:
+    return "" if pd.isna(lo) or pd.isna(hi) else f"[{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+
+
 def _table(df: pd.DataFrame) -> str:
     if df.empty:
         return "no results"
@@ -298,9 +328,66 @@ def _table(df: pd.DataFrame) -> str:
     shown = df[SUMMARY_COLUMNS[: SUMMARY_COLUMNS.index("p_star")] + pct[-2:]].copy()
     for col in pct:
         shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
+    # each interval right after its figure, in percent; call ratios of a few percent need two decimals
+    for col, stem, digits in (("apgr", "apgr", 1), ("call_ratio", "call_ratio", 2), ("accuracy", "acc", 1)):
+        bounds = zip(df[f"{stem}_lo"], df[f"{stem}_hi"], strict=True)
+        ci = [_interval(lo, hi, digits) for lo, hi in bounds]
+        shown.insert(shown.columns.get_loc(col) + 1, f"{col} 95%", ci)
     shown["flops"] = shown["flops"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
     shown["param"] = shown["param"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
     return shown.to_string(index=False)
+
+
+def _compare_text(pair: str, benchmark: str, c: paired.Comparison) -> str:
+    d = c.diff
+    runs = ", ".join(c.runs)
+    rows = [
+        ("accuracy", f"{100 * c.a_accuracy:.1f}%", f"{100 * c.b_accuracy:.1f}%", d.accuracy, d.accuracy_ci),
+        ("APGR", "", "", d.apgr, d.apgr_ci),
+    ]
+    table = pd.DataFrame(
+        [
+            [name, a, b, f"{paired.points(x)} points", f"[{paired.points(lo)}, {paired.points(hi)}]"]
+            for name, a, b, x, (lo, hi) in rows
+        ],
+        columns=["", c.a, c.b, "difference (A - B)", "95% interval"],
+    )
+    m = d.mcnemar
+    return "\n".join(
+        [
+            f"{pair} · {benchmark} · A = {c.a} against B = {c.b} on the same {c.n} problems (runs: {runs})",
+            table.to_string(index=False),
+            f"discordant: {c.a} right / {c.b} wrong on {m.a_only}, the reverse on {m.b_only}; "
+            f"exact McNemar p = {m.p:.2g}",
+            paired.power_line(c),
+            f"verdict: {paired.verdict(c)}",
+        ]
+    )
+
+
+def _compare_json(c: paired.Comparison) -> dict:
+    d, m = c.diff, c.diff.mcnemar
+    out = {
+        "a": c.a,
+        "b": c.b,
+        "n": c.n,
+        "runs": list(c.runs),
+        "a_accuracy": c.a_accuracy,
+        "b_accuracy": c.b_accuracy,
+        "accuracy_diff": d.accuracy,
+        "accuracy_diff_lo": d.accuracy_ci[0],
+        "accuracy_diff_hi": d.accuracy_ci[1],
+        "apgr_diff": d.apgr,
+        "apgr_diff_lo": d.apgr_ci[0],
+        "apgr_diff_hi": d.apgr_ci[1],
+        "a_only": m.a_only,
+        "b_only": m.b_only,
+        "mcnemar_p": m.p,
+        "discordance": m.discordance,
+        "detectable_diff": d.detectable,
+        "verdict": paired.verdict(c),
+    }
+    return {k: _jsonable(v) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,16 +399,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("--pair")
     s.add_argument("--benchmark")
-    s.add_argument("--json", action="store_true", help="print a JSON list of rows")
     s.add_argument("--mean", action="store_true", help="add rows averaged over each pair's benchmarks")
-    s.add_argument("--results", default=str(DEFAULT_RESULTS), help="results folder (default: %(default)s)")
+    c = sub.add_parser(
+        "compare",
+        help="two settings on the problems both ran: accuracy and APGR differences with 95%% intervals, "
+        "discordant counts, exact McNemar p, the smallest detectable difference",
+    )
+    c.add_argument("--pair", required=True)
+    c.add_argument("--benchmark", required=True)
+    c.add_argument("a", metavar="METHOD[@PARAM]", help="A, e.g. relay@1")
+    c.add_argument("b", metavar="METHOD[@PARAM]", help="B, e.g. sft-only")
+    for p in (s, c):
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument(
+            "--results", default=str(DEFAULT_RESULTS), help="results folder (default: %(default)s)"
+        )
     args = parser.parse_args(argv)
     if not Path(args.results).is_dir():
         parser.exit(2, f"{parser.prog}: error: --results {args.results}: no such folder\n")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        df = Store(args.results).summary(args.pair, args.benchmark, mean=args.mean)
+        store = Store(args.results)
+        if args.command == "compare":
+            try:
+                cmp = store.compare(args.pair, args.benchmark, args.a, args.b)
+            except ValueError as e:
+                parser.exit(2, f"{parser.prog} compare: error: {e}\n")
+            text = _compare_text(args.pair, args.benchmark, cmp)
+            print(json.dumps(_compare_json(cmp), indent=1) if args.json else text)
+            return 0
+        df = store.summary(args.pair, args.benchmark, mean=args.mean)
     if args.json:
         rows = [{k: _jsonable(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
         print(json.dumps(rows, indent=1))
