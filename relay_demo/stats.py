@@ -85,7 +85,8 @@ def bootstrap_ci(
     x = np.asarray(columns, dtype=float)
     if x.ndim != 2:
         raise ValueError("columns must be a 2-D array: one row per problem, one column per series")
-    m = statistic(x.sum(axis=0)[:, None]).shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = statistic(x.sum(axis=0)[:, None]).shape[0]  # how many statistics
     if x.shape[0] < 2:
         return np.full(m, np.nan), np.full(m, np.nan)
     # a nan statistic is the answer (undefined), not a warning scipy words for another case (BCa's)

@@ -190,8 +190,38 @@ def test_charts(results):
     assert any("student" in (a.text or "") for a in fig.layout.annotations)  # reference lines
     fl = charts.flops_vs_accuracy(df)
     assert {"student", "teacher", "relay"} <= {t.name for t in fl.data}
+    relay = next(t for t in fl.data if t.name == "relay")
+    assert relay.error_y.array[0] == pytest.approx(100 * (_one(df, "relay")["acc_hi"] - 0.6))
     with pytest.raises(ValueError, match="lacks columns"):
         charts.accuracy_vs_call_ratio(df.drop(columns=["call_ratio"]))
+
+
+def test_every_point_carries_its_95_percent_interval(results):
+    from relay_demo import stats
+
+    df = store.Store(results).summary("toy", "arith", n_seeds=200)
+    fig = charts.accuracy_vs_call_ratio(df)
+    lo, hi = stats.wilson(6, 10)
+    relay = next(t for t in fig.data if t.name == "relay")
+    assert relay.error_y.type == "data" and relay.error_y.symmetric is False
+    assert relay.error_y.array == pytest.approx((100 * (hi - 0.6),))
+    assert relay.error_y.arrayminus == pytest.approx((100 * (0.6 - lo),))
+    assert relay.error_x.array == pytest.approx((0,)) and list(relay.customdata) == ["relay"]
+    assert f"[{100 * lo:.1f}, {100 * hi:.1f}]" in relay.text[0] and "n = 10 problems" in relay.text[0]
+    conf = next(t for t in fig.data if t.name == "confidence")
+    assert len(conf.error_y.array) == 3 and all(v > 0 for v in conf.error_y.array)
+    assert list(conf.customdata) == ["confidence@0.3", "confidence@0.6", "confidence@0.9"]
+    assert next(t for t in fig.data if t.name == "random-query").error_y.array is None  # its band instead
+    student = next(a.text for a in fig.layout.annotations if a.text.startswith("student"))
+    assert (
+        student == f"student 40.0% [{100 * stats.wilson(4, 10)[0]:.1f}, {100 * stats.wilson(4, 10)[1]:.1f}]"
+    )
+    decode = charts.decode_vs_accuracy(df)
+    assert any(t.error_y.array is not None for t in decode.data)
+    apgr = charts.apgr_vs_call_ratio(df.assign(apgr_lo=df["apgr"] - 0.1, apgr_hi=df["apgr"] + 0.2))
+    relay = next(t for t in apgr.data if t.name.startswith("relay"))
+    assert relay.error_y.array == pytest.approx((20,)) and relay.error_y.arrayminus == pytest.approx((10,))
+    assert "APGR 50.0% [40.0, 70.0]" in relay.text[0]
 
 
 def test_mean_rows_over_benchmarks(tmp_path):
