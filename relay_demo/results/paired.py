@@ -90,7 +90,7 @@ def compare(rows: pd.DataFrame, a: str, b: str, *, where: str = "these results",
 
 
 def points(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{100 * x:+.1f}"
+    return "–" if math.isnan(x) else f"{100 * x:+.1f}"  # undefined: no gap in some resample
 
 
 def verdict(c: Comparison) -> str:
