@@ -338,58 +338,6 @@ def _table(df: pd.DataFrame) -> str:
     return shown.to_string(index=False)
 
 
-def _compare_text(pair: str, benchmark: str, c: paired.Comparison) -> str:
-    d = c.diff
-    runs = ", ".join(c.runs)
-    rows = [
-        ("accuracy", f"{100 * c.a_accuracy:.1f}%", f"{100 * c.b_accuracy:.1f}%", d.accuracy, d.accuracy_ci),
-        ("APGR", "", "", d.apgr, d.apgr_ci),
-    ]
-    table = pd.DataFrame(
-        [
-            [name, a, b, f"{paired.points(x)} points", f"[{paired.points(lo)}, {paired.points(hi)}]"]
-            for name, a, b, x, (lo, hi) in rows
-        ],
-        columns=["", c.a, c.b, "difference (A - B)", "95% interval"],
-    )
-    m = d.mcnemar
-    return "\n".join(
-        [
-            f"{pair} · {benchmark} · A = {c.a} against B = {c.b} on the same {c.n} problems (runs: {runs})",
-            table.to_string(index=False),
-            f"discordant: {c.a} right / {c.b} wrong on {m.a_only}, the reverse on {m.b_only}; "
-            f"exact McNemar p = {m.p:.2g}",
-            paired.power_line(c),
-            f"verdict: {paired.verdict(c)}",
-        ]
-    )
-
-
-def _compare_json(c: paired.Comparison) -> dict:
-    d, m = c.diff, c.diff.mcnemar
-    out = {
-        "a": c.a,
-        "b": c.b,
-        "n": c.n,
-        "runs": list(c.runs),
-        "a_accuracy": c.a_accuracy,
-        "b_accuracy": c.b_accuracy,
-        "accuracy_diff": d.accuracy,
-        "accuracy_diff_lo": d.accuracy_ci[0],
-        "accuracy_diff_hi": d.accuracy_ci[1],
-        "apgr_diff": d.apgr,
-        "apgr_diff_lo": d.apgr_ci[0],
-        "apgr_diff_hi": d.apgr_ci[1],
-        "a_only": m.a_only,
-        "b_only": m.b_only,
-        "mcnemar_p": m.p,
-        "discordance": m.discordance,
-        "detectable_diff": d.detectable,
-        "verdict": paired.verdict(c),
-    }
-    return {k: _jsonable(v) for k, v in out.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_demo.store", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -426,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                 cmp = store.compare(args.pair, args.benchmark, args.a, args.b)
             except ValueError as e:
                 parser.exit(2, f"{parser.prog} compare: error: {e}\n")
-            text = _compare_text(args.pair, args.benchmark, cmp)
-            print(json.dumps(_compare_json(cmp), indent=1) if args.json else text)
+            text = paired.report(args.pair, args.benchmark, cmp)
+            print(json.dumps(paired.as_json(cmp), indent=1) if args.json else text)
             return 0
         df = store.summary(args.pair, args.benchmark, mean=args.mean)
     if args.json:

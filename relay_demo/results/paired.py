@@ -118,3 +118,57 @@ def power_line(c: Comparison) -> str:
         f"power: with {100 * share:.1f}% of the {c.n} problems answered differently, a paired test detects "
         f"a difference of {100 * d:.1f} points 80% of the time (two-sided, alpha 0.05)"
     )
+
+
+def report(pair: str, benchmark: str, c: Comparison) -> str:
+    """The comparison as ``store compare`` prints it: a table, the counts, the power, the verdict."""
+    d = c.diff
+    runs = ", ".join(c.runs)
+    rows = [
+        ("accuracy", f"{100 * c.a_accuracy:.1f}%", f"{100 * c.b_accuracy:.1f}%", d.accuracy, d.accuracy_ci),
+        ("APGR", "", "", d.apgr, d.apgr_ci),
+    ]
+    table = pd.DataFrame(
+        [
+            [name, a, b, f"{points(x)} points", f"[{points(lo)}, {points(hi)}]"]
+            for name, a, b, x, (lo, hi) in rows
+        ],
+        columns=["", c.a, c.b, "difference (A - B)", "95% interval"],
+    )
+    m = d.mcnemar
+    return "\n".join(
+        [
+            f"{pair} · {benchmark} · A = {c.a} against B = {c.b} on the same {c.n} problems (runs: {runs})",
+            table.to_string(index=False),
+            f"discordant: {c.a} right / {c.b} wrong on {m.a_only}, the reverse on {m.b_only}; "
+            f"exact McNemar p = {m.p:.2g}",
+            power_line(c),
+            f"verdict: {verdict(c)}",
+        ]
+    )
+
+
+def as_json(c: Comparison) -> dict:
+    """The comparison as ``store compare --json`` prints it (nan as null)."""
+    d, m = c.diff, c.diff.mcnemar
+    out = {
+        "a": c.a,
+        "b": c.b,
+        "n": c.n,
+        "runs": list(c.runs),
+        "a_accuracy": c.a_accuracy,
+        "b_accuracy": c.b_accuracy,
+        "accuracy_diff": d.accuracy,
+        "accuracy_diff_lo": d.accuracy_ci[0],
+        "accuracy_diff_hi": d.accuracy_ci[1],
+        "apgr_diff": d.apgr,
+        "apgr_diff_lo": d.apgr_ci[0],
+        "apgr_diff_hi": d.apgr_ci[1],
+        "a_only": m.a_only,
+        "b_only": m.b_only,
+        "mcnemar_p": m.p,
+        "discordance": m.discordance,
+        "detectable_diff": d.detectable,
+        "verdict": verdict(c),
+    }
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}  # valid JSON
