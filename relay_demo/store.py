@@ -1,6 +1,7 @@
 """DuckDB over ``results/``: every run's samples as one view, and the summary the charts and the README need.
 
     python -m relay_demo.store summary [--pair P] [--benchmark B] [--json] [--mean] [--results DIR]
+    python -m relay_demo.store compare --pair P --benchmark B METHOD[@PARAM] METHOD[@PARAM] [--json]
 
 Views (in an in-memory DuckDB; the parquet files are only read):
 
@@ -22,31 +23,32 @@ Views (in an in-memory DuckDB; the parquet files are only read):
 
 :meth:`Store.summary` adds what SQL does not say well (``relay_demo.results.summary``): APGR against the
 pair's student and teacher on the same benchmark, CPT(50%) / CPT(80%) of each method's curve, the saving
-against the accuracy-matched random-query router, and the simulated band of the random-query rows; and
-``wall_mixed``, true where a run behind the row was written under several git commits (its sessions'), so
-that its wall ratio may compare two versions of the loop (the CLI's table marks it with ``*``).
+against the accuracy-matched random-query router, the simulated band of the random-query rows, and 95%
+intervals (``relay_demo.stats``): accuracy by Wilson, call ratio and APGR by a paired bootstrap over
+problems; and ``wall_mixed``, true where a run behind the row was written under several git commits (its
+sessions'), so that its wall ratio may compare two versions of the loop (the CLI's table marks it with ``*``).
+:meth:`Store.compare` sets two settings side by side on the problems both ran
+(``relay_demo.results.paired``) and refuses rows that are not on the same problems.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import warnings
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .results import metrics, summary
+from .results import metrics, paired, summary
 from .results.manifest import MANIFEST, read_manifest
 from .results.parts import ADDED, REQUIRED, SAMPLES, SCHEMA, scan_parts
 from .results.summary import MEAN as MEAN  # the explorer's and the tests' name for the averaged rows
-from .results.summary import SHARES, SUMMARY_COLUMNS, mean_rows
+from .results.summary import SUMMARY_COLUMNS, mean_rows
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -102,6 +104,13 @@ GROUP BY pair, benchmark, method, param
 
 MIXED_SQL = """SELECT s.pair, s.benchmark, s.method, s.param, bool_or(r.n_commits > 1) AS wall_mixed
 FROM samples s JOIN runs r USING (run_id) GROUP BY s.pair, s.benchmark, s.method, s.param"""
+
+# what the intervals and the paired comparisons resample: one row per (setting, problem) of a benchmark
+SETTING_ROWS_SQL = """
+SELECT method, param, problem_id, correct, teacher_tokens, run_id,
+       student_tokens + teacher_tokens + command_tokens AS tokens
+FROM samples WHERE pair = ? AND benchmark = ?
+"""
 
 PER_PROBLEM_SQL = """
 SELECT problem_id, AVG(correct) AS correct,
@@ -258,6 +267,20 @@ class Store:
             return None
         return metrics.Side.of(df["correct"], df["tokens"], df["teacher_tokens"], df["flops"])
 
+    def setting_rows(self, pair: str, benchmark: str) -> pd.DataFrame:
+        """Every setting's per-problem rows of one benchmark (what intervals and comparisons resample)."""
+        return self.query(SETTING_ROWS_SQL, [pair, benchmark])
+
+    def compare(self, pair: str, benchmark: str, a: str, b: str) -> paired.Comparison:
+        """Settings ``a`` and ``b`` (``METHOD[@PARAM]``) compared on the problems both ran; ValueError
+        saying why when they cannot be (see :func:`relay_demo.results.paired.compare`)."""
+        if pair not in self.pairs():
+            raise ValueError(f"no results for pair {pair!r}; pairs: {', '.join(self.pairs()) or 'none'}")
+        if benchmark not in self.benchmarks(pair):
+            known = ", ".join(self.benchmarks(pair))
+            raise ValueError(f"pair {pair} has no benchmark {benchmark!r}; benchmarks: {known}")
+        return paired.compare(self.setting_rows(pair, benchmark), a, b, where=f"{pair} · {benchmark}")
+
     def summary(
         self,
         pair: str | None = None,
@@ -274,7 +297,8 @@ class Store:
         out = []
         for (p, b), group in pts.groupby(["pair", "benchmark"], sort=True):
             student, teacher = self.side(p, b, "student"), self.side(p, b, "teacher")
-            out.append(summary.enrich(group.copy(), student, teacher, n_seeds))
+            rows = self.setting_rows(p, b)
+            out.append(summary.enrich(group.copy(), student, teacher, n_seeds, rows))
         if not out:
             return pd.DataFrame(columns=[*SUMMARY_COLUMNS, "wall_mixed"])
         df = pd.concat(out, ignore_index=True)[SUMMARY_COLUMNS]
@@ -306,42 +330,6 @@ def _filters(pair: str | None, benchmark: str | None) -> tuple[str, list]:
 # ---------------------------------------------------------------- CLI
 
 
-def _jsonable(value):
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _table(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "no results"
-    pct = ["accuracy", "call_ratio", *SHARES, "apgr", "cpt50", "cpt80", "saving_call", "saving_query"]
-    shown = df[SUMMARY_COLUMNS[: SUMMARY_COLUMNS.index("p_star")] + pct[-2:]].copy()
-    for col in pct:
-        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
-    shown["flops"] = shown["flops"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
-    shown["param"] = shown["param"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
-    if not df["wall_mixed"].any():
-        return shown.to_string(index=False)
-    shown.loc[df["wall_mixed"] & shown["wall_vs_teacher"].ne(""), "wall_vs_teacher"] += "*"
-    note = "* wall_vs_teacher: its run was written under several commits; the times may be of different loops"
-    return shown.to_string(index=False) + "\n" + note
-
-
-def _no_match(st: Store, pair: str | None, benchmark: str | None) -> str | None:
-    """Why the filters select nothing, naming what there is; None when they select something."""
-    pairs = st.pairs()
-    if pair is not None and pair not in pairs:
-        return f"--pair {pair}: no results; pairs with results: {', '.join(pairs) or 'none'}"
-    benchmarks = st.benchmarks(pair)
-    if benchmark is not None and benchmark not in benchmarks:
-        of = f" of pair {pair}" if pair else ""
-        return f"--benchmark {benchmark}: no results{of}; benchmarks: {', '.join(benchmarks) or 'none'}"
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_demo.store", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -351,25 +339,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("--pair")
     s.add_argument("--benchmark")
-    s.add_argument("--json", action="store_true", help="print a JSON list of rows")
     s.add_argument("--mean", action="store_true", help="add rows averaged over each pair's benchmarks")
-    s.add_argument("--results", default=str(DEFAULT_RESULTS), help="results folder (default: %(default)s)")
+    c = sub.add_parser(
+        "compare",
+        help="two settings on the problems both ran: accuracy and APGR differences with 95%% intervals, "
+        "discordant counts, exact McNemar p, the smallest detectable difference",
+    )
+    c.add_argument("--pair", required=True)
+    c.add_argument("--benchmark", required=True)
+    c.add_argument("a", metavar="METHOD[@PARAM]", help="A, e.g. relay@1")
+    c.add_argument("b", metavar="METHOD[@PARAM]", help="B, e.g. sft-only")
+    for p in (s, c):
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument(
+            "--results", default=str(DEFAULT_RESULTS), help="results folder (default: %(default)s)"
+        )
     args = parser.parse_args(argv)
     if not Path(args.results).is_dir():
         parser.exit(2, f"{parser.prog}: error: --results {args.results}: no such folder\n")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        st = Store(args.results)
-        why = _no_match(st, args.pair, args.benchmark)
+        store = Store(args.results)
+        why = summary.no_match(store.pairs(), store.benchmarks(args.pair), args.pair, args.benchmark)
         if why:
             parser.exit(2, f"{parser.prog}: error: {why}\n")
-        df = st.summary(args.pair, args.benchmark, mean=args.mean)
+        if args.command == "compare":
+            try:
+                cmp = store.compare(args.pair, args.benchmark, args.a, args.b)
+            except ValueError as e:
+                parser.exit(2, f"{parser.prog} compare: error: {e}\n")
+            text = paired.report(args.pair, args.benchmark, cmp)
+            print(json.dumps(paired.as_json(cmp), indent=1) if args.json else text)
+            return 0
+        df = store.summary(args.pair, args.benchmark, mean=args.mean)
     if args.json:
-        rows = [{k: _jsonable(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
+        rows = [{k: summary.jsonable(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
         print(json.dumps(rows, indent=1))
     else:
-        print(_table(df))
+        print(summary.table(df))
     return 0
 
 

@@ -32,6 +32,7 @@ ARGS = [
     "--disable-dev-shm-usage",
 ]
 SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+SCREENS = Path(__file__).resolve().parents[1] / "screenshots"  # git-ignored, the one to look at
 XSS = 'Add 2 and 3. <script>window.__xss = "script"</script><img src=x onerror="window.__xss = \'img\'">'
 
 if not (os.path.exists(CHROMIUM) and shutil.which(CHROMIUM)):
@@ -149,7 +150,7 @@ def test_explorer_renders_the_chart_and_a_trace(page):
     assert "relay" in legend and "reported in the paper" not in legend  # another pair's accuracy axis
     page.wait_for_selector("#sample-trace .relay-span", timeout=15_000)
     page.screenshot(path=str(SHOTS / "explorer.png"), full_page=True)
-    _pick(page, "sample", "relay · arith-test-0-1 · ✓ · 4 teacher tok")
+    _pick(page, "sample", "relay · arith-test-0-1 · ✓ · 1 call · 4 teacher tok")
     page.wait_for_selector("#sample-trace .relay-teacher", timeout=15_000)
     trace = page.locator("#sample-trace")
     assert trace.locator("img").count() == 0 and "<img src=x onerror" in trace.inner_text()
@@ -158,6 +159,52 @@ def test_explorer_renders_the_chart_and_a_trace(page):
     page.locator("#cost-axis").get_by_text("decode FLOPs vs teacher alone").click()  # rows without a split
     page.wait_for_selector("#plot-flops .legend :text('no split recorded')", timeout=30_000)
     page.locator("#plot-flops").screenshot(path=str(SHOTS / "explorer-cost.png"))
+
+
+def test_explorer_draws_error_bars_and_compares_a_clicked_point(page):
+    # the accuracy axis of the test above's pair: every point has its 95% interval as an error bar
+    page.locator("#y-axis").get_by_text("accuracy", exact=True).click()
+    page.wait_for_selector("#plot-accuracy .scatterlayer .errorbar", state="attached", timeout=30_000)
+    page.locator("#compare-with input").wait_for(timeout=15_000)  # the "compare with…" control
+    point = page.locator("#plot-accuracy .scatterlayer .trace").filter(has=page.locator(".errorbar")).first
+    box = point.locator("path.point").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#plot-accuracy .hoverlayer :text('95% intervals')", timeout=15_000)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#compare-table :text('exact McNemar p')", timeout=30_000)
+    chosen = page.locator("#drill-setting input").input_value()
+    assert chosen != "all settings" and "against" not in chosen
+    assert "right where student is wrong" in page.locator("#compare-table").inner_text()
+    assert "power:" in page.locator("#compare-power").inner_text()
+    sample = page.locator("#sample input").input_value()
+    assert sample.startswith(chosen.replace("@", " ") + " · ")  # its samples opened
+    page.screenshot(path=str(SHOTS / "explorer-compare.png"), full_page=True)
+    SCREENS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENS / "explorer-compare.png"), full_page=True)
+
+
+def test_explorer_drill_down_reaches_every_setting(page):
+    """A summary row opens its setting's samples; the list filters by right/wrong and pages."""
+    cell = page.locator("#summary-table").get_by_text("confidence", exact=True).filter(visible=True)
+    cell.first.click()  # the τ 0.3 row
+    page.wait_for_function(
+        "document.querySelector('#drill-setting input').value === 'confidence@0.3'", timeout=30_000
+    )
+    page.wait_for_function(
+        "document.querySelector('#sample input').value.startsWith('confidence 0.3 · ')", timeout=30_000
+    )
+    page.wait_for_selector(
+        "#compare-table :text('confidence@0.3 right where student is wrong')", timeout=30_000
+    )
+    page.locator("#drill-outcome").get_by_text("wrong", exact=True).click()
+    page.wait_for_selector("#drill-note :text('of 5 ·')", timeout=30_000)  # 5 of 10 right at τ 0.3
+    page.click("#sample input")
+    options = [o.split("\n")[-1] for o in page.get_by_role("option").all_inner_texts()]  # less the ✓ mark
+    assert len(options) == 5 and all(o.startswith("confidence 0.3 · ") and " ✗ · " in o for o in options)
+    page.keyboard.press("Escape")
+    page.locator("#drill-outcome").get_by_text("any", exact=True).click()
+    _pick(page, "drill-setting", "all settings")
+    page.wait_for_selector("#drill-note :text('page 1 of 1')", timeout=30_000)
 
 
 def test_explorer_apgr_axis_labels_the_paper_point(page):

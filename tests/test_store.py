@@ -192,8 +192,38 @@ def test_charts(results):
     assert any("student" in (a.text or "") for a in fig.layout.annotations)  # reference lines
     fl = charts.flops_vs_accuracy(df)
     assert {"student", "teacher", "relay"} <= {t.name for t in fl.data}
+    relay = next(t for t in fl.data if t.name == "relay")
+    assert relay.error_y.array[0] == pytest.approx(100 * (_one(df, "relay")["acc_hi"] - 0.6))
     with pytest.raises(ValueError, match="lacks columns"):
         charts.accuracy_vs_call_ratio(df.drop(columns=["call_ratio"]))
+
+
+def test_every_point_carries_its_95_percent_interval(results):
+    from relay_demo import stats
+
+    df = store.Store(results).summary("toy", "arith", n_seeds=200)
+    fig = charts.accuracy_vs_call_ratio(df)
+    lo, hi = stats.wilson(6, 10)
+    relay = next(t for t in fig.data if t.name == "relay")
+    assert relay.error_y.type == "data" and relay.error_y.symmetric is False
+    assert relay.error_y.array == pytest.approx((100 * (hi - 0.6),))
+    assert relay.error_y.arrayminus == pytest.approx((100 * (0.6 - lo),))
+    assert relay.error_x.array == pytest.approx((0,)) and list(relay.customdata) == ["relay"]
+    assert f"[{100 * lo:.1f}, {100 * hi:.1f}]" in relay.text[0] and "n = 10 problems" in relay.text[0]
+    conf = next(t for t in fig.data if t.name == "confidence")
+    assert len(conf.error_y.array) == 3 and all(v > 0 for v in conf.error_y.array)
+    assert list(conf.customdata) == ["confidence@0.3", "confidence@0.6", "confidence@0.9"]
+    assert next(t for t in fig.data if t.name == "random-query").error_y.array is None  # its band instead
+    student = next(a.text for a in fig.layout.annotations if a.text.startswith("student"))
+    assert (
+        student == f"student 40.0% [{100 * stats.wilson(4, 10)[0]:.1f}, {100 * stats.wilson(4, 10)[1]:.1f}]"
+    )
+    decode = charts.decode_vs_accuracy(df)
+    assert any(t.error_y.array is not None for t in decode.data)
+    apgr = charts.apgr_vs_call_ratio(df.assign(apgr_lo=df["apgr"] - 0.1, apgr_hi=df["apgr"] + 0.2))
+    relay = next(t for t in apgr.data if t.name.startswith("relay"))
+    assert relay.error_y.array == pytest.approx((20,)) and relay.error_y.arrayminus == pytest.approx((10,))
+    assert "APGR 50.0% [40.0, 70.0]" in relay.text[0]
 
 
 def test_mean_rows_over_benchmarks(tmp_path):
@@ -368,3 +398,90 @@ def test_wall_ratios_of_a_run_written_under_several_commits_are_flagged(results,
     assert "100.00%*" in table and "written under several commits" in table
     assert store.main(["summary", "--pair", "solo", "--results", str(results)]) == 0
     assert "*" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- intervals and paired comparisons
+
+
+def test_summary_carries_95_percent_intervals(results, capsys):
+    from relay_demo import stats
+
+    df = store.Store(results).summary("toy", "arith", n_seeds=200)
+    relay = _one(df, "relay")
+    assert (relay["acc_lo"], relay["acc_hi"]) == pytest.approx(stats.wilson(6, 10))
+    # 4 problems tell the student from the teacher: some resamples have no gap, where APGR is undefined
+    assert pd.isna(relay["apgr_lo"]) and pd.isna(relay["apgr_hi"])
+    assert relay["call_ratio_lo"] == relay["call_ratio_hi"] == pytest.approx(0.05)  # 5 of 100, every problem
+    rq = _one(df, "random-query", 0.5)
+    assert rq["acc_lo"] < 0.6 < rq["acc_hi"] and (rq["acc_lo"], rq["acc_hi"]) != pytest.approx(
+        stats.wilson(6, 10)
+    )  # the simulated band, not Wilson's on expectations
+    again = store.Store(results).summary("toy", "arith", n_seeds=200)
+    pd.testing.assert_frame_equal(df, again)  # seeded: a table regenerates identically
+    assert store.main(["summary", "--json", "--pair", "toy", "--results", str(results)]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["method"] == "relay")
+    assert {"acc_lo", "acc_hi", "apgr_lo", "apgr_hi", "call_ratio_lo", "call_ratio_hi"} <= set(row)
+    assert store.main(["summary", "--pair", "toy", "--results", str(results)]) == 0
+    assert "accuracy 95%" in capsys.readouterr().out
+
+
+def test_apgr_interval_resamples_method_student_and_teacher_together(tmp_path):
+    rows = []
+    for i in range(40):  # the toy pattern four times: student 16/40, teacher 32/40, relay 24/40
+        j = i % N
+        rows.append(_row("student", None, i, S_OK[j], 100, 0))
+        rows.append(_row("teacher", None, i, T_OK[j], 0, 100))
+        rows.append(_row("relay", None, i, S_OK[j] or j < 6, 95, 5 * (j % 3)))  # calls on some problems
+    with rio.open_run(tmp_path, "toy-run", {"pair": "toy"}) as w:
+        w.add(rows)
+    df = store.Store(tmp_path).summary("toy", "arith", n_seeds=10)
+    relay, student, teacher = _one(df, "relay"), _one(df, "student"), _one(df, "teacher")
+    assert (student["apgr_lo"], student["apgr_hi"], teacher["apgr_lo"]) == (0, 0, 1)  # by definition
+    assert relay["apgr"] == pytest.approx(0.5) and 0.2 < relay["apgr_lo"] < 0.5 < relay["apgr_hi"] < 0.8
+    assert relay["call_ratio_lo"] < relay["call_ratio"] < relay["call_ratio_hi"]
+
+
+def test_compare_two_settings_on_the_same_problems(results, capsys):
+    c = store.Store(results).compare("toy", "arith", "relay", "confidence@0.3")
+    assert (c.n, c.diff.mcnemar.a_only, c.diff.mcnemar.b_only) == (10, 1, 0)  # relay alone right on p5
+    assert c.diff.accuracy == pytest.approx(0.1) and c.diff.mcnemar.p == 1.0
+    assert c.diff.apgr == pytest.approx(0.1 / 0.4)
+    assert store.main(["compare", "--pair", "toy", "--benchmark", "arith", "relay", "confidence@0.3",
+                       "--json", "--results", str(results)]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert (out["a_only"], out["b_only"], out["mcnemar_p"]) == (1, 0, 1.0)
+    assert out["accuracy_diff_lo"] <= 0.1 <= out["accuracy_diff_hi"] and "ahead of" in out["verdict"]
+    assert store.main(["compare", "--pair", "toy", "--benchmark", "arith", "relay", "relay",
+                       "--results", str(results)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "level" in text and "[+0.0, +0.0]" in text and "no problem is answered differently" in text
+
+
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        ("relay@3", "student", "no setting 'relay@3'"),
+        ("random-query@0.5", "relay", "expectations"),
+    ],
+)
+def test_compare_refuses_bad_settings_with_a_message(results, capsys, a, b, message):
+    with pytest.raises(ValueError, match=message):
+        store.Store(results).compare("toy", "arith", a, b)
+    with pytest.raises(SystemExit) as exit_:
+        store.main(["compare", "--pair", "toy", "--benchmark", "arith", a, b, "--results", str(results)])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_compare_refuses_runs_on_different_problems(results, capsys):
+    with rio.open_run(results, "later-run", {"pair": "toy"}) as w:  # another sample: p5..p14
+        w.add([_row("router", 0.9, i, 1, 90, 10) | {"run_id": "later-run"} for i in range(5, 15)])
+    with pytest.raises(ValueError, match="not on the same problems: 10 and 10 problems, 5 in common"):
+        store.Store(results).compare("toy", "arith", "relay", "router@0.9")
+    with pytest.raises(SystemExit) as exit_:
+        store.main(["compare", "--pair", "toy", "--benchmark", "arith", "router@0.9", "relay",
+                    "--results", str(results)])  # fmt: skip
+    assert exit_.value.code == 2 and "later-run" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no results for pair 'nope'"):
+        store.Store(results).compare("nope", "arith", "relay", "student")
+    with pytest.raises(ValueError, match="no benchmark 'gsm8k'"):
+        store.Store(results).compare("toy", "gsm8k", "relay", "student")

@@ -411,3 +411,81 @@ def test_policy_controls_show_only_their_parameters():
     assert not any(settings.visible_params("student-only", False).values())
     assert "router policy is off" in settings.router_message("tiny-random", "router", True)
     assert settings.router_message("tiny-random", "learned", True) == ""
+
+
+# ---------------------------------------------------------------- the selected setting: samples, comparison
+
+
+def test_drill_down_reaches_every_setting_of_the_real_pair():
+    """Issue 31, finding 4: the list was the first rows by method, param, problem (on the real pair's GSM8K,
+    all confidence 0.3), so relay samples at bias 0 and 1 could not be reached."""
+    from relay_demo.store import DEFAULT_RESULTS
+    from relay_demo.ui import drilldown as d
+
+    pair, bench = "qwen2.5-coder-0.5b-1.5b", "gsm8k"
+    keys = x.drill_settings(DEFAULT_RESULTS, pair, bench)
+    assert {"relay@0", "relay@1", "sft-only", "student"} <= set(keys) and "random-query@0.5" not in keys
+    for key in ("relay@0", "relay@1"):
+        choices, first, page, note = x.open_samples(DEFAULT_RESULTS, pair, bench, d.Filters(setting=key))
+        label = key.replace("@", " ") + " · "
+        assert len(choices) == d.PAGE and all(lab.startswith(label) for lab, _ in choices)
+        assert first == choices[0][1] and "of 200 · page 1 of 4" in note
+    wrong = d.Filters(setting="relay@1", outcome="wrong", called="called", page=99)
+    choices, _, page, note = x.open_samples(DEFAULT_RESULTS, pair, bench, wrong)
+    assert choices and all(" ✗ · " in lab and " 0 calls " not in lab for lab, _ in choices)
+    assert page >= 1 and f"page {page} of {page}" in note  # clamped to the last page
+
+
+def test_sample_filters_and_pages(results, monkeypatch):
+    from relay_demo.ui import drilldown as d
+
+    def labels(**kw):
+        return [lab for lab, _ in x.open_samples(results, "tiny-random", "arith", d.Filters(**kw))[0]]
+
+    assert len(labels()) == 50
+    wrong = labels(setting="relay", outcome="wrong")
+    assert len(wrong) == 4 and all(lab.startswith("relay · ") and " ✗ · " in lab for lab in wrong)
+    assert len(labels(setting="confidence@0.6", outcome="right")) == 7
+    assert {lab.split(" · ")[0] for lab in labels(called="not called")} == {"student"}
+    assert [lab.split(" · ")[1] for lab in labels(setting="relay", text="test-0-7")] == ["arith-test-0-7"]
+    assert len(labels(setting="relay", text="onerror")) == 10  # the response's text is searched too
+    monkeypatch.setattr(d, "PAGE", 20)
+    pages = [labels(page=p) for p in (1, 2, 3)]
+    assert [len(p) for p in pages] == [20, 20, 10] and len({*pages[0], *pages[1], *pages[2]}) == 50
+    assert labels(page=9) == pages[2]  # past the end: the last page
+    _, _, _, note = x.open_samples(results, "tiny-random", "arith", d.Filters(setting="relay@7"))
+    assert "relay-error" in note and "no setting" in note
+    assert "No sample matches" in x.open_samples(results, "tiny-random", "arith", d.Filters(text="zzz"))[3]
+
+
+def test_a_click_on_a_point_or_a_row_names_its_setting():
+    from relay_demo.ui import drilldown as d
+
+    assert d.pick_key("relay@0", "p", "b") == "relay@0"
+    assert d.pick_key("relay@0|p|b", "p", "b") == "relay@0"
+    assert d.pick_key("relay@0|other|b", "p", "b") is None  # the every-pair APGR chart: another pair
+    assert d.pick_key(None, "p", "b") is None
+    assert d.row_key(["confidence", "0.3", "10", "70.00%"]) == "confidence@0.3"
+    assert d.row_key(["relay", "", "10"]) == "relay" and d.row_key([]) is None
+
+
+def test_compare_panel_pairs_the_selected_setting_with_a_baseline(results):
+    from relay_demo.ui import drilldown as d
+
+    html = x.comparison(results, "tiny-random", "arith", "relay", "student")
+    assert "<table" in html and "exact McNemar p" in html and 'id="compare-power"' in html
+    assert "+20.0 points" in html and "right where student is wrong: 2; the reverse: 0" in html
+    assert "Click a chart point" in x.comparison(results, "tiny-random", "arith", d.ALL, "student")
+    bad = x.comparison(results, "tiny-random", "arith", "relay", "<b>nope</b>")
+    assert "relay-error" in bad and "<b>" not in bad and "&lt;b&gt;nope" in bad
+
+
+def test_explorer_shows_error_bars_and_intervals(results):
+    v = x.explorer_view(results, "tiny-random", "arith", None)
+    relay = next(t for t in v.accuracy_fig.data if t.name == "relay")
+    assert (
+        relay.error_y.array[0] > 0 and relay.error_y.arrayminus[0] > 0 and "n = 10 problems" in relay.text[0]
+    )
+    row = v.table[v.table["method"] == "relay"].iloc[0]
+    assert row["accuracy 95%"] == "[31.3, 83.2]"  # Wilson's for 6 of 10
+    assert row["APGR 95%"] == "" or row["APGR 95%"].startswith("[")

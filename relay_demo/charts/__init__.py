@@ -1,8 +1,11 @@
 """Pure functions DataFrame -> plotly Figure for the cost-accuracy explorer.
 
 Input: rows shaped like ``relay_demo.store.Store.summary()`` (one pair and one benchmark at a time):
-``method, param, accuracy, call_ratio, flops`` (accuracy and call ratio as fractions; ``acc_lo``/``acc_hi``
-optional, drawn as the random-query band). ``reported``: rows like ``relay_demo.reported.points()``, drawn
+``method, param, accuracy, call_ratio, flops`` (accuracy and call ratio as fractions). Its 95% intervals,
+where present (``acc_lo/acc_hi``, ``call_ratio_lo/hi``, ``apgr_lo/hi``), are drawn as error bars on every
+point and stated with n in the hover; the random-query rows' ``acc_lo/acc_hi`` is their simulated band.
+Every point carries its setting (``relay@0``) as ``customdata``: a click on it opens that setting's samples.
+``reported``: rows like ``relay_demo.reported.points()``, drawn
 as hollow markers labelled "reported in the paper".
 
     fig = accuracy_vs_call_ratio(store.summary("tiny-arith", "arith"), log_x=True)
@@ -15,6 +18,7 @@ import plotly.graph_objects as go
 
 from relay_demo.charts.training import learning_curve as learning_curve  # the RL stage's dev curve
 from relay_demo.reported import LABEL as REPORTED_LABEL
+from relay_demo.results.paired import keys
 from relay_demo.results.summary import METHOD_ORDER
 
 COLORS = {
@@ -47,21 +51,64 @@ def _label(row) -> str:
     return row["method"] if pd.isna(row["param"]) else f"{row['method']} {row['param']:g}"
 
 
-def _baseline(df: pd.DataFrame, method: str) -> float | None:
+# where a summary column's 95% interval lives (relay_demo/results/summary.py, INTERVALS)
+STEMS = {"accuracy": "acc", "call_ratio": "call_ratio", "apgr": "apgr"}
+
+
+def _ci(row, col: str, digits: int = 1) -> str:
+    """``28.0% [22.2, 34.6]``: a figure in percent with its 95% interval where the row has one."""
+    text = f"{100 * row[col]:.{digits}f}%"
+    lo, hi = row.get(f"{STEMS[col]}_lo"), row.get(f"{STEMS[col]}_hi")
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return text
+    return f"{text} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+
+
+def _bars(rows: pd.DataFrame, col: str, floor: float | None = None) -> dict | None:
+    """Plotly error bars (in percent) from ``col``'s interval columns; no bar where a row has none."""
+    lo_col, hi_col = f"{STEMS[col]}_lo", f"{STEMS[col]}_hi"
+    if lo_col not in rows or rows[lo_col].isna().all():
+        return None
+    lo = rows[lo_col].clip(lower=floor) if floor else rows[lo_col]
+    value = rows[col].clip(lower=floor) if floor else rows[col]
+
+    def gap(a, b) -> list:
+        return [None if pd.isna(x) or pd.isna(y) else 100 * (x - y) for x, y in zip(a, b, strict=True)]
+
+    return {"type": "data", "symmetric": False, "array": gap(rows[hi_col], value),
+            "arrayminus": gap(value, lo), "thickness": 1.2, "width": 3}  # fmt: skip
+
+
+def _n(row) -> str:
+    n = row.get("n")
+    return "" if n is None or pd.isna(n) else f"n = {int(n)} problems"
+
+
+def _hover(row, x: str) -> str:
+    """What a point's hover says: the setting, n, and each figure with its 95% interval."""
+    y = f"APGR {_ci(row, 'apgr')}" if x == "apgr" else f"accuracy {_ci(row, 'accuracy')}"
+    if x in ("call_ratio", "apgr"):
+        where = f"call ratio {_ci(row, 'call_ratio', 2)}"
+    else:
+        where = f"FLOPs per problem {row[x]:.3g}"
+    return f"{_label(row)} · {_n(row)}<br>{y}<br>{where}<br>(95% intervals)"
+
+
+def _baseline(df: pd.DataFrame, method: str):
     rows = df[(df["method"] == method) & df["param"].isna()]
-    return float(rows["accuracy"].iloc[0]) if len(rows) else None
+    return rows.iloc[0] if len(rows) else None
 
 
 def _reference_lines(fig: go.Figure, df: pd.DataFrame) -> None:
     for method, dash in (("student", "dot"), ("teacher", "dash")):
-        acc = _baseline(df, method)
-        if acc is not None:
+        row = _baseline(df, method)
+        if row is not None:
             fig.add_hline(
-                y=100 * acc,
+                y=100 * row["accuracy"],
                 line_dash=dash,
                 line_color=COLORS[method],
                 opacity=0.7,
-                annotation_text=f"{method} {100 * acc:.1f}%",
+                annotation_text=f"{method} {_ci(row, 'accuracy')}",
                 annotation_position="bottom right",
             )
 
@@ -93,7 +140,8 @@ def _series(fig: go.Figure, df: pd.DataFrame, x: str, log_x: bool) -> None:
         if method in ("student", "teacher") and x == "call_ratio":
             continue  # drawn as reference lines
         rows = df[df["method"] == method].sort_values(x)
-        if method == "random-query":
+        band = method == "random-query"  # its interval is the simulated band, drawn as such
+        if band:
             _band(fig, rows, x, log_x)
         xs = rows[x].clip(lower=LOG_FLOOR) if log_x else rows[x]
         fig.add_trace(
@@ -104,8 +152,13 @@ def _series(fig: go.Figure, df: pd.DataFrame, x: str, log_x: bool) -> None:
                 name=method,
                 marker={"size": 9 if method.startswith("relay") else 7, "color": COLORS.get(method)},
                 line={"color": COLORS.get(method)},
-                text=[_label(r) for _, r in rows.iterrows()],
-                hovertemplate="%{text}<br>x=%{x:.3g}<br>accuracy=%{y:.2f}%<extra></extra>",
+                error_y=None if band else _bars(rows, "accuracy"),
+                error_x=_bars(rows, "call_ratio", LOG_FLOOR if log_x else None)
+                if x == "call_ratio"
+                else None,
+                text=[_hover(r, x) for _, r in rows.iterrows()],
+                customdata=list(keys(rows)),
+                hovertemplate="%{text}<extra></extra>",
             )
         )
 
@@ -174,8 +227,11 @@ def apgr_vs_call_ratio(
                     name=f"{method} · {pair} · {bench}",
                     marker={"symbol": SYMBOLS[g % len(SYMBOLS)], "size": 8, "color": COLORS.get(method)},
                     line={"color": COLORS.get(method), "width": 1.5},
-                    text=[f"{_label(r)} · {pair} · {bench}" for _, r in m.iterrows()],
-                    hovertemplate="%{text}<br>call ratio=%{x:.3g}%<br>APGR=%{y:.1f}%<extra></extra>",
+                    error_y=_bars(m, "apgr"),
+                    error_x=_bars(m, "call_ratio", LOG_FLOOR if log_x else None),
+                    text=[f"{_hover(r, 'apgr')} · {pair} · {bench}" for _, r in m.iterrows()],
+                    customdata=[f"{k}|{pair}|{bench}" for k in keys(m)],
+                    hovertemplate="%{text}<extra></extra>",
                 )
             )
     if reported is not None and len(reported):
@@ -235,6 +291,7 @@ def decode_vs_accuracy(df: pd.DataFrame, *, log_x: bool = False, title: str | No
                 "FLOPs"
                 f"<br>wall time {_pct(r['wall_vs_teacher'])} of the teacher alone's"
                 + ("<br>(no FLOPs split recorded: x is all FLOPs)" if hollow else "")
+                + f"<br>accuracy {_ci(r, 'accuracy')} (95% interval), {_n(r)}"
                 for _, r in part.iterrows()
             ]
             fig.add_trace(
@@ -249,8 +306,10 @@ def decode_vs_accuracy(df: pd.DataFrame, *, log_x: bool = False, title: str | No
                         "symbol": "circle-open" if hollow else "circle",
                     },
                     line={"color": COLORS.get(method), "dash": "dot" if hollow else "solid"},
+                    error_y=_bars(part, "accuracy"),
                     text=text,
-                    hovertemplate="%{text}<br>accuracy=%{y:.2f}%<extra></extra>",
+                    customdata=list(keys(part)),
+                    hovertemplate="%{text}<extra></extra>",
                 )
             )
     return _layout(

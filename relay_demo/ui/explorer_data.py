@@ -19,15 +19,15 @@ import pandas as pd
 
 from .. import charts, reported
 from ..cost import DEFINITIONS
-from ..results.summary import SHARES
+from ..results.summary import SHARES, interval_text
 from ..store import MEAN, Store
-from . import render
+from . import drilldown, render
+from .drilldown import Filters
 from .provenance import provenance_html
 
 Y_AXES = ("accuracy", "apgr")
 # the second chart's x: FLOPs per problem, or decode FLOPs against the teacher alone on the same problems
 COST_AXES = ("flops", "decode")
-MAX_SAMPLES = 400  # drill-down choices listed at once (the filters narrow them)
 PCT = (
     "accuracy",
     "call_ratio",
@@ -112,16 +112,21 @@ def _fmt(col: str, v) -> str:
     return str(int(v)) if col == "n" else str(v)
 
 
+# each figure's 95% interval (relay_demo/results/summary.py, INTERVALS) in a column right after it
+INTERVAL_COLUMNS = {"accuracy": ("acc", 1), "call_ratio": ("call_ratio", 2), "apgr": ("apgr", 1)}
+
+
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Summary rows formatted for display (percentages, FLOPs with units, empty cells for n/a)."""
+    """Summary rows formatted for display (percentages with their 95% intervals, FLOPs with units, empty
+    cells for n/a). A click on a row opens that setting's samples (its method and param cells name it)."""
     shown = pd.DataFrame(
         {label: [_fmt(col, v) for v in df[col]] if col in df else [] for col, label in TABLE_COLUMNS.items()}
     )
+    for col, (stem, digits) in INTERVAL_COLUMNS.items():
+        lo, hi = (df[f"{stem}_{e}"] if f"{stem}_{e}" in df else [math.nan] * len(df) for e in ("lo", "hi"))
+        cells = [interval_text(a, b, digits) for a, b in zip(lo, hi, strict=True)]
+        shown.insert(shown.columns.get_loc(TABLE_COLUMNS[col]) + 1, f"{TABLE_COLUMNS[col]} 95%", cells)
     return shown
-
-
-def _sample_key(method: str, param, problem_id: str) -> str:
-    return json.dumps([method, None if param is None or pd.isna(param) else float(param), problem_id])
 
 
 def explorer_view(
@@ -183,27 +188,41 @@ def explorer_view(
         provenance=provenance_html(store.manifests, pair),
     )
     if benchmark != MEAN:
-        view.samples = sample_choices(store, pair, benchmark, methods)
+        view.samples = drilldown.sample_page(
+            store, pair, benchmark, Filters(methods=tuple(methods or ()))
+        ).choices
     return view
 
 
-def sample_choices(
-    store: Store, pair: str, benchmark: str, methods: list[str] | None
-) -> list[tuple[str, str]]:
-    cond = "" if not methods else f"AND method IN ({', '.join('?' for _ in methods)})"
-    df = store.query(
-        f"SELECT method, param, problem_id, correct, teacher_tokens, calls FROM samples "
-        f"WHERE pair = ? AND benchmark = ? AND spans IS NOT NULL AND spans <> '[]' {cond} "
-        f"ORDER BY method, param NULLS FIRST, problem_id LIMIT {MAX_SAMPLES}",
-        [pair, benchmark, *(methods or [])],
-    )
-    out = []
-    for r in df.itertuples(index=False):
-        param = "" if pd.isna(r.param) else f" {r.param:g}"
-        mark = "✓" if r.correct >= 0.5 else "✗"
-        label = f"{r.method}{param} · {r.problem_id} · {mark} · {int(r.teacher_tokens)} teacher tok"
-        out.append((label, _sample_key(r.method, r.param, r.problem_id)))
-    return out
+def open_samples(
+    results_dir, pair, benchmark, f: Filters
+) -> tuple[list[tuple[str, str]], str | None, int, str]:
+    """The drill-down after a filter, a page or a click: (choices, the first one's key, page, note HTML)."""
+    if not pair or not benchmark or benchmark == MEAN:
+        return [], None, 1, render.note_html("Pick a pair and one benchmark to list its samples.", "info")
+    store, _ = open_store(results_dir)
+    try:
+        page = drilldown.sample_page(store, pair, benchmark, f)
+    except ValueError as e:
+        return [], None, 1, render.note_html(str(e))
+    first = page.choices[0][1] if page.choices else None
+    return page.choices, first, page.page, render.note_html(page.note, "info")
+
+
+def drill_settings(results_dir, pair, benchmark) -> list[str]:
+    """What the drill-down's setting list and the "compare with…" list offer."""
+    if not pair or not benchmark or benchmark == MEAN:
+        return []
+    store, _ = open_store(results_dir)
+    return drilldown.settings(store, pair, benchmark)
+
+
+def comparison(results_dir, pair, benchmark, setting, baseline) -> str:
+    """The paired table of the selected setting against the baseline (HTML)."""
+    if not pair or not benchmark or benchmark == MEAN:
+        return render.note_html("Pick a pair and one benchmark to compare settings.", "info")
+    store, _ = open_store(results_dir)
+    return drilldown.compare_html(store, pair, benchmark, setting, baseline)
 
 
 SOURCES = ("student", "teacher", "command")
