@@ -193,3 +193,62 @@ def test_playground_shows_the_pairs_own_examples_and_warns_off_task(page):
     _pick(page, "pair", "tiny-random")
     page.wait_for_selector("#chat-purpose :text('Random untrained')", timeout=15_000)
     assert "Dan has 83 eggs" not in page.locator("#chat-examples").inner_text()
+
+
+@pytest.fixture
+def fresh_app(repo_dir, tmp_path):
+    """``python app.py`` in a process of its own: nothing imported or loaded before the first click."""
+    import contextlib
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    log_path = tmp_path / "app.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo_dir, env=env, stdout=log, stderr=log)
+    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 600  # imports on a loaded machine
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):  # returns at once if the app died
+                proc.wait(timeout=1)
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        yield url, log_path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_fresh_app_answers_a_pair_chosen_and_sent_at_once(fresh_app):
+    # issue 31, finding 1: the pair change's handlers and Send used to import transformers at once
+    url, log = fresh_app
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_selector("#prompt textarea", timeout=60_000)
+        _pick(page, "pair", "tiny-random")
+        page.fill("#prompt textarea", "hello")
+        page.click("#send")
+        ended = (
+            "#chat-counters :text('finished'), #chat-note .relay-error, :text-is('Error')"  # Gradio's badge
+        )
+        page.wait_for_selector(ended, timeout=300_000)
+        page.screenshot(path=str(SHOTS / "fresh-app-first-send.png"), full_page=True)
+        note = page.locator("#chat-note").inner_text()
+        assert page.locator("#chat .relay-student").count() >= 1, (note, log.read_text()[-3000:])
+        assert "Loading pair" not in note and page.get_by_text("Error", exact=True).count() == 0
+        browser.close()

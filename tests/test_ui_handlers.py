@@ -411,3 +411,29 @@ def test_policy_controls_show_only_their_parameters():
     assert not any(settings.visible_params("student-only", False).values())
     assert "router policy is off" in settings.router_message("tiny-random", "router", True)
     assert settings.router_message("tiny-random", "learned", True) == ""
+
+
+def test_a_pair_that_fails_to_load_says_why_and_the_next_request_loads_it(tmp_path, monkeypatch):
+    # a registered pair whose models are here but whose student's weights are broken (issue 31, finding 1)
+    import shutil
+
+    from relay_demo.pairs import build_tiny_random, unload_pairs
+
+    tiny = build_tiny_random()
+    student, teacher = tmp_path / "qwen2.5-coder-0.5b-instruct", tmp_path / "qwen2.5-coder-1.5b-instruct"
+    shutil.copytree(tiny / "student", student)
+    shutil.copytree(tiny / "teacher", teacher)
+    weights = student / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"not a safetensors file")
+    monkeypatch.setenv("RELAY_QWEN_DIR", str(tmp_path))
+    s = h.Settings(pair="qwen2.5-coder-0.5b-1.5b", policy="student-only", max_tokens=4)
+    try:
+        *_, (chat, _, note, turns, box) = list(h.chat_submit("hello", [], s))
+        assert "failed to load" in note and "next request tries again" in note
+        assert turns == [] and box == "hello"  # nothing lost: the prompt stays in the box
+        weights.write_bytes(good)  # the cause fixed: the next request loads the pair
+        *_, (chat, counters, note, turns, box) = list(h.chat_submit("hello", [], s))
+        assert note == "" and len(turns) == 1 and "finished" in counters
+    finally:
+        unload_pairs(["qwen2.5-coder-0.5b-1.5b"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..backends.base import Sampling
 from ..knobs import KNOBS, POLICY_KNOBS, policy_kwargs
-from ..pairs import ROOT, available, load_pair, registry
+from ..pairs import ROOT, available, load_pair, loaded_pairs, registry
 from ..policies import Policy, make_policy
 from ..protocol import strip_commands
 from ..relay import Limits
@@ -79,25 +79,25 @@ def pair_status(name: str) -> str:
     return f"Live pair: {name} ({backend()}). {desc}"
 
 
-_LOADED: set[tuple[str, str]] = (
-    set()
-)  # (pair, backend) already loaded in this process (pairs.load_pair caches)
-
-
 def pair_loaded(name: str) -> bool:
-    return (name, backend()) in _LOADED
+    return name in loaded_pairs()
 
 
 def get_pair(name: str):
-    """The shared loaded pair (loads once per process, lazily). Unknown or missing pairs raise ValueError."""
+    """The shared loaded pair (loads once per process, lazily). Unknown or missing pairs, and a load that
+    fails, raise ValueError saying why; a failed load leaves nothing cached: the next request loads again."""
     if name not in registry():
         raise ValueError(f"unknown pair {name!r}; registered pairs: {', '.join(registry())}")
     ok, why = available(name)
     if not ok:
         raise ValueError(f"pair {name} cannot run here: {why}")
-    pair = load_pair(name, backend=backend())
-    _LOADED.add((name, backend()))
-    return pair
+    try:
+        return load_pair(name, backend=backend())
+    except Exception as e:  # noqa: BLE001 - whatever broke the load (files, memory, imports): say it, go on
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise ValueError(
+            f"Pair {name} failed to load ({type(e).__name__}: {first}); the next request tries again."
+        ) from e
 
 
 def get_limits(name: str) -> Limits:
