@@ -129,6 +129,30 @@ def test_empty_prompt_shows_a_message(page):
     page.locator("#chat-note").screenshot(path=str(SHOTS / "empty-prompt.png"))
 
 
+def test_stop_is_a_normal_end(page):
+    # issue 31, finding 3: Stop used to cancel the event (Gradio's red "Error" badges, counters lost). Another
+    # request holds the pair here, so Stop lands while this one waits, whatever the machine's speed.
+    from relay_demo.ui import handlers as h
+
+    pair = h.get_pair("tiny-random")
+    _pick(page, "pair", "tiny-random")
+    answers = page.locator("#chat [data-turn]").count()
+    with pair.lock:
+        page.fill("#prompt textarea", "hello")
+        page.click("#send")
+        page.wait_for_selector("#chat-note :text('Waiting for the model')", timeout=30_000)
+        page.click("#stop")
+        page.wait_for_selector("#chat-note :text('Stopped before the model was free')", timeout=30_000)
+    assert page.get_by_text("Error", exact=True).count() == 0
+    assert page.locator("#chat [data-turn]").count() == answers  # nothing written, nothing added
+    assert page.locator("#prompt textarea").input_value() == "hello"  # the prompt is back in the box
+    page.locator("#chat-note").screenshot(path=str(SHOTS / "stopped-while-waiting.png"))
+    page.click("#send")  # the next Send is not stopped by that press
+    page.wait_for_selector("#chat-counters :text('finished')", timeout=30_000)
+    assert "stopped" not in page.locator("#chat-counters").inner_text()
+    page.click("#clear")  # the tests after this one start a conversation of their own
+
+
 def test_compare_tab(page):
     page.get_by_role("tab", name="Compare").click()
     page.fill("#compare-prompt textarea", "What is 12 * 3?")

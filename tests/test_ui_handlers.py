@@ -437,3 +437,49 @@ def test_a_pair_that_fails_to_load_says_why_and_the_next_request_loads_it(tmp_pa
         assert note == "" and len(turns) == 1 and "finished" in counters
     finally:
         unload_pairs(["qwen2.5-coder-0.5b-1.5b"])
+
+
+def test_stop_ends_the_answer_as_stopped_with_its_counters():
+    # issue 31, finding 3: Stop is a normal end (pressed before the first token: the worker ends the row at
+    # its first span, so the answer is partial whatever the machine's speed)
+    from relay_demo.ui.stream import StopButton
+
+    button = StopButton()
+    stopped = button.start()
+    button.press()
+    s = h.Settings(pair="tiny-random", policy="interval", every=2, n=2, max_tokens=256, temperature=0.0)
+    *_, (chat, counters, note, turns, box) = list(h.chat_submit("hello", [], s, stopped))
+    assert note == "" and box == "" and len(turns) == 1  # the partial answer is kept
+    assert 1 <= sum(x["tokens"] for x in turns[0]["spans"]) < 256
+    assert "<b>stopped</b><span>finished</span>" in counters and "(est.)" not in counters
+    assert turns[0]["inspect"]["token_ids"] and "not measured: the answer was stopped" in counters
+    # the next answer is not stopped by the earlier press
+    *_, (_, counters, _, turns, _) = list(h.chat_submit("hello", turns, s, button.start()))
+    assert "<b>stopped</b>" not in counters and len(turns) == 2
+
+
+def test_stop_while_waiting_for_the_pair_writes_nothing_and_says_so():
+    from relay_demo.ui.stream import StopButton
+
+    pair, button = h.get_pair("tiny-random"), StopButton()
+    pair.lock.acquire()  # another user's generation holds the pair
+    try:
+        gen = h.chat_submit("hello", [], FAST, button.start())
+        while "Waiting for the model" not in next(gen)[2]:
+            pass
+        button.press()
+        *_, (chat, counters, note, turns, box) = list(gen)
+    finally:
+        pair.lock.release()
+    assert "Stopped before the model was free" in note and turns == [] and box == "hello"
+
+
+def test_compare_stop_ends_the_running_column_and_skips_the_rest():
+    from relay_demo.ui.stream import StopButton
+
+    button = StopButton()
+    stopped = button.start()
+    button.press()
+    *_, last = list(h.compare_run("hello", FAST, stopped=stopped))
+    assert "<b>stopped</b><span>finished</span>" in last[1]  # the student column, partial, exact counters
+    assert "Not run: stopped." in last[3] and "Not run: stopped." in last[6]

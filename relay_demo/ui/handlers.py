@@ -260,11 +260,12 @@ def prepare(prompt, turns: list[dict], s: Settings):
 
 
 def chat_submit(
-    prompt, turns: list[dict] | None, s: Settings
+    prompt, turns: list[dict] | None, s: Settings, stopped=None
 ) -> Iterator[tuple[str, str, str, list[dict], str]]:
     """Playground: stream one answer. Yields (chat html, counters html, note html, turns, prompt box value).
 
     On bad input the conversation is unchanged, the prompt stays in the box and the note says why.
+    ``stopped``: polled; once true the answer ends as "stopped" (``stream.StopButton``), its text kept.
     """
     turns = list(turns or [])
     try:
@@ -291,12 +292,20 @@ def chat_submit(
     }
     shown = [*turns, turn]  # the state holds the partial answer too, so Stop keeps what was written
     snap = None
-    for snap in generate(pair, messages, policy, limits, sampling):
+    for snap in generate(pair, messages, policy, limits, sampling, stopped):
+        if snap.stopped and snap.result is None:  # stopped while waiting for the pair: nothing was written
+            note = render.note_html("Stopped before the model was free: nothing was written.", "info")
+            yield render.chat_html(turns), render.counters_html({}), note, turns, prompt
+            return
         turn.update(spans=[dict(x) for x in snap.spans], text=snap.text)
         if snap.result is not None:  # what the call inspector reads when a span of this answer is clicked
             user = messages[-1]["content"]
             turn["inspect"] = inspector.record(s.pair, pair, snap.result, user, limits.max_tokens)
-            snap.counters["teacher_alone_note"] = "being measured (the teacher alone, on the same prompt)"
+            snap.counters["teacher_alone_note"] = (  # stopped: the user wants the model back, not another run
+                "not measured: the answer was stopped"
+                if snap.stopped
+                else "being measured (the teacher alone, on the same prompt)"
+            )
         if snap.error:  # nothing was lost: the conversation as before, the prompt back in the box
             yield (
                 render.chat_html(turns),
@@ -312,7 +321,7 @@ def chat_submit(
             else ""
         )
         yield render.chat_html(shown), render.counters_html(snap.counters), note, shown, ""
-    if snap is not None and snap.result is not None:
+    if snap is not None and snap.result is not None and not snap.stopped:
         snap.counters.update(wall_reference(pair, messages, policy, limits, sampling, snap.result))
         yield render.chat_html(shown), render.counters_html(snap.counters), "", shown, ""
 
@@ -345,12 +354,13 @@ def final_answer(text: str) -> str | None:
     return extract_answer(strip_commands(text))
 
 
-def compare_run(prompt, s: Settings, on_relay_result=None) -> Iterator[tuple]:
+def compare_run(prompt, s: Settings, on_relay_result=None, stopped=None) -> Iterator[tuple]:
     """Compare: the same prompt by the student alone, the relay (the chosen policy), the teacher alone.
 
     Runs one after another (the pair runs one generation at a time) and streams each column.
     Yields 9 HTML strings (trace, counters, answer per column) and a note. ``on_relay_result(record)``
-    receives the relay column's inspection record when it finishes.
+    receives the relay column's inspection record when it finishes. ``stopped``: polled; once true the
+    running column ends as "stopped" and the columns after it do not run.
     """
     columns = [["", "", ""] for _ in COMPARE_SIDES]
     try:
@@ -362,17 +372,32 @@ def compare_run(prompt, s: Settings, on_relay_result=None) -> Iterator[tuple]:
     policies = [make_policy("student-only"), relay_policy, make_policy("teacher-only")]
     finals: dict[int, dict] = {}  # the finished columns' counters
     for i, policy in enumerate(policies):
-        for snap in generate(pair, messages, policy, limits, sampling):
+        if i and stopped is not None and stopped():  # the column before was stopped
+            for j in range(i, len(policies)):
+                columns[j][0] = render.note_html("Not run: stopped.", "info")
+            yield (*[x for c in columns for x in c], "")
+            return
+        for snap in generate(pair, messages, policy, limits, sampling, stopped):
             columns[i][0] = render.trace_html(snap.spans, names, empty="waiting…")
+            if snap.stopped and snap.result is None:
+                columns[i][0] = render.note_html(
+                    "Stopped before the model was free: nothing was written.", "info"
+                )
             columns[i][1] = render.counters_html(snap.counters)
             if snap.result is not None:
                 finals[i] = snap.counters
-                snap.counters["teacher_alone_note"] = "measured once the teacher-alone column has run"
+                snap.counters["teacher_alone_note"] = (
+                    "not measured: stopped"
+                    if snap.stopped
+                    else "measured once the teacher-alone column has run"
+                )
                 columns[i][2] = render.answer_html(final_answer(snap.text))
                 if i == 1 and on_relay_result is not None:
                     user = messages[-1]["content"]
                     on_relay_result(inspector.record(s.pair, pair, snap.result, user, limits.max_tokens))
-                if i == 2:  # the teacher column is the measured wall time the other two are compared with
+                if (
+                    i == 2 and not snap.stopped
+                ):  # the teacher column: the wall time the others are compared with
                     for j, counters in finals.items():
                         counters.update(teacher_alone_keys(snap.result))
                         columns[j][1] = render.counters_html(counters)
