@@ -63,6 +63,10 @@ KNOBS: dict[str, Knob] = {
     )
 }  # fmt: skip
 
+# Sampling's temperature, declared once like the policy knobs: the app's slider and its check read it, and the
+# CLI and the server should (OpenAI's range, 0 to 2; the server's request field already is 0 to 2).
+TEMPERATURE = Knob("temperature", float, 0.7, 0.0, 2.0, "temperature (0 = greedy)", (0.0, 2.0, 0.05))
+
 # which policy takes which knob (the keywords of its constructor)
 POLICY_KNOBS: dict[str, tuple[str, ...]] = {
     "learned": ("call_bias",),

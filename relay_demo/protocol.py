@@ -48,6 +48,15 @@ class Command:
     valid: bool  # False when BODY was not a plain non-negative integer
     body: str
 
+    @property
+    def asked(self) -> int:
+        """N as the student wrote it, before the clamp to ``max_n`` (a call's record keeps both, so a capped
+        call shows as one); an invalid body asks for the default N it gets. At least 1, at most 10**9."""
+        if not self.valid:
+            return self.n
+        digits = self.body.strip(" \t\r\n\f\v").lstrip("0")
+        return max(1, int(digits) if len(digits) <= 9 else 10**9)
+
 
 def default_n(max_n: int) -> int:
     return max(1, min(DEFAULT_N, max_n))

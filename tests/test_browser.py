@@ -153,6 +153,40 @@ def test_stop_is_a_normal_end(page):
     page.click("#clear")  # the tests after this one start a conversation of their own
 
 
+def test_choosing_a_pair_sets_its_own_defaults(page):
+    # issue 31, findings 6 and 9: the trained pair's span length and answer length, a baseline pair's policy
+    _pick(page, "pair", "qwen2.5-coder-0.5b-1.5b-relay")
+    page.wait_for_function(
+        "document.querySelector('#max-n input[type=number]').value === '32'", timeout=30_000
+    )
+    assert page.locator("#max-tokens input[type=number]").input_value() == "512"
+    assert page.locator("#policy input").input_value().startswith("learned")
+    _pick(page, "pair", "tiny-arith-base")
+    page.wait_for_selector("#param-tau", state="visible", timeout=30_000)  # the confidence policy's knob
+    assert page.locator("#policy input").input_value().startswith("confidence")
+    assert page.locator("#max-n input[type=number]").input_value() == "16"
+    page.click("#pair input")
+    assert (
+        page.get_by_role("option", name="relayllm-qwen3-1.7b-8b (needs vllm; this app runs hf)").count() == 1
+    )
+    page.get_by_role("option", name="tiny-random").first.click()
+    page.wait_for_selector("#param-every", state="visible", timeout=30_000)  # random weights: interval
+    page.locator("#pair-status").screenshot(path=str(SHOTS / "pair-defaults.png"))
+
+
+def test_on_a_phone_the_sidebar_starts_folded(app, page):
+    # issue 31, finding 9: at 390 px the open sidebar covered the page on load
+    phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        phone.goto(app, wait_until="domcontentloaded")
+        phone.wait_for_selector("#prompt textarea", timeout=30_000)
+        folded = "!document.querySelector('.sidebar').classList.contains('open')"
+        phone.wait_for_function(folded, timeout=30_000)
+        phone.screenshot(path=str(SHOTS / "phone-on-load.png"))
+    finally:
+        phone.close()
+
+
 def test_compare_tab(page):
     page.get_by_role("tab", name="Compare").click()
     page.fill("#compare-prompt textarea", "What is 12 * 3?")

@@ -483,3 +483,40 @@ def test_compare_stop_ends_the_running_column_and_skips_the_rest():
     *_, last = list(h.compare_run("hello", FAST, stopped=stopped))
     assert "<b>stopped</b><span>finished</span>" in last[1]  # the student column, partial, exact counters
     assert "Not run: stopped." in last[3] and "Not run: stopped." in last[6]
+
+
+def test_each_pair_sets_the_sidebar_defaults_it_was_made_for():
+    # issue 31, findings 6 and 9: the trained Qwen student asks <call>32</call> and needs ~512 tokens; a
+    # baseline pair whose student never writes a command starts on a policy that hands over
+    from relay_demo.pairs import registry
+
+    assert h.pair_defaults("qwen2.5-coder-0.5b-1.5b-relay") == {
+        "policy": "learned",
+        "max_n": 32,
+        "max_tokens": 512,
+    }
+    for name in ("tiny-arith-base", "tiny-arith-grpo", "qwen2.5-coder-0.5b-1.5b", "tiny-random"):
+        assert h.pair_defaults(name)["policy"] not in ("learned", "student-only")
+    for name in registry():
+        d, lim = h.pair_defaults(name), h.get_limits(name)
+        assert (
+            d["policy"] in h.POLICY_KNOBS
+            and 1 <= d["max_n"] <= lim.max_n
+            and d["max_tokens"] <= lim.max_tokens
+        )
+
+
+def test_temperature_has_one_range_from_its_declaration():
+    from relay_demo.knobs import TEMPERATURE
+
+    assert h.build_sampling(h.Settings(temperature=TEMPERATURE.hi)).temperature == TEMPERATURE.hi
+    with pytest.raises(ValueError, match=r"temperature must be in \[0, 2\]"):
+        h.build_sampling(h.Settings(temperature=5))
+
+
+def test_the_pair_list_marks_a_pair_that_cannot_run_on_this_backend(monkeypatch):
+    monkeypatch.setenv("RELAY_BACKEND", "hf")
+    labels = dict((name, label) for label, name in h.pair_choices())
+    assert labels["relayllm-qwen3-1.7b-8b"] == "relayllm-qwen3-1.7b-8b (needs vllm; this app runs hf)"
+    assert labels["tiny-random"] == "tiny-random"
+    assert "runs on vllm, not on this app's backend (hf)" in h.pair_status("relayllm-qwen3-1.7b-8b")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..backends.base import Sampling
-from ..knobs import KNOBS, POLICY_KNOBS, policy_kwargs
+from ..knobs import KNOBS, POLICY_KNOBS, TEMPERATURE, policy_kwargs
 from ..pairs import ROOT, available, load_pair, loaded_pairs, registry
 from ..policies import Policy, make_policy
 from ..protocol import strip_commands
@@ -57,11 +57,18 @@ def default_pair() -> str:
 
 
 def pair_choices() -> list[tuple[str, str]]:
-    """(label, name) of every registered pair; pairs whose models are missing say so in the label."""
+    """(label, name) of every registered pair; a pair that cannot run here says why in its label (models
+    missing, or another backend than this app's); choosing it shows the whole reason in the status line."""
     out = []
-    for name in registry():
-        ok, _ = available(name)
-        out.append((name if ok else f"{name} (models not present)", name))
+    for name, spec in registry().items():
+        backends = spec.get("backends", ("hf",))
+        if not available(name)[0]:
+            label = f"{name} (models not present)"
+        elif backend() not in backends:
+            label = f"{name} (needs {' or '.join(backends)}; this app runs {backend()})"
+        else:
+            label = name
+        out.append((label, name))
     return out
 
 
@@ -108,6 +115,24 @@ def get_limits(name: str) -> Limits:
     return Limits(**spec.get("limits", {}))
 
 
+def pair_defaults(name: str) -> dict:
+    """What the sidebar starts with for a pair (``defaults:`` in the registry): a policy that can hand over
+    on it, the span length its student asks for as max N, max tokens enough for its examples to finish;
+    within the pair's limits. A pair without the block gets its limit as max N (a call is never cut short)."""
+    spec, limits = registry().get(name) or {}, get_limits(name)
+    d = spec.get("defaults") or {}
+    policy = d.get("policy", Settings.policy)
+    if policy not in POLICY_KNOBS:
+        raise ValueError(
+            f"pair {name}: defaults.policy {policy!r} is not a policy ({', '.join(POLICY_KNOBS)})"
+        )
+    return {
+        "policy": policy,
+        "max_n": max(1, min(int(d.get("max_n", limits.max_n)), limits.max_n)),
+        "max_tokens": max(1, min(int(d.get("max_tokens", Settings.max_tokens)), limits.max_tokens)),
+    }
+
+
 def router_folder(pair: str) -> Path | None:
     """The pair's trained router (``results/models/<pair>/router``), or None when there is none."""
     folder = ROOT / "results" / "models" / pair / "router"
@@ -131,7 +156,7 @@ class Settings:
     threshold: float = KNOBS["threshold"].default
     call_bias: float = KNOBS["call_bias"].default
     max_n: int = 16
-    temperature: float = 0.7
+    temperature: float = TEMPERATURE.default
     max_tokens: int = 128
     seed: int = 0
     router_path: str = ""  # local mode only: a router folder typed by the user
@@ -192,10 +217,7 @@ def build_limits(base: Limits, s: Settings) -> Limits:
 
 
 def build_sampling(s: Settings) -> Sampling:
-    t = float(s.temperature)
-    if not 0 <= t <= 5:
-        raise ValueError(f"temperature must be between 0 and 5, got {t}")
-    return Sampling(temperature=t, seed=_int("seed", s.seed, 0, 2**31 - 1))
+    return Sampling(temperature=TEMPERATURE.check(s.temperature), seed=_int("seed", s.seed, 0, 2**31 - 1))
 
 
 def clean_prompt(text) -> str:

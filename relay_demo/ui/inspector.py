@@ -66,7 +66,8 @@ def _teacher_text(rec: dict, k: int) -> str:
 
 
 def _rows(c: dict) -> str:
-    asked = f"asked {c['asked']}"
+    # a command's N as the student wrote it, then what the caps (max N, the tokens left) granted
+    asked = f"N written {c['asked']}" if c["trigger"] == "command" else f"asked {c['asked']}"
     if c["granted"] != c["asked"]:
         asked += f" · granted {c['granted']} (capped)"
     cells = [
