@@ -520,3 +520,19 @@ def test_the_pair_list_marks_a_pair_that_cannot_run_on_this_backend(monkeypatch)
     assert labels["relayllm-qwen3-1.7b-8b"] == "relayllm-qwen3-1.7b-8b (needs vllm; this app runs hf)"
     assert labels["tiny-random"] == "tiny-random"
     assert "runs on vllm, not on this app's backend (hf)" in h.pair_status("relayllm-qwen3-1.7b-8b")
+
+
+def test_compare_student_alone_blocks_calls_and_grades_a_pairs_example():
+    # issue 31, finding 7: the trained tiny-arith student alone printed raw <call>2</call> commands
+    from relay_demo.pairs import examples
+
+    s = h.Settings(pair="tiny-arith", policy="learned", max_tokens=64, temperature=0.0)
+    *_, last = list(h.compare_run(examples("tiny-arith")[0], s))
+    student_trace, student_answer = last[0], last[2]
+    assert "&lt;call&gt;" not in student_trace and "relay-command" not in student_trace
+    assert "expected 534" in student_answer and (
+        "relay-right" in student_answer or "relay-wrong" in student_answer
+    )
+    assert "expected 534" in last[8]  # the teacher's column too
+    policy = h.build_policy(h.Settings(policy="student-only"))
+    assert policy.block_calls  # the Playground's student-only is the same "student alone"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..backends.base import Sampling
 from ..knobs import KNOBS, POLICY_KNOBS, TEMPERATURE, policy_kwargs
-from ..pairs import ROOT, available, load_pair, loaded_pairs, registry
+from ..pairs import ROOT, available, example_answer, load_pair, loaded_pairs, registry
 from ..policies import Policy, make_policy
 from ..protocol import strip_commands
 from ..relay import Limits
@@ -190,6 +190,8 @@ def build_policy(s: Settings) -> Policy:
     """The policy the controls describe. In hosted mode the router comes only from the pair's folder."""
     # the knobs the policy declares (relay_demo/knobs.py), each checked against its range
     values = {k: getattr(s, k) for k in POLICY_KNOBS.get(s.policy, ()) if k != "path"}
+    if s.policy == "student-only":  # the app's one "student alone": calls blocked, as the inspector's
+        return make_policy("student-only", block_calls=True)
     if s.policy == "random-token":  # the sidebar's seed also seeds the policy's own draws
         return make_policy(
             "random-token", **policy_kwargs(s.policy, values), seed=_int("seed", s.seed, 0, 2**31 - 1)
@@ -206,7 +208,7 @@ def build_policy(s: Settings) -> Policy:
         values["path"] = str(folder)
     if s.policy in POLICY_KNOBS:
         return make_policy(s.policy, **policy_kwargs(s.policy, values))
-    return make_policy(s.policy)  # student-only, teacher-only (unknown names: ValueError)
+    return make_policy(s.policy)  # teacher-only (unknown names: ValueError)
 
 
 def build_limits(base: Limits, s: Settings) -> Limits:
@@ -391,7 +393,8 @@ def compare_run(prompt, s: Settings, on_relay_result=None, stopped=None) -> Iter
         yield (*[x for c in columns for x in c], render.note_html(str(e)))
         return
     names = model_names(pair)
-    policies = [make_policy("student-only"), relay_policy, make_policy("teacher-only")]
+    policies = [make_policy("student-only", block_calls=True), relay_policy, make_policy("teacher-only")]
+    gold = example_answer(s.pair, messages[-1]["content"])
     finals: dict[int, dict] = {}  # the finished columns' counters
     for i, policy in enumerate(policies):
         if i and stopped is not None and stopped():  # the column before was stopped
@@ -413,7 +416,7 @@ def compare_run(prompt, s: Settings, on_relay_result=None, stopped=None) -> Iter
                     if snap.stopped
                     else "measured once the teacher-alone column has run"
                 )
-                columns[i][2] = render.answer_html(final_answer(snap.text))
+                columns[i][2] = inspector.verdict_html(final_answer(snap.text), gold)
                 if i == 1 and on_relay_result is not None:
                     user = messages[-1]["content"]
                     on_relay_result(inspector.record(s.pair, pair, snap.result, user, limits.max_tokens))
