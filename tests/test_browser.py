@@ -290,23 +290,23 @@ def fresh_app(repo_dir, tmp_path):
         proc.wait(timeout=30)
 
 
-def test_a_fresh_app_answers_a_pair_chosen_and_sent_at_once(fresh_app):
+def test_a_fresh_app_answers_a_pair_chosen_and_sent_at_once(fresh_app, page):
     # issue 31, finding 1: the pair change's handlers and Send used to import transformers at once
     url, log = fresh_app
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="domcontentloaded")
-        page.wait_for_selector("#prompt textarea", timeout=60_000)
-        _pick(page, "pair", "tiny-random")
-        page.fill("#prompt textarea", "hello")
-        page.click("#send")
+    fresh = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        fresh.goto(url, wait_until="domcontentloaded")
+        fresh.wait_for_selector("#prompt textarea", timeout=60_000)
+        _pick(fresh, "pair", "tiny-random")
+        fresh.fill("#prompt textarea", "hello")
+        fresh.click("#send")
         ended = (
             "#chat-counters :text('finished'), #chat-note .relay-error, :text-is('Error')"  # Gradio's badge
         )
-        page.wait_for_selector(ended, timeout=300_000)
-        page.screenshot(path=str(SHOTS / "fresh-app-first-send.png"), full_page=True)
-        note = page.locator("#chat-note").inner_text()
-        assert page.locator("#chat .relay-student").count() >= 1, (note, log.read_text()[-3000:])
-        assert "Loading pair" not in note and page.get_by_text("Error", exact=True).count() == 0
-        browser.close()
+        fresh.wait_for_selector(ended, timeout=300_000)
+        fresh.screenshot(path=str(SHOTS / "fresh-app-first-send.png"), full_page=True)
+        note = fresh.locator("#chat-note").inner_text()
+        assert fresh.locator("#chat .relay-student").count() >= 1, (note, log.read_text()[-3000:])
+        assert "Loading pair" not in note and fresh.get_by_text("Error", exact=True).count() == 0
+    finally:
+        fresh.close()
