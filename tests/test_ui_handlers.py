@@ -16,6 +16,7 @@ from relay_demo.relay import Limits
 from relay_demo.results import parts as rio
 from relay_demo.ui import explorer_data as x
 from relay_demo.ui import handlers as h
+from relay_demo.ui import pair_info as pi
 from relay_demo.ui import render
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -111,7 +112,7 @@ def test_chat_submit_refuses_bad_input_without_losing_anything(prompt):
 
 
 def test_prompt_over_the_pairs_token_limit_names_the_limit():
-    limit = h.get_limits("tiny-random").max_prompt_tokens
+    limit = pi.get_limits("tiny-random").max_prompt_tokens
     outs = list(h.chat_submit("word " * (limit // 4), [], FAST))  # under the char cap, over the token cap
     assert f"at most {limit:,}" in outs[-1][2]
 
@@ -151,9 +152,9 @@ def test_limits_never_exceed_the_pairs():
 
 
 def test_pairs_default_and_unknown(monkeypatch):
-    assert h.default_pair() == ("tiny-arith" if h.available("tiny-arith")[0] else "tiny-random")
-    assert "Live pair: tiny-random" in h.pair_status("tiny-random")
-    assert [v for _, v in h.pair_choices()][:2] == ["tiny-random", "tiny-arith"]
+    assert pi.default_pair() == ("tiny-arith" if pi.available("tiny-arith")[0] else "tiny-random")
+    assert "Live pair: tiny-random" in pi.pair_status("tiny-random")
+    assert [v for _, v in pi.pair_choices()][:2] == ["tiny-random", "tiny-arith"]
     with pytest.raises(ValueError, match="unknown pair"):
         h.get_pair("../etc/passwd")
 
@@ -490,15 +491,15 @@ def test_each_pair_sets_the_sidebar_defaults_it_was_made_for():
     # baseline pair whose student never writes a command starts on a policy that hands over
     from relay_demo.pairs import registry
 
-    assert h.pair_defaults("qwen2.5-coder-0.5b-1.5b-relay") == {
+    assert pi.pair_defaults("qwen2.5-coder-0.5b-1.5b-relay") == {
         "policy": "learned",
         "max_n": 32,
         "max_tokens": 512,
     }
     for name in ("tiny-arith-base", "tiny-arith-grpo", "qwen2.5-coder-0.5b-1.5b", "tiny-random"):
-        assert h.pair_defaults(name)["policy"] not in ("learned", "student-only")
+        assert pi.pair_defaults(name)["policy"] not in ("learned", "student-only")
     for name in registry():
-        d, lim = h.pair_defaults(name), h.get_limits(name)
+        d, lim = pi.pair_defaults(name), pi.get_limits(name)
         assert (
             d["policy"] in h.POLICY_KNOBS
             and 1 <= d["max_n"] <= lim.max_n
@@ -516,10 +517,10 @@ def test_temperature_has_one_range_from_its_declaration():
 
 def test_the_pair_list_marks_a_pair_that_cannot_run_on_this_backend(monkeypatch):
     monkeypatch.setenv("RELAY_BACKEND", "hf")
-    labels = dict((name, label) for label, name in h.pair_choices())
+    labels = dict((name, label) for label, name in pi.pair_choices())
     assert labels["relayllm-qwen3-1.7b-8b"] == "relayllm-qwen3-1.7b-8b (needs vllm; this app runs hf)"
     assert labels["tiny-random"] == "tiny-random"
-    assert "runs on vllm, not on this app's backend (hf)" in h.pair_status("relayllm-qwen3-1.7b-8b")
+    assert "runs on vllm, not on this app's backend (hf)" in pi.pair_status("relayllm-qwen3-1.7b-8b")
 
 
 def test_compare_student_alone_blocks_calls_and_grades_a_pairs_example():

@@ -10,7 +10,6 @@ out of the handlers.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -18,14 +17,22 @@ from pathlib import Path
 
 from ..backends.base import Sampling
 from ..knobs import KNOBS, POLICY_KNOBS, TEMPERATURE, policy_kwargs
-from ..pairs import ROOT, available, example_answer, load_pair, loaded_pairs, registry
+from ..pairs import example_answer
 from ..policies import Policy, make_policy
 from ..protocol import strip_commands
 from ..relay import Limits
 from . import inspector, render
+from .pair_info import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_POLICY,
+    FALLBACK_PAIR,
+    get_pair,
+    hosted,
+    pair_loaded,
+    router_folder,
+)
 from .stream import AUTO_TIME_PARAMS, generate, prompt_tokens, teacher_alone_keys, time_teacher_alone
 
-DEFAULT_PAIR, FALLBACK_PAIR = "tiny-arith", "tiny-random"
 POLICY_CHOICES = [
     ("learned: the student's own <call>N</call> (paper)", "learned"),
     ("confidence: top-token probability < τ", "confidence"),
@@ -39,106 +46,6 @@ MAX_PROMPT_CHARS = 20_000  # refused before tokenizing: a pasted book must not c
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-def hosted() -> bool:
-    """Hosted mode (a public Space): registered pairs only, no paths from the UI, never remote code."""
-    return os.environ.get("RELAY_HOSTED", "").strip().lower() in ("1", "true", "yes")
-
-
-def backend() -> str:
-    return os.environ.get("RELAY_BACKEND", "hf")
-
-
-# ---------------------------------------------------------------- pairs
-
-
-def default_pair() -> str:
-    """``tiny-arith`` once its trained models are present, else the built-on-the-fly ``tiny-random``."""
-    return DEFAULT_PAIR if available(DEFAULT_PAIR)[0] else FALLBACK_PAIR
-
-
-def pair_choices() -> list[tuple[str, str]]:
-    """(label, name) of every registered pair; a pair that cannot run here says why in its label (models
-    missing, or another backend than this app's); choosing it shows the whole reason in the status line."""
-    out = []
-    for name, spec in registry().items():
-        backends = spec.get("backends", ("hf",))
-        if not available(name)[0]:
-            label = f"{name} (models not present)"
-        elif backend() not in backends:
-            label = f"{name} (needs {' or '.join(backends)}; this app runs {backend()})"
-        else:
-            label = name
-        out.append((label, name))
-    return out
-
-
-def pair_status(name: str) -> str:
-    """One line for the UI: the live pair and its description, or why it cannot run here."""
-    spec = registry().get(name)
-    if spec is None:
-        return f"Unknown pair {name!r}."
-    ok, why = available(name)
-    desc = " ".join(str(spec.get("description", "")).split())
-    if not ok:
-        return f"Pair {name} cannot run here: {why}."
-    if backend() not in spec.get("backends", ("hf",)):
-        return f"Pair {name} runs on {', '.join(spec['backends'])}, not on this app's backend ({backend()})."
-    return f"Live pair: {name} ({backend()}). {desc}"
-
-
-def pair_loaded(name: str) -> bool:
-    return name in loaded_pairs()
-
-
-def get_pair(name: str):
-    """The shared loaded pair (loads once per process, lazily). Unknown or missing pairs, and a load that
-    fails, raise ValueError saying why; a failed load leaves nothing cached: the next request loads again."""
-    if name not in registry():
-        raise ValueError(f"unknown pair {name!r}; registered pairs: {', '.join(registry())}")
-    ok, why = available(name)
-    if not ok:
-        raise ValueError(f"pair {name} cannot run here: {why}")
-    try:
-        return load_pair(name, backend=backend())
-    except Exception as e:  # noqa: BLE001 - whatever broke the load (files, memory, imports): say it, go on
-        first = (str(e).splitlines() or [""])[0][:300]
-        raise ValueError(
-            f"Pair {name} failed to load ({type(e).__name__}: {first}); the next request tries again."
-        ) from e
-
-
-def get_limits(name: str) -> Limits:
-    """A registered pair's limits, read from the registry without loading its models."""
-    spec = registry().get(name)
-    if spec is None:
-        raise ValueError(f"unknown pair {name!r}; registered pairs: {', '.join(registry())}")
-    return Limits(**spec.get("limits", {}))
-
-
-def pair_defaults(name: str) -> dict:
-    """What the sidebar starts with for a pair (``defaults:`` in the registry): a policy that can hand over
-    on it, the span length its student asks for as max N, max tokens enough for its examples to finish;
-    within the pair's limits. A pair without the block gets its limit as max N (a call is never cut short)."""
-    spec, limits = registry().get(name) or {}, get_limits(name)
-    d = spec.get("defaults") or {}
-    policy = d.get("policy", Settings.policy)
-    if policy not in POLICY_KNOBS:
-        raise ValueError(
-            f"pair {name}: defaults.policy {policy!r} is not a policy ({', '.join(POLICY_KNOBS)})"
-        )
-    return {
-        "policy": policy,
-        "max_n": max(1, min(int(d.get("max_n", limits.max_n)), limits.max_n)),
-        "max_tokens": max(1, min(int(d.get("max_tokens", Settings.max_tokens)), limits.max_tokens)),
-    }
-
-
-def router_folder(pair: str) -> Path | None:
-    """The pair's trained router (``results/models/<pair>/router``), or None when there is none."""
-    folder = ROOT / "results" / "models" / pair / "router"
-    return folder if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() else None
-
-
 # ---------------------------------------------------------------- settings
 
 
@@ -147,7 +54,7 @@ class Settings:
     """Everything the controls set. Defaults are what the app starts with."""
 
     pair: str = FALLBACK_PAIR
-    policy: str = "learned"
+    policy: str = DEFAULT_POLICY
     # the policy knobs start at their declared defaults (relay_demo/knobs.py)
     tau: float = KNOBS["tau"].default
     p: float = KNOBS["p"].default
@@ -157,7 +64,7 @@ class Settings:
     call_bias: float = KNOBS["call_bias"].default
     max_n: int = 16
     temperature: float = TEMPERATURE.default
-    max_tokens: int = 128
+    max_tokens: int = DEFAULT_MAX_TOKENS
     seed: int = 0
     router_path: str = ""  # local mode only: a router folder typed by the user
 

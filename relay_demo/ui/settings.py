@@ -12,6 +12,7 @@ import gradio as gr
 
 from ..knobs import KNOBS, POLICY_KNOBS, TEMPERATURE
 from . import handlers as h
+from . import pair_info as pi
 
 # which policy shows which parameter control, from the one declaration of the knobs (relay_demo/knobs.py); a
 # router's folder is a text box, typed in local mode only
@@ -52,15 +53,15 @@ def router_message(pair: str, policy: str, hosted: bool) -> str:
 
 
 def build(hosted: bool) -> Controls:
-    pair = h.default_pair()
-    d = h.Settings(pair=pair, **h.pair_defaults(pair))
-    limits = h.get_limits(pair)
+    pair = pi.default_pair()
+    d = h.Settings(pair=pair, **pi.pair_defaults(pair))
+    limits = pi.get_limits(pair)
     with gr.Sidebar(label="Settings", open=True, width=330):
         gr.Markdown("### Settings")
-        status = gr.Markdown(h.pair_status(pair), elem_id="pair-status")
+        status = gr.Markdown(pi.pair_status(pair), elem_id="pair-status")
         c = {
             "pair": gr.Dropdown(
-                h.pair_choices(), value=pair, label="Pair (student → teacher)", elem_id="pair"
+                pi.pair_choices(), value=pair, label="Pair (student → teacher)", elem_id="pair"
             ),
             "policy": gr.Dropdown(
                 h.POLICY_CHOICES, value=d.policy, label="Policy: who decides to hand over", elem_id="policy"
@@ -119,9 +120,9 @@ def _wire(ctl: Controls, hosted: bool) -> None:
     def on_pair(pair: str):
         # the pair's own defaults: a policy that can hand over on it, its trained span length, its answers'
         # length (a changed policy fires on_policy, which shows that policy's knobs)
-        lim, d = h.get_limits(pair), h.pair_defaults(pair)
+        lim, d = pi.get_limits(pair), pi.pair_defaults(pair)
         return (
-            h.pair_status(pair),
+            pi.pair_status(pair),
             gr.update(value=d["policy"]),
             gr.update(maximum=lim.max_n, value=d["max_n"]),
             gr.update(maximum=lim.max_tokens, value=d["max_tokens"]),
