@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 from .backends.base import Job, Sampling
-from .protocol import OPEN, single_token_id
+from .protocol import block_calls_bias
 
 ENDED = {
     "n": "N reached",
@@ -96,12 +96,11 @@ def student_alone(
             return _CACHE[key]
     student = pair.student
     n = min(n, max(1, getattr(student, "max_model_len", len(context) + n) - len(context)))
-    call_id = single_token_id(student.tokenizer, OPEN)
     job = Job(
         student.session(context),
         n,
         Sampling(temperature=0.0, seed=0),
-        logit_bias={call_id: -100.0} if call_id is not None else None,
+        logit_bias=block_calls_bias(student.tokenizer),
     )
     ids: list[int] = []
     finish = "length"

@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .knobs import add_cli_flags
+    from .knobs import TEMPERATURE, add_cli_flags
     from .pairs import PAIRS
     from .policies import POLICIES
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-n", type=int, default=None, help="cap on tokens per call (default: the pair's)")
     g.add_argument("--max-calls", type=int, default=None)
     g.add_argument("--max-wall-s", type=float, default=None)
-    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--temperature", type=float, default=TEMPERATURE.default, help="0 = greedy; at most 2")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     add_cli_flags(g)  # the policy knobs, declared once (relay_demo/knobs.py)
@@ -93,6 +93,7 @@ def generate(a) -> int:
     from dataclasses import replace
 
     from .backends.base import Sampling
+    from .knobs import TEMPERATURE
     from .pairs import load_pair
     from .protocol import visible
     from .relay import relay_stream, validate_prompt
@@ -100,7 +101,7 @@ def generate(a) -> int:
     prompt = a.prompt if a.prompt is not None else read_prompt(a.prompt_file)
     validate_prompt(prompt)
     policy = policy_from_args(a)
-    sampling = Sampling(temperature=a.temperature, top_p=a.top_p, seed=a.seed)
+    sampling = Sampling(temperature=TEMPERATURE.check(a.temperature), top_p=a.top_p, seed=a.seed)
     if a.backend == "vllm":
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     pair = load_pair(a.pair, backend=a.backend, **pair_kwargs(a))

@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from . import ROOT
-from .backends.base import ModelEngine
+from .backends.base import ModelEngine, import_transformers
 from .relay import Limits
 
 BACKENDS = ("hf", "vllm")
@@ -234,6 +234,7 @@ def load_pair(
     remote_kw = {"tokenizer": tokenizer} | ({"read_timeout_s": remote_timeout_s} if remote_timeout_s else {})
     # another dtype, cache size or server is another pair
     key = (name, backend, repr(sorted({**engine_kw, **urls, **remote_kw}.items())))
+    import_transformers()  # before any engine module: two threads' first imports of it collide
     with _load_lock:
         if key in _loaded and not fresh:
             return _loaded[key]

@@ -14,7 +14,7 @@ name                hands over when                             backends
 ``interval``        every ``every`` student tokens (forced)     hf, vllm
 ``router``          a CITER-style MLP on the student's last     hf only: vLLM does not return per-token
                     hidden state scores above ``threshold``     hidden states
-``student-only``    never (commands are written but ignored)    hf, vllm
+``student-only``    never (commands ignored, or blocked)        hf, vllm
 ``teacher-only``    the teacher writes the whole answer         hf, vllm
 ==================  =========================================  =========================================
 """
@@ -98,7 +98,14 @@ class Learned(Policy):
 
 
 class StudentOnly(Policy):
+    """No handoff. ``block_calls``: the student cannot write ``<call>`` either (protocol.block_calls_bias),
+    so its answer is what it writes alone (the app's "student alone"); without it a command is written and
+    ignored (the GRPO-only baseline trains so)."""
+
     name = "student-only"
+
+    def __init__(self, block_calls: bool = False):
+        self.block_calls = bool(block_calls)
 
 
 class TeacherOnly(Policy):

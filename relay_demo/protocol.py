@@ -48,6 +48,15 @@ class Command:
     valid: bool  # False when BODY was not a plain non-negative integer
     body: str
 
+    @property
+    def asked(self) -> int:
+        """N as the student wrote it, before the clamp to ``max_n`` (a call's record keeps both, so a capped
+        call shows as one); an invalid body asks for the default N it gets. At least 1, at most 10**9."""
+        if not self.valid:
+            return self.n
+        digits = self.body.strip(" \t\r\n\f\v").lstrip("0")
+        return max(1, int(digits) if len(digits) <= 9 else 10**9)
+
 
 def default_n(max_n: int) -> int:
     return max(1, min(DEFAULT_N, max_n))
@@ -134,3 +143,12 @@ def single_token_id(tokenizer, text: str) -> int | None:
     token of a student trained with the command tokens: what a logit bias on it needs)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids[0] if len(ids) == 1 else None
+
+
+def block_calls_bias(tokenizer) -> dict[int, float] | None:
+    """The logit bias that keeps a student from calling: -100 on ``<call>`` where it is one token (a student
+    trained with it); None where it is not (an untrained student writes a command only as plain text, which is
+    what it would write alone). The one definition of "the student alone", for the relay's calls-blocked
+    student-only policy and the call inspector's counterfactual."""
+    call_id = single_token_id(tokenizer, OPEN)
+    return None if call_id is None else {call_id: -100.0}

@@ -130,6 +130,64 @@ def test_empty_prompt_shows_a_message(page):
     page.locator("#chat-note").screenshot(path=str(SHOTS / "empty-prompt.png"))
 
 
+def test_stop_is_a_normal_end(page):
+    # issue 31, finding 3: Stop used to cancel the event (Gradio's red "Error" badges, counters lost). Another
+    # request holds the pair here, so Stop lands while this one waits, whatever the machine's speed.
+    from relay_demo.ui import handlers as h
+
+    pair = h.get_pair("tiny-random")
+    _pick(page, "pair", "tiny-random")
+    answers = page.locator("#chat [data-turn]").count()
+    with pair.lock:
+        page.fill("#prompt textarea", "hello")
+        page.click("#send")
+        page.wait_for_selector("#chat-note :text('Waiting for the model')", timeout=30_000)
+        page.click("#stop")
+        page.wait_for_selector("#chat-note :text('Stopped before the model was free')", timeout=30_000)
+    assert page.get_by_text("Error", exact=True).count() == 0
+    assert page.locator("#chat [data-turn]").count() == answers  # nothing written, nothing added
+    assert page.locator("#prompt textarea").input_value() == "hello"  # the prompt is back in the box
+    page.locator("#chat-note").screenshot(path=str(SHOTS / "stopped-while-waiting.png"))
+    page.click("#send")  # the next Send is not stopped by that press
+    page.wait_for_selector("#chat-counters :text('finished')", timeout=30_000)
+    assert "stopped" not in page.locator("#chat-counters").inner_text()
+    page.click("#clear")  # the tests after this one start a conversation of their own
+
+
+def test_choosing_a_pair_sets_its_own_defaults(page):
+    # issue 31, findings 6 and 9: the trained pair's span length and answer length, a baseline pair's policy
+    _pick(page, "pair", "qwen2.5-coder-0.5b-1.5b-relay")
+    page.wait_for_function(
+        "document.querySelector('#max-n input[type=number]').value === '32'", timeout=30_000
+    )
+    assert page.locator("#max-tokens input[type=number]").input_value() == "512"
+    assert page.locator("#policy input").input_value().startswith("learned")
+    _pick(page, "pair", "tiny-arith-base")
+    page.wait_for_selector("#param-tau", state="visible", timeout=30_000)  # the confidence policy's knob
+    assert page.locator("#policy input").input_value().startswith("confidence")
+    assert page.locator("#max-n input[type=number]").input_value() == "16"
+    page.click("#pair input")
+    assert (
+        page.get_by_role("option", name="relayllm-qwen3-1.7b-8b (needs vllm; this app runs hf)").count() == 1
+    )
+    page.get_by_role("option", name="tiny-random").first.click()
+    page.wait_for_selector("#param-every", state="visible", timeout=30_000)  # random weights: interval
+    page.locator("#pair-status").screenshot(path=str(SHOTS / "pair-defaults.png"))
+
+
+def test_on_a_phone_the_sidebar_starts_folded(app, page):
+    # issue 31, finding 9: at 390 px the open sidebar covered the page on load
+    phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        phone.goto(app, wait_until="domcontentloaded")
+        phone.wait_for_selector("#prompt textarea", timeout=30_000)
+        folded = "!document.querySelector('.sidebar').classList.contains('open')"
+        phone.wait_for_function(folded, timeout=30_000)
+        phone.screenshot(path=str(SHOTS / "phone-on-load.png"))
+    finally:
+        phone.close()
+
+
 def test_compare_tab(page):
     page.get_by_role("tab", name="Compare").click()
     page.fill("#compare-prompt textarea", "What is 12 * 3?")
@@ -240,3 +298,62 @@ def test_playground_shows_the_pairs_own_examples_and_warns_off_task(page):
     _pick(page, "pair", "tiny-random")
     page.wait_for_selector("#chat-purpose :text('Random untrained')", timeout=15_000)
     assert "Dan has 83 eggs" not in page.locator("#chat-examples").inner_text()
+
+
+@pytest.fixture
+def fresh_app(repo_dir, tmp_path):
+    """``python app.py`` in a process of its own: nothing imported or loaded before the first click."""
+    import contextlib
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    log_path = tmp_path / "app.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=repo_dir, env=env, stdout=log, stderr=log)
+    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 600  # imports on a loaded machine
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):  # returns at once if the app died
+                proc.wait(timeout=1)
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        yield url, log_path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_fresh_app_answers_a_pair_chosen_and_sent_at_once(fresh_app, page):
+    # issue 31, finding 1: the pair change's handlers and Send used to import transformers at once
+    url, log = fresh_app
+    fresh = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        fresh.goto(url, wait_until="domcontentloaded")
+        fresh.wait_for_selector("#prompt textarea", timeout=60_000)
+        _pick(fresh, "pair", "tiny-random")
+        fresh.fill("#prompt textarea", "hello")
+        fresh.click("#send")
+        ended = (
+            "#chat-counters :text('finished'), #chat-note .relay-error, :text-is('Error')"  # Gradio's badge
+        )
+        fresh.wait_for_selector(ended, timeout=300_000)
+        fresh.screenshot(path=str(SHOTS / "fresh-app-first-send.png"), full_page=True)
+        note = fresh.locator("#chat-note").inner_text()
+        assert fresh.locator("#chat .relay-student").count() >= 1, (note, log.read_text()[-3000:])
+        assert "Loading pair" not in note and fresh.get_by_text("Error", exact=True).count() == 0
+    finally:
+        fresh.close()

@@ -141,6 +141,7 @@ def test_streaming_prints_the_text_and_a_summary(capsys):
         (["--pair", "tiny-random", "--prompt", "x", "--max-new-tokens", "0"], "max_tokens"),
         (["--pair", "tiny-random", "--prompt", "x", "--max-n", "-3"], "max_n"),
         (["--pair", "tiny-random", "--prompt", "x", "--temperature", "-1"], "temperature"),
+        (["--pair", "tiny-random", "--prompt", "x", "--temperature", "3"], "temperature must be in [0, 2]"),
         (
             ["--pair", "tiny-random", "--prompt", "x", "--policy", "router", "--router", "/nonexistent"],
             "no router",

@@ -72,3 +72,19 @@ def test_model_text_is_escaped_and_known_answers_graded():
     assert "<b>x" not in html
     right, wrong = html.index("relay-right"), html.index("relay-wrong")
     assert right < wrong  # with the call: 534, right; without it: 12, wrong
+
+
+def test_a_capped_command_shows_the_n_written_and_the_n_granted():
+    # issue 31, finding 6: <call>32</call> under max N 16 was shown as "asked 16", with no cap
+    from relay_demo.protocol import find_command
+
+    cmd = find_command("so <call>32</call>", 16)
+    assert (cmd.n, cmd.asked) == (16, 32)
+    assert (
+        find_command("<call>x</call>", 16).asked == find_command("<call>x</call>", 16).n
+    )  # invalid: default
+    assert find_command("<call>" + "9" * 40 + "</call>", 16).asked == 10**9
+    c = {"index": 0, "trigger": "command", "detail": "the student wrote <call>32</call>", "asked": cmd.asked}
+    c |= {"at": 1, "start": 2, "granted": 16, "written": 16, "ended": "n", "teacher_s": 0.1, "prefill": 3}
+    rec = {"pair": "tiny-arith", "calls": [c], "spans": []}
+    assert "N written 32 · granted 16 (capped) · written 16" in inspector.call_html(rec, 0, alone="")

@@ -6,6 +6,9 @@ count differs from the loading thread's, unless the engine gives it that count."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -50,3 +53,36 @@ def test_a_caller_that_holds_the_lock_can_still_call_the_library():
     pair = load_pair("tiny-random", "hf")
     with pair.lock:  # as the app and the server do around their own loops
         assert relay(pair, "hi", make_policy("student-only"), limits=Limits(max_tokens=4)).finish_reason
+
+
+FRESH_LOADS = """
+import threading, traceback
+from relay_demo.pairs import load_pair, param_counts
+
+start = threading.Barrier(3)
+errors = []
+
+def run(f, name):
+    start.wait()
+    try:
+        f(name)
+    except BaseException:
+        errors.append(traceback.format_exc())
+
+# two pairs loading and a third pair's sizes counted (the About tab on a pair change), all at once
+jobs = [(load_pair, "tiny-random"), (load_pair, "tiny-arith"), (param_counts, "tiny-arith-base")]
+threads = [threading.Thread(target=run, args=job) for job in jobs]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("".join(errors) or "all loaded")
+"""
+
+
+def test_a_fresh_process_loads_pairs_from_threads_at_once(repo_dir):
+    # a fresh interpreter: nothing imported yet, as in a freshly started app (issue 31, finding 1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-c", FRESH_LOADS]
+    run = subprocess.run(cmd, cwd=repo_dir, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip().endswith("all loaded"), run.stdout + run.stderr[-3000:]

@@ -16,6 +16,7 @@ from relay_demo.relay import Limits
 from relay_demo.results import parts as rio
 from relay_demo.ui import explorer_data as x
 from relay_demo.ui import handlers as h
+from relay_demo.ui import pair_info as pi
 from relay_demo.ui import render
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -111,7 +112,7 @@ def test_chat_submit_refuses_bad_input_without_losing_anything(prompt):
 
 
 def test_prompt_over_the_pairs_token_limit_names_the_limit():
-    limit = h.get_limits("tiny-random").max_prompt_tokens
+    limit = pi.get_limits("tiny-random").max_prompt_tokens
     outs = list(h.chat_submit("word " * (limit // 4), [], FAST))  # under the char cap, over the token cap
     assert f"at most {limit:,}" in outs[-1][2]
 
@@ -151,9 +152,9 @@ def test_limits_never_exceed_the_pairs():
 
 
 def test_pairs_default_and_unknown(monkeypatch):
-    assert h.default_pair() == ("tiny-arith" if h.available("tiny-arith")[0] else "tiny-random")
-    assert "Live pair: tiny-random" in h.pair_status("tiny-random")
-    assert [v for _, v in h.pair_choices()][:2] == ["tiny-random", "tiny-arith"]
+    assert pi.default_pair() == ("tiny-arith" if pi.available("tiny-arith")[0] else "tiny-random")
+    assert "Live pair: tiny-random" in pi.pair_status("tiny-random")
+    assert [v for _, v in pi.pair_choices()][:2] == ["tiny-random", "tiny-arith"]
     with pytest.raises(ValueError, match="unknown pair"):
         h.get_pair("../etc/passwd")
 
@@ -489,3 +490,128 @@ def test_explorer_shows_error_bars_and_intervals(results):
     row = v.table[v.table["method"] == "relay"].iloc[0]
     assert row["accuracy 95%"] == "[31.3, 83.2]"  # Wilson's for 6 of 10
     assert row["APGR 95%"] == "" or row["APGR 95%"].startswith("[")
+
+
+def test_a_pair_that_fails_to_load_says_why_and_the_next_request_loads_it(tmp_path, monkeypatch):
+    # a registered pair whose models are here but whose student's weights are broken (issue 31, finding 1)
+    import shutil
+
+    from relay_demo.pairs import build_tiny_random, unload_pairs
+
+    tiny = build_tiny_random()
+    student, teacher = tmp_path / "qwen2.5-coder-0.5b-instruct", tmp_path / "qwen2.5-coder-1.5b-instruct"
+    shutil.copytree(tiny / "student", student)
+    shutil.copytree(tiny / "teacher", teacher)
+    weights = student / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"not a safetensors file")
+    monkeypatch.setenv("RELAY_QWEN_DIR", str(tmp_path))
+    s = h.Settings(pair="qwen2.5-coder-0.5b-1.5b", policy="student-only", max_tokens=4)
+    try:
+        *_, (chat, _, note, turns, box) = list(h.chat_submit("hello", [], s))
+        assert "failed to load" in note and "next request tries again" in note
+        assert turns == [] and box == "hello"  # nothing lost: the prompt stays in the box
+        weights.write_bytes(good)  # the cause fixed: the next request loads the pair
+        *_, (chat, counters, note, turns, box) = list(h.chat_submit("hello", [], s))
+        assert note == "" and len(turns) == 1 and "finished" in counters
+    finally:
+        unload_pairs(["qwen2.5-coder-0.5b-1.5b"])
+
+
+def test_stop_ends_the_answer_as_stopped_with_its_counters():
+    # issue 31, finding 3: Stop is a normal end (pressed before the first token: the worker ends the row at
+    # its first span, so the answer is partial whatever the machine's speed)
+    from relay_demo.ui.stream import StopButton
+
+    button = StopButton()
+    stopped = button.start()
+    button.press()
+    s = h.Settings(pair="tiny-random", policy="interval", every=2, n=2, max_tokens=256, temperature=0.0)
+    *_, (chat, counters, note, turns, box) = list(h.chat_submit("hello", [], s, stopped))
+    assert note == "" and box == "" and len(turns) == 1  # the partial answer is kept
+    assert 1 <= sum(x["tokens"] for x in turns[0]["spans"]) < 256
+    assert "<b>stopped</b><span>finished</span>" in counters and "(est.)" not in counters
+    assert turns[0]["inspect"]["token_ids"] and "not measured: the answer was stopped" in counters
+    # the next answer is not stopped by the earlier press
+    *_, (_, counters, _, turns, _) = list(h.chat_submit("hello", turns, s, button.start()))
+    assert "<b>stopped</b>" not in counters and len(turns) == 2
+
+
+def test_stop_while_waiting_for_the_pair_writes_nothing_and_says_so():
+    from relay_demo.ui.stream import StopButton
+
+    pair, button = h.get_pair("tiny-random"), StopButton()
+    pair.lock.acquire()  # another user's generation holds the pair
+    try:
+        gen = h.chat_submit("hello", [], FAST, button.start())
+        while "Waiting for the model" not in next(gen)[2]:
+            pass
+        button.press()
+        *_, (chat, counters, note, turns, box) = list(gen)
+    finally:
+        pair.lock.release()
+    assert "Stopped before the model was free" in note and turns == [] and box == "hello"
+
+
+def test_compare_stop_ends_the_running_column_and_skips_the_rest():
+    from relay_demo.ui.stream import StopButton
+
+    button = StopButton()
+    stopped = button.start()
+    button.press()
+    *_, last = list(h.compare_run("hello", FAST, stopped=stopped))
+    assert "<b>stopped</b><span>finished</span>" in last[1]  # the student column, partial, exact counters
+    assert "Not run: stopped." in last[3] and "Not run: stopped." in last[6]
+
+
+def test_each_pair_sets_the_sidebar_defaults_it_was_made_for():
+    # issue 31, findings 6 and 9: the trained Qwen student asks <call>32</call> and needs ~512 tokens; a
+    # baseline pair whose student never writes a command starts on a policy that hands over
+    from relay_demo.pairs import registry
+
+    assert pi.pair_defaults("qwen2.5-coder-0.5b-1.5b-relay") == {
+        "policy": "learned",
+        "max_n": 32,
+        "max_tokens": 512,
+    }
+    for name in ("tiny-arith-base", "tiny-arith-grpo", "qwen2.5-coder-0.5b-1.5b", "tiny-random"):
+        assert pi.pair_defaults(name)["policy"] not in ("learned", "student-only")
+    for name in registry():
+        d, lim = pi.pair_defaults(name), pi.get_limits(name)
+        assert (
+            d["policy"] in h.POLICY_KNOBS
+            and 1 <= d["max_n"] <= lim.max_n
+            and d["max_tokens"] <= lim.max_tokens
+        )
+
+
+def test_temperature_has_one_range_from_its_declaration():
+    from relay_demo.knobs import TEMPERATURE
+
+    assert h.build_sampling(h.Settings(temperature=TEMPERATURE.hi)).temperature == TEMPERATURE.hi
+    with pytest.raises(ValueError, match=r"temperature must be in \[0, 2\]"):
+        h.build_sampling(h.Settings(temperature=5))
+
+
+def test_the_pair_list_marks_a_pair_that_cannot_run_on_this_backend(monkeypatch):
+    monkeypatch.setenv("RELAY_BACKEND", "hf")
+    labels = dict((name, label) for label, name in pi.pair_choices())
+    assert labels["relayllm-qwen3-1.7b-8b"] == "relayllm-qwen3-1.7b-8b (needs vllm; this app runs hf)"
+    assert labels["tiny-random"] == "tiny-random"
+    assert "runs on vllm, not on this app's backend (hf)" in pi.pair_status("relayllm-qwen3-1.7b-8b")
+
+
+def test_compare_student_alone_blocks_calls_and_grades_a_pairs_example():
+    # issue 31, finding 7: the trained tiny-arith student alone printed raw <call>2</call> commands
+    from relay_demo.pairs import examples
+
+    s = h.Settings(pair="tiny-arith", policy="learned", max_tokens=64, temperature=0.0)
+    *_, last = list(h.compare_run(examples("tiny-arith")[0], s))
+    student_trace, student_answer = last[0], last[2]
+    assert "&lt;call&gt;" not in student_trace and "relay-command" not in student_trace
+    assert "expected 534" in student_answer and (
+        "relay-right" in student_answer or "relay-wrong" in student_answer
+    )
+    assert "expected 534" in last[8]  # the teacher's column too
+    policy = h.build_policy(h.Settings(policy="student-only"))
+    assert policy.block_calls  # the Playground's student-only is the same "student alone"

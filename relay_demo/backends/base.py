@@ -23,6 +23,7 @@ Contract (relied on by the relay loop and tested for both backends):
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,8 +84,30 @@ def _chat_template_ids(tokenizer, messages: list[dict], chat_kwargs: dict) -> li
     return ids
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_transformers() -> None:
+    """Import transformers, and the names this project takes from it, one thread at a time. Its first
+    import is not thread-safe: a thread that takes a name from it while another thread is still importing it
+    gets ``ImportError: cannot import name ...`` (a fresh app: the About tab counting a pair's parameters
+    while Send loads a pair). The names are lazy submodules that import each other, so they are resolved here
+    too. Every path that first touches transformers in a server thread (``pairs.load_pair``,
+    :func:`count_params`) calls this first; once it has run, it costs a lock and a dict lookup."""
+    with _IMPORT_LOCK:
+        from transformers import (  # noqa: F401
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            DynamicCache,
+            GenerationConfig,
+            PreTrainedTokenizerFast,
+        )
+
+
 def count_params(path: str) -> int:
     """Exact parameter count from the config alone: build the model on the meta device (no memory)."""
+    import_transformers()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 

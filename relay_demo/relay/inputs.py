@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..backends.base import chat_ids
 from ..policies import Policy
-from ..protocol import OPEN, single_token_id
+from ..protocol import OPEN, block_calls_bias, single_token_id
 from .result import Limits
 
 
@@ -54,6 +54,8 @@ def check_policy(pair, policy: Policy) -> dict[int, float] | None:
     have = getattr(getattr(getattr(pair.student, "model", None), "config", None), "hidden_size", None)
     if want is not None and isinstance(have, int) and want != have:
         raise ValueError(f"the router was trained on hidden states of size {want}; this student's are {have}")
+    if getattr(policy, "block_calls", False):
+        return block_calls_bias(pair.student.tokenizer)
     if not getattr(policy, "call_bias", 0.0):
         return None
     call_id = single_token_id(pair.student.tokenizer, OPEN)

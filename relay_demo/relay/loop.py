@@ -209,7 +209,7 @@ class RelayBatch:
         if honoured:
             row.student.cmd = (first, cmd)
             written = f"the student wrote {seg.text[cmd.start : cmd.end]}"
-            acct.call_log.append(Call(acct.calls, "command", written, cmd.n, at=at))
+            acct.call_log.append(Call(acct.calls, "command", written, cmd.asked, at=at))
             row.hand_over(cmd.n, self.limits.max_n)
 
     def _stream(self, row: Row, source: str, tids: list[int], text: str, call=None) -> Iterator[Event]:

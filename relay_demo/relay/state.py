@@ -163,6 +163,8 @@ class Row:
         honour, triggers = policy.honours_commands and may_call, policy.uses_trigger and may_call
         # never inside an open command: the bias would make the student write <call><call>...
         bias = call_bias if honour and open_command(self.student.seg.text) is None else None
+        if getattr(policy, "block_calls", False):  # student-only with calls blocked: at every token
+            bias = call_bias
         return Job(
             self.student.session,
             self.remaining,

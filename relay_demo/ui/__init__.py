@@ -19,6 +19,14 @@ from .render import CSS
 # keep one generating while the next one prepares; up to 32 events wait, later ones get "queue full".
 QUEUE = {"default_concurrency_limit": 2, "max_size": 32}
 DEFAULT_RESULTS = ROOT / "results"
+# The settings sidebar starts open (a desktop wants it); on a phone it would cover the page, so it folds there
+# once the page has loaded, through Gradio's own toggle (the user can open it again).
+FOLD_SIDEBAR_ON_PHONE = """() => {
+  if (window.innerWidth >= 768) return;
+  const bar = document.querySelector('.sidebar');
+  const toggle = document.querySelector('[aria-label="Toggle Sidebar"]');
+  if (bar && toggle && bar.classList.contains('open')) toggle.click();
+}"""
 
 
 def launch_options() -> dict:
@@ -48,4 +56,5 @@ def build_demo(results_dir: str | Path | None = None, *, hosted: bool | None = N
             compare.build(ctl, hosted)
             explorer.build(results)
             about.build(results, ctl.components["pair"])
+        demo.load(None, js=FOLD_SIDEBAR_ON_PHONE)
     return demo

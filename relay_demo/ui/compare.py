@@ -7,6 +7,7 @@ import gradio as gr
 from . import handlers as h
 from . import inspector, pair_examples, render
 from .settings import Controls
+from .stream import StopButton
 
 TITLES = {
     "student-only": "Student alone",
@@ -47,14 +48,16 @@ def build(ctl: Controls, hosted: bool) -> None:
                     answer = gr.HTML("", js_on_load=None, elem_id=f"cmp-{side}-answer")
                     outputs += [trace, counters, answer]
         record = gr.State(None)  # the relay column's finished answer, for the call inspector
+        stopper = gr.State(StopButton)  # per user: Stop ends the running column as "stopped"
         with gr.Accordion("Call inspector (relay column)", open=True):
             inspector.build(relay_trace, lambda rec, _turn: rec, record, "compare", h.get_pair)
 
-    def compare(prompt_text, *values):
+    def compare(prompt_text, button, *values):
         settings = h.Settings.from_ui(hosted, *values)
         off_task = pair_examples.hint(settings.pair, prompt_text)
         got: list = [None]
-        for out in h.compare_run(prompt_text, settings, on_relay_result=lambda rec: got.__setitem__(0, rec)):
+        keep = lambda rec: got.__setitem__(0, rec)  # noqa: E731
+        for out in h.compare_run(prompt_text, settings, on_relay_result=keep, stopped=button.start()):
             # the last output is the note: an off-task hint shows there unless an error does
             out = (*out[:-1], render.note_html(off_task, "info")) if off_task and not out[-1] else out
             yield (*out, got[0])
@@ -62,6 +65,8 @@ def build(ctl: Controls, hosted: bool) -> None:
     # "minimal": the streamed text is the progress; Gradio's full overlay would hide it
     common = {"concurrency_id": "relay", "show_progress": "minimal"}
     outs = [*outputs, note, record]
-    ev = run.click(compare, [prompt, *ctl.inputs], outs, api_name="compare", **common)
-    ev2 = prompt.submit(compare, [prompt, *ctl.inputs], outs, api_visibility="private", **common)
-    stop.click(None, None, None, cancels=[ev, ev2], queue=False)
+    inputs = [prompt, stopper, *ctl.inputs]
+    run.click(compare, inputs, outs, api_name="compare", **common)
+    prompt.submit(compare, inputs, outs, api_visibility="private", **common)
+    # not cancels=: the running column ends as "stopped", with its counters (stream.StopButton)
+    stop.click(StopButton.press, stopper, None, queue=False, api_visibility="private")

@@ -10,22 +10,29 @@ out of the handlers.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..backends.base import Sampling
-from ..knobs import KNOBS, POLICY_KNOBS, policy_kwargs
-from ..pairs import ROOT, available, load_pair, registry
+from ..knobs import KNOBS, POLICY_KNOBS, TEMPERATURE, policy_kwargs
+from ..pairs import example_answer
 from ..policies import Policy, make_policy
 from ..protocol import strip_commands
 from ..relay import Limits
 from . import inspector, render
+from .pair_info import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_POLICY,
+    FALLBACK_PAIR,
+    get_pair,
+    hosted,
+    pair_loaded,
+    router_folder,
+)
 from .stream import AUTO_TIME_PARAMS, generate, prompt_tokens, teacher_alone_keys, time_teacher_alone
 
-DEFAULT_PAIR, FALLBACK_PAIR = "tiny-arith", "tiny-random"
 POLICY_CHOICES = [
     ("learned: the student's own <call>N</call> (paper)", "learned"),
     ("confidence: top-token probability < τ", "confidence"),
@@ -39,81 +46,6 @@ MAX_PROMPT_CHARS = 20_000  # refused before tokenizing: a pasted book must not c
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-def hosted() -> bool:
-    """Hosted mode (a public Space): registered pairs only, no paths from the UI, never remote code."""
-    return os.environ.get("RELAY_HOSTED", "").strip().lower() in ("1", "true", "yes")
-
-
-def backend() -> str:
-    return os.environ.get("RELAY_BACKEND", "hf")
-
-
-# ---------------------------------------------------------------- pairs
-
-
-def default_pair() -> str:
-    """``tiny-arith`` once its trained models are present, else the built-on-the-fly ``tiny-random``."""
-    return DEFAULT_PAIR if available(DEFAULT_PAIR)[0] else FALLBACK_PAIR
-
-
-def pair_choices() -> list[tuple[str, str]]:
-    """(label, name) of every registered pair; pairs whose models are missing say so in the label."""
-    out = []
-    for name in registry():
-        ok, _ = available(name)
-        out.append((name if ok else f"{name} (models not present)", name))
-    return out
-
-
-def pair_status(name: str) -> str:
-    """One line for the UI: the live pair and its description, or why it cannot run here."""
-    spec = registry().get(name)
-    if spec is None:
-        return f"Unknown pair {name!r}."
-    ok, why = available(name)
-    desc = " ".join(str(spec.get("description", "")).split())
-    if not ok:
-        return f"Pair {name} cannot run here: {why}."
-    if backend() not in spec.get("backends", ("hf",)):
-        return f"Pair {name} runs on {', '.join(spec['backends'])}, not on this app's backend ({backend()})."
-    return f"Live pair: {name} ({backend()}). {desc}"
-
-
-_LOADED: set[tuple[str, str]] = (
-    set()
-)  # (pair, backend) already loaded in this process (pairs.load_pair caches)
-
-
-def pair_loaded(name: str) -> bool:
-    return (name, backend()) in _LOADED
-
-
-def get_pair(name: str):
-    """The shared loaded pair (loads once per process, lazily). Unknown or missing pairs raise ValueError."""
-    if name not in registry():
-        raise ValueError(f"unknown pair {name!r}; registered pairs: {', '.join(registry())}")
-    ok, why = available(name)
-    if not ok:
-        raise ValueError(f"pair {name} cannot run here: {why}")
-    pair = load_pair(name, backend=backend())
-    _LOADED.add((name, backend()))
-    return pair
-
-
-def get_limits(name: str) -> Limits:
-    """A registered pair's limits, read from the registry without loading its models."""
-    spec = registry().get(name)
-    if spec is None:
-        raise ValueError(f"unknown pair {name!r}; registered pairs: {', '.join(registry())}")
-    return Limits(**spec.get("limits", {}))
-
-
-def router_folder(pair: str) -> Path | None:
-    """The pair's trained router (``results/models/<pair>/router``), or None when there is none."""
-    folder = ROOT / "results" / "models" / pair / "router"
-    return folder if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() else None
-
-
 # ---------------------------------------------------------------- settings
 
 
@@ -122,7 +54,7 @@ class Settings:
     """Everything the controls set. Defaults are what the app starts with."""
 
     pair: str = FALLBACK_PAIR
-    policy: str = "learned"
+    policy: str = DEFAULT_POLICY
     # the policy knobs start at their declared defaults (relay_demo/knobs.py)
     tau: float = KNOBS["tau"].default
     p: float = KNOBS["p"].default
@@ -131,8 +63,8 @@ class Settings:
     threshold: float = KNOBS["threshold"].default
     call_bias: float = KNOBS["call_bias"].default
     max_n: int = 16
-    temperature: float = 0.7
-    max_tokens: int = 128
+    temperature: float = TEMPERATURE.default
+    max_tokens: int = DEFAULT_MAX_TOKENS
     seed: int = 0
     router_path: str = ""  # local mode only: a router folder typed by the user
 
@@ -165,6 +97,8 @@ def build_policy(s: Settings) -> Policy:
     """The policy the controls describe. In hosted mode the router comes only from the pair's folder."""
     # the knobs the policy declares (relay_demo/knobs.py), each checked against its range
     values = {k: getattr(s, k) for k in POLICY_KNOBS.get(s.policy, ()) if k != "path"}
+    if s.policy == "student-only":  # the app's one "student alone": calls blocked, as the inspector's
+        return make_policy("student-only", block_calls=True)
     if s.policy == "random-token":  # the sidebar's seed also seeds the policy's own draws
         return make_policy(
             "random-token", **policy_kwargs(s.policy, values), seed=_int("seed", s.seed, 0, 2**31 - 1)
@@ -181,7 +115,7 @@ def build_policy(s: Settings) -> Policy:
         values["path"] = str(folder)
     if s.policy in POLICY_KNOBS:
         return make_policy(s.policy, **policy_kwargs(s.policy, values))
-    return make_policy(s.policy)  # student-only, teacher-only (unknown names: ValueError)
+    return make_policy(s.policy)  # teacher-only (unknown names: ValueError)
 
 
 def build_limits(base: Limits, s: Settings) -> Limits:
@@ -192,10 +126,7 @@ def build_limits(base: Limits, s: Settings) -> Limits:
 
 
 def build_sampling(s: Settings) -> Sampling:
-    t = float(s.temperature)
-    if not 0 <= t <= 5:
-        raise ValueError(f"temperature must be between 0 and 5, got {t}")
-    return Sampling(temperature=t, seed=_int("seed", s.seed, 0, 2**31 - 1))
+    return Sampling(temperature=TEMPERATURE.check(s.temperature), seed=_int("seed", s.seed, 0, 2**31 - 1))
 
 
 def clean_prompt(text) -> str:
@@ -260,11 +191,12 @@ def prepare(prompt, turns: list[dict], s: Settings):
 
 
 def chat_submit(
-    prompt, turns: list[dict] | None, s: Settings
+    prompt, turns: list[dict] | None, s: Settings, stopped=None
 ) -> Iterator[tuple[str, str, str, list[dict], str]]:
     """Playground: stream one answer. Yields (chat html, counters html, note html, turns, prompt box value).
 
     On bad input the conversation is unchanged, the prompt stays in the box and the note says why.
+    ``stopped``: polled; once true the answer ends as "stopped" (``stream.StopButton``), its text kept.
     """
     turns = list(turns or [])
     try:
@@ -291,12 +223,20 @@ def chat_submit(
     }
     shown = [*turns, turn]  # the state holds the partial answer too, so Stop keeps what was written
     snap = None
-    for snap in generate(pair, messages, policy, limits, sampling):
+    for snap in generate(pair, messages, policy, limits, sampling, stopped):
+        if snap.stopped and snap.result is None:  # stopped while waiting for the pair: nothing was written
+            note = render.note_html("Stopped before the model was free: nothing was written.", "info")
+            yield render.chat_html(turns), render.counters_html({}), note, turns, prompt
+            return
         turn.update(spans=[dict(x) for x in snap.spans], text=snap.text)
         if snap.result is not None:  # what the call inspector reads when a span of this answer is clicked
             user = messages[-1]["content"]
             turn["inspect"] = inspector.record(s.pair, pair, snap.result, user, limits.max_tokens)
-            snap.counters["teacher_alone_note"] = "being measured (the teacher alone, on the same prompt)"
+            snap.counters["teacher_alone_note"] = (  # stopped: the user wants the model back, not another run
+                "not measured: the answer was stopped"
+                if snap.stopped
+                else "being measured (the teacher alone, on the same prompt)"
+            )
         if snap.error:  # nothing was lost: the conversation as before, the prompt back in the box
             yield (
                 render.chat_html(turns),
@@ -312,7 +252,7 @@ def chat_submit(
             else ""
         )
         yield render.chat_html(shown), render.counters_html(snap.counters), note, shown, ""
-    if snap is not None and snap.result is not None:
+    if snap is not None and snap.result is not None and not snap.stopped:
         snap.counters.update(wall_reference(pair, messages, policy, limits, sampling, snap.result))
         yield render.chat_html(shown), render.counters_html(snap.counters), "", shown, ""
 
@@ -345,12 +285,13 @@ def final_answer(text: str) -> str | None:
     return extract_answer(strip_commands(text))
 
 
-def compare_run(prompt, s: Settings, on_relay_result=None) -> Iterator[tuple]:
+def compare_run(prompt, s: Settings, on_relay_result=None, stopped=None) -> Iterator[tuple]:
     """Compare: the same prompt by the student alone, the relay (the chosen policy), the teacher alone.
 
     Runs one after another (the pair runs one generation at a time) and streams each column.
     Yields 9 HTML strings (trace, counters, answer per column) and a note. ``on_relay_result(record)``
-    receives the relay column's inspection record when it finishes.
+    receives the relay column's inspection record when it finishes. ``stopped``: polled; once true the
+    running column ends as "stopped" and the columns after it do not run.
     """
     columns = [["", "", ""] for _ in COMPARE_SIDES]
     try:
@@ -359,20 +300,36 @@ def compare_run(prompt, s: Settings, on_relay_result=None) -> Iterator[tuple]:
         yield (*[x for c in columns for x in c], render.note_html(str(e)))
         return
     names = model_names(pair)
-    policies = [make_policy("student-only"), relay_policy, make_policy("teacher-only")]
+    policies = [make_policy("student-only", block_calls=True), relay_policy, make_policy("teacher-only")]
+    gold = example_answer(s.pair, messages[-1]["content"])
     finals: dict[int, dict] = {}  # the finished columns' counters
     for i, policy in enumerate(policies):
-        for snap in generate(pair, messages, policy, limits, sampling):
+        if i and stopped is not None and stopped():  # the column before was stopped
+            for j in range(i, len(policies)):
+                columns[j][0] = render.note_html("Not run: stopped.", "info")
+            yield (*[x for c in columns for x in c], "")
+            return
+        for snap in generate(pair, messages, policy, limits, sampling, stopped):
             columns[i][0] = render.trace_html(snap.spans, names, empty="waiting…")
+            if snap.stopped and snap.result is None:
+                columns[i][0] = render.note_html(
+                    "Stopped before the model was free: nothing was written.", "info"
+                )
             columns[i][1] = render.counters_html(snap.counters)
             if snap.result is not None:
                 finals[i] = snap.counters
-                snap.counters["teacher_alone_note"] = "measured once the teacher-alone column has run"
-                columns[i][2] = render.answer_html(final_answer(snap.text))
+                snap.counters["teacher_alone_note"] = (
+                    "not measured: stopped"
+                    if snap.stopped
+                    else "measured once the teacher-alone column has run"
+                )
+                columns[i][2] = inspector.verdict_html(final_answer(snap.text), gold)
                 if i == 1 and on_relay_result is not None:
                     user = messages[-1]["content"]
                     on_relay_result(inspector.record(s.pair, pair, snap.result, user, limits.max_tokens))
-                if i == 2:  # the teacher column is the measured wall time the other two are compared with
+                if (
+                    i == 2 and not snap.stopped
+                ):  # the teacher column: the wall time the others are compared with
                     for j, counters in finals.items():
                         counters.update(teacher_alone_keys(snap.result))
                         columns[j][1] = render.counters_html(counters)

@@ -66,7 +66,8 @@ def _teacher_text(rec: dict, k: int) -> str:
 
 
 def _rows(c: dict) -> str:
-    asked = f"asked {c['asked']}"
+    # a command's N as the student wrote it, then what the caps (max N, the tokens left) granted
+    asked = f"N written {c['asked']}" if c["trigger"] == "command" else f"asked {c['asked']}"
     if c["granted"] != c["asked"]:
         asked += f" · granted {c['granted']} (capped)"
     cells = [
@@ -119,7 +120,7 @@ def call_html(rec: dict | None, k: int | None, alone: str | None = None, error: 
     )
 
 
-def _verdict(answer: str | None, gold: str | None) -> str:
+def verdict_html(answer: str | None, gold: str | None) -> str:
     from ..answers import answers_match
 
     shown = render.esc(answer) if answer else "no final answer"
@@ -149,13 +150,13 @@ def continue_html(rec: dict | None, k: int | None, without: str | None, error: s
     left = (
         f'<div class="relay-side" id="continue-with"><h5>as answered, with call {k + 1}</h5>'
         f'<div class="relay-out">{with_call}</div>'
-        f"{_verdict(extract_answer(full_with), rec.get('gold'))}</div>"
+        f"{verdict_html(extract_answer(full_with), rec.get('gold'))}</div>"
     )
     right = _side(
         f"without call {k + 1}: the student alone from there",
         "student",
         without,
-        _verdict(extract_answer(full_without), rec.get("gold")),
+        verdict_html(extract_answer(full_without), rec.get("gold")),
         elem="continue-without",
     )
     return f'<div class="relay-inspector"><div class="relay-sides">{left}{right}</div></div>'

@@ -7,6 +7,7 @@ import gradio as gr
 from . import handlers as h
 from . import inspector, pair_examples, render
 from .settings import Controls
+from .stream import StopButton
 
 
 def _turn_record(turns, i):
@@ -33,15 +34,16 @@ def build(ctl: Controls, hosted: bool) -> None:
             clear = gr.Button("Clear", scale=1, elem_id="clear")
         pair_examples.build(prompt, ctl.components["pair"], "chat")
         turns = gr.State([])  # per user; inside the Tab: a bare component in gr.Tabs breaks the tab bar
+        stopper = gr.State(StopButton)  # per user: Stop ends the running answer as "stopped"
         with gr.Accordion("Call inspector", open=True, elem_id="inspector-box"):
             inspector.build(chat, _turn_record, turns, "", h.get_pair)
 
-    def submit(prompt_text, turns_value, *values):
+    def submit(prompt_text, turns_value, button, *values):
         cleared = False
         settings = h.Settings.from_ui(hosted, *values)
         off_task = pair_examples.hint(settings.pair, prompt_text)
         for chat_html, counters_html, note_html, turns_out, box in h.chat_submit(
-            prompt_text, turns_value, settings
+            prompt_text, turns_value, settings, button.start()
         ):
             if off_task and not note_html:  # the toy answers any question with digits: say so, visibly
                 note_html = render.note_html(off_task, "info")
@@ -50,12 +52,14 @@ def build(ctl: Controls, hosted: bool) -> None:
             cleared = cleared or box == ""
 
     outputs = [chat, counters, note, turns, prompt]
-    inputs = [prompt, turns, *ctl.inputs]
+    inputs = [prompt, turns, stopper, *ctl.inputs]
     # "minimal": the streamed text is the progress; Gradio's full overlay would hide it
     common = {"concurrency_id": "relay", "show_progress": "minimal"}
     ev_send = send.click(submit, inputs, outputs, api_name="chat", **common)
     ev_enter = prompt.submit(submit, inputs, outputs, api_visibility="private", **common)
-    stop.click(None, None, None, cancels=[ev_send, ev_enter], queue=False)
+    # not cancels=: a cancelled event ends in Gradio's error badges and loses the counters; the answer
+    # ends itself as "stopped" instead (stream.StopButton)
+    stop.click(StopButton.press, stopper, None, queue=False, api_visibility="private")
     clear.click(
         h.chat_clear,
         None,

@@ -230,8 +230,3 @@ def note_html(text: str, kind: str = "error") -> str:
     if not text:
         return ""
     return f'<div class="relay-note relay-{"error" if kind == "error" else "info"}">{esc(text)}</div>'
-
-
-def answer_html(answer: str | None) -> str:
-    shown = esc(answer) if answer else '<span class="relay-empty">no final answer found</span>'
-    return f'<div class="relay-answer">Final answer: <b>{shown}</b></div>'

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..knobs import KNOBS, POLICY_KNOBS
+from ..knobs import KNOBS, POLICY_KNOBS, TEMPERATURE
 from . import handlers as h
+from . import pair_info as pi
 
 # which policy shows which parameter control, from the one declaration of the knobs (relay_demo/knobs.py); a
 # router's folder is a text box, typed in local mode only
@@ -52,15 +53,15 @@ def router_message(pair: str, policy: str, hosted: bool) -> str:
 
 
 def build(hosted: bool) -> Controls:
-    pair = h.default_pair()
-    d = h.Settings(pair=pair)
-    limits = h.get_limits(pair)
+    pair = pi.default_pair()
+    d = h.Settings(pair=pair, **pi.pair_defaults(pair))
+    limits = pi.get_limits(pair)
     with gr.Sidebar(label="Settings", open=True, width=330):
         gr.Markdown("### Settings")
-        status = gr.Markdown(h.pair_status(pair), elem_id="pair-status")
+        status = gr.Markdown(pi.pair_status(pair), elem_id="pair-status")
         c = {
             "pair": gr.Dropdown(
-                h.pair_choices(), value=pair, label="Pair (student → teacher)", elem_id="pair"
+                pi.pair_choices(), value=pair, label="Pair (student → teacher)", elem_id="pair"
             ),
             "policy": gr.Dropdown(
                 h.POLICY_CHOICES, value=d.policy, label="Policy: who decides to hand over", elem_id="policy"
@@ -85,19 +86,22 @@ def build(hosted: bool) -> Controls:
         c["max_n"] = gr.Slider(
             1,
             limits.max_n,
-            value=min(d.max_n, limits.max_n),
+            value=d.max_n,
             step=1,
             label="max N: teacher tokens per call, at most",
+            elem_id="max-n",
         )
+        lo, hi, step = TEMPERATURE.ui
         c["temperature"] = gr.Slider(
-            0.0, 2.0, value=d.temperature, step=0.05, label="temperature (0 = greedy)"
+            lo, hi, value=d.temperature, step=step, label=TEMPERATURE.help, elem_id="temperature"
         )
         c["max_tokens"] = gr.Slider(
             1,
             limits.max_tokens,
-            value=min(d.max_tokens, limits.max_tokens),
+            value=d.max_tokens,
             step=1,
             label="max response tokens",
+            elem_id="max-tokens",
         )
         c["seed"] = gr.Number(value=d.seed, precision=0, minimum=0, label="seed")
     controls = Controls(c, status, router_note)
@@ -113,13 +117,16 @@ def _wire(ctl: Controls, hosted: bool) -> None:
         vis = visible_params(policy, hosted)
         return [gr.update(visible=vis[f]) for f in PARAM_FIELDS] + [router_message(pair, policy, hosted)]
 
-    def on_pair(pair: str, policy: str, max_n: float, max_tokens: float):
-        lim = h.get_limits(pair)
+    def on_pair(pair: str):
+        # the pair's own defaults: a policy that can hand over on it, its trained span length, its answers'
+        # length (a changed policy fires on_policy, which shows that policy's knobs)
+        lim, d = pi.get_limits(pair), pi.pair_defaults(pair)
         return (
-            h.pair_status(pair),
-            gr.update(maximum=lim.max_n, value=min(max_n, lim.max_n)),
-            gr.update(maximum=lim.max_tokens, value=min(max_tokens, lim.max_tokens)),
-            router_message(pair, policy, hosted),
+            pi.pair_status(pair),
+            gr.update(value=d["policy"]),
+            gr.update(maximum=lim.max_n, value=d["max_n"]),
+            gr.update(maximum=lim.max_tokens, value=d["max_tokens"]),
+            router_message(pair, d["policy"], hosted),
         )
 
     c["policy"].change(
@@ -127,8 +134,8 @@ def _wire(ctl: Controls, hosted: bool) -> None:
     )
     c["pair"].change(
         on_pair,
-        [c["pair"], c["policy"], c["max_n"], c["max_tokens"]],
-        [ctl.status, c["max_n"], c["max_tokens"], ctl.router_note],
+        [c["pair"]],
+        [ctl.status, c["policy"], c["max_n"], c["max_tokens"], ctl.router_note],
         queue=False,
         api_visibility="private",
     )

@@ -5,10 +5,13 @@ handler reads a queue and yields :class:`Snapshot` objects (merged spans, live c
         snap.spans, snap.counters, snap.result
 
 Why a thread: a loaded pair is shared by every user and runs one generation at a time (``Pair.lock``).
-If the handler held the lock itself, a user who presses Stop or closes the tab would leave it held until
-the generator is garbage-collected. Here Gradio closes the handler's generator, which sets a flag; the
-worker stops at the next token and releases the lock. A waiting request says so and gives up after
-``LOCK_WAIT_S``.
+If the handler held the lock itself, a user who closes the tab would leave it held until the generator is
+garbage-collected. Here Gradio closes the handler's generator, which sets a flag; the worker stops at the
+next token and releases the lock. A waiting request says so and gives up after ``LOCK_WAIT_S``.
+
+Stop is a normal end, not a cancelled event: the Stop button presses the user's :class:`StopButton` (kept in
+``gr.State``), ``generate`` sees it and the worker ends the row as ``"stopped"``, so the last snapshot holds a
+result like any other: the partial answer and its exact counters.
 """
 
 from __future__ import annotations
@@ -22,10 +25,27 @@ from dataclasses import dataclass, field
 from ..backends.base import Sampling, chat_ids
 from ..cost import PARTS, teacher_alone_flops
 from ..policies import Policy, make_policy
-from ..relay import Limits, RelayResult, relay_stream, validate_prompt
+from ..relay import Limits, Phase, RelayBatch, RelayResult, validate_prompt
 
 LOCK_WAIT_S = 120.0  # a request waits this long for the pair before it gives up with a message
 STREAM_EVERY_S = 0.05  # the UI is refreshed at most this often (batches tokens, keeps tok/s high)
+
+
+class StopButton:
+    """One user's Stop button, shared by the Stop click and that user's generations (in ``gr.State``, so one
+    per browser session). A press stops the generation running now, not one that starts later."""
+
+    def __init__(self):
+        self.run = self.pressed_at = 0
+
+    def start(self):
+        """A new generation begins: the function it polls for a press."""
+        self.run += 1
+        run = self.run
+        return lambda: self.pressed_at >= run
+
+    def press(self) -> None:
+        self.pressed_at = self.run
 
 
 @dataclass
@@ -37,6 +57,7 @@ class Snapshot:
     result: RelayResult | None = None
     error: str = ""
     waiting: bool = False  # queued behind another user's generation
+    stopped: bool = False  # the user pressed Stop (a result is there when it had started)
 
     @property
     def text(self) -> str:
@@ -119,48 +140,64 @@ def prompt_tokens(pair, messages) -> int:
     return len(chat_ids(pair.student.tokenizer, messages, pair.chat_kwargs))
 
 
-def _worker(pair, stream, out: queue.Queue, stop: threading.Event) -> None:
-    """Iterate the relay under the pair's lock, pushing ("span", Span) / ("done", result) / ("error", msg)."""
+def _worker(pair, batch: RelayBatch, row, out: queue.Queue, stop: threading.Event, halt: threading.Event):
+    """Run the relay under the pair's lock, pushing ("span", Span) / ("done", result) / ("error", msg).
+    ``stop``: the reader is gone, end now; ``halt``: the user pressed Stop, end the row as "stopped" and
+    report its result."""
     deadline = time.monotonic() + LOCK_WAIT_S
     while not pair.lock.acquire(timeout=0.2):
         if stop.is_set():
             return
+        if halt.is_set():
+            out.put(("halted", None))
+            return
         if time.monotonic() > deadline:
             out.put(("error", "The model is busy with other requests; please try again in a minute."))
             return
-    it = iter(stream)
+    events = batch.events()
     try:
         out.put(("started", None))
-        for span in it:
+        for _, item in events:
             if stop.is_set():
                 return
-            out.put(("span", span))
-        out.put(("done", stream.value))
+            if isinstance(item, RelayResult):
+                out.put(("done", item))
+                return
+            out.put(("span", item))
+            if halt.is_set() and row.phase is not Phase.DONE:
+                batch.cancel(row, "stopped")
     except Exception as e:  # noqa: BLE001 - the user sees the message; the app keeps serving
         out.put(("error", f"Generation failed: {type(e).__name__}: {e}"))
     finally:
-        it.close()  # ends the engine's run loop before another request may use the pair
+        events.close()  # ends the engine's run loop before another request may use the pair
+        batch.close()
         pair.lock.release()
 
 
 def generate(
-    pair, messages: list[dict], policy: Policy, limits: Limits, sampling: Sampling
+    pair, messages: list[dict], policy: Policy, limits: Limits, sampling: Sampling, stopped=None
 ) -> Iterator[Snapshot]:
     """Stream one relay generation as snapshots (the first token at once, then at most one per
     STREAM_EVERY_S); the last one holds the result.
 
-    Bad input raises ValueError before anything runs. Closing the iterator stops the generation.
+    Bad input raises ValueError before anything runs. Closing the iterator abandons the generation;
+    ``stopped()`` turning true (a :class:`StopButton` press) ends it as "stopped", with a result. A press
+    before the pair was free ends it with no result and ``snap.stopped`` set.
     """
     validate_prompt(messages)
-    stream = relay_stream(pair, messages, policy, limits=limits, sampling=sampling)
+    batch = RelayBatch(pair, policy, limits, sampling)
+    row = batch.add(messages)  # now, so bad input fails here and not in the worker
     counter = _Counter(pair, prompt_tokens(pair, messages), policy.teacher_only)
     snap = Snapshot(counters=counter.live())
     out: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    threading.Thread(target=_worker, args=(pair, stream, out, stop), daemon=True, name="relay-worker").start()
+    stop, halt = threading.Event(), threading.Event()
+    args = (pair, batch, row, out, stop, halt)
+    threading.Thread(target=_worker, args=args, daemon=True, name="relay-worker").start()
     started = False
     try:
         while True:
+            if stopped is not None and not halt.is_set() and stopped():
+                halt.set()
             try:
                 kind, payload = out.get(timeout=0.25)
             except queue.Empty:
@@ -181,6 +218,11 @@ def generate(
                         break
                 elif kind == "done":
                     snap.result, snap.counters = payload, counter.final(payload)
+                    snap.stopped = payload.finish_reason == "stopped"
+                    yield snap
+                    return
+                elif kind == "halted":
+                    snap.stopped = True
                     yield snap
                     return
                 else:
