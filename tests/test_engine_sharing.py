@@ -18,6 +18,7 @@ from relay_demo import pairs
 from relay_demo.backends.base import Sampling
 from relay_demo.policies import make_policy
 from relay_demo.relay import relay
+from relay_demo.ui import pair_info
 
 TEACHER = str(pairs.ROOT / "results/models/tiny-arith/teacher")
 
@@ -116,6 +117,24 @@ def test_a_weight_budget_closes_the_least_recently_used_pairs_not_the_shared_eng
         t.join()
     assert pairs.loaded_pairs() == {"tiny-arith-base", "tiny-arith"}
     assert answer(base)
+
+
+def test_the_app_keeps_its_pairs_within_its_weight_budget(monkeypatch):
+    monkeypatch.setenv("RELAY_MAX_MODEL_GB", str((weights("tiny-arith-base") + 1000) / 1e9))
+    pair_info.get_pair("tiny-arith-base")
+    pair_info.get_pair("tiny-random")
+    assert pairs.loaded_pairs() == {"tiny-random"}
+    monkeypatch.setenv("RELAY_MAX_MODEL_GB", "0")  # no bound
+    pair_info.get_pair("tiny-arith-base")
+    assert pairs.loaded_pairs() == {"tiny-random", "tiny-arith-base"}
+
+
+def test_the_default_budget_is_a_share_of_the_memory_limit(monkeypatch):
+    monkeypatch.delenv("RELAY_MAX_MODEL_GB", raising=False)
+    monkeypatch.setattr(pair_info, "memory_limit", lambda: 16 * 2**30)  # a cpu-basic Space
+    budget = pair_info.weight_budget()
+    bf16_three, fp32_two, fp32_three = 6.05e9, 10.13e9, 12.10e9  # three Qwen pairs' weights, shared
+    assert bf16_three < fp32_two <= budget < fp32_three
 
 
 @pytest.mark.parametrize("backend", ["vllm"])
