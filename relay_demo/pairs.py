@@ -1,6 +1,6 @@
 """The registry of model pairs (``pairs.yaml``) and how to load one.
 
-    pair = load_pair("tiny-arith", backend="hf")       # models load once per process and are shared read-only
+    pair = load_pair("tiny-arith", backend="hf")       # loads once per process; shared read-only by callers
     pair.student, pair.teacher                          # ModelEngine objects
     pair.limits                                         # relay.Limits from the registry
 
@@ -16,6 +16,9 @@ Either model, or both, can live behind a URL (a vLLM OpenAI server; ``relay_demo
 
 A remote model's tokenizer (and config, for FLOPs and end ids) comes from the pair's own folder for that role
 (a relay student's adapter folder holds its tokenizer) or from ``tokenizer=``, a folder or hub id.
+
+Pairs that load the same model share its engine (``relay_demo.engine_pool``: tiny-arith and tiny-arith-base
+hold one teacher, as do the three Qwen pairs); ``Pair.close`` closes an engine only when no open pair uses it.
 
 ``tiny-random`` is built on the fly (``relay_demo.tiny_random``).
 """
