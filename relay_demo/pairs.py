@@ -1,6 +1,6 @@
 """The registry of model pairs (``pairs.yaml``) and how to load one.
 
-    pair = load_pair("tiny-arith", backend="hf")       # models load once per process and are shared read-only
+    pair = load_pair("tiny-arith", backend="hf")       # loads once per process; shared read-only by callers
     pair.student, pair.teacher                          # ModelEngine objects
     pair.limits                                         # relay.Limits from the registry
 
@@ -17,8 +17,10 @@ Either model, or both, can live behind a URL (a vLLM OpenAI server; ``relay_demo
 A remote model's tokenizer (and config, for FLOPs and end ids) comes from the pair's own folder for that role
 (a relay student's adapter folder holds its tokenizer) or from ``tokenizer=``, a folder or hub id.
 
-``tiny-random`` is built on the fly (two tiny random Qwen3 models and a byte-level tokenizer, saved once to
-a cache folder so that both backends load the very same weights).
+Pairs that load the same model share its engine (``relay_demo.engine_pool``: tiny-arith and tiny-arith-base
+hold one teacher, as do the three Qwen pairs); ``Pair.close`` closes an engine only when no open pair uses it.
+
+``tiny-random`` is built on the fly (``relay_demo.tiny_random``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ import yaml
 
 from . import ROOT
 from .backends.base import ModelEngine, import_transformers
+from .engine_pool import EngineLock, EngineLocks, EnginePool, Held, estimate_bytes, load_engine
 from .relay import Limits
+from .tiny_random import build_tiny_random
 
 BACKENDS = ("hf", "vllm")
 
@@ -48,16 +52,18 @@ class Pair:
     chat_kwargs: dict = field(default_factory=dict)
     backend: str = "hf"
     # one generation at a time per loaded pair: vLLM's step loop is not re-entrant. relay() / relay_batch()
-    # take it themselves; re-entrant, so a caller that holds it (the app, the server) can call them too
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # take it themselves; re-entrant, so a caller that holds it (the app, the server) can call them too.
+    # load_pair gives an EngineLocks over the pair's engines: pairs that share an engine take turns
+    lock: threading.RLock | EngineLocks = field(default_factory=threading.RLock, repr=False)
+    # how load_pair's pairs hold their engines (shared ones by reference); empty: the pair owns both
+    held: tuple[Held, ...] = field(default=(), repr=False)
+    closed: bool = field(default=False, repr=False)
 
     def close(self) -> None:
-        # out of the cache first: a closed engine refuses to run, so load_pair must load this pair anew
+        """Leave load_pair's cache (a closed engine refuses to run: the next load_pair loads anew) and let go
+        of the engines; an engine another open pair still uses stays open."""
         with _load_lock:
-            for key in [k for k, p in _loaded.items() if p is self]:
-                del _loaded[key]
-        self.student.close()
-        self.teacher.close()
+            _close(self)
 
 
 @lru_cache(maxsize=1)
@@ -207,7 +213,8 @@ def available(name: str, served: tuple[str, ...] = ()) -> tuple[bool, str]:
     return True, ""
 
 
-_loaded: dict[tuple[str, str, str], Pair] = {}  # (name, backend, engine keywords)
+_loaded: dict[tuple[str, str, str], Pair] = {}  # (name, backend, engine keywords); least recently used first
+_engines = EnginePool()  # engines by what they load, shared between the pairs above
 _load_lock = threading.Lock()
 
 
@@ -220,11 +227,17 @@ def load_pair(
     student_url: str | None = None,
     tokenizer: str | None = None,
     remote_timeout_s: float | None = None,
+    max_weight_bytes: int | None = None,
     **engine_kw,
 ) -> Pair:
     """Load (once per process) the named pair on a backend: ``hf`` (transformers) or ``vllm``; a model with a
     URL is driven on that vLLM OpenAI server instead (``tokenizer``, ``remote_timeout_s``: see the module
-    docstring and ``RemoteEngine.load``)."""
+    docstring and ``RemoteEngine.load``). Engines are shared with the other loaded pairs that load the same
+    model (``relay_demo.engine_pool``); ``fresh``: a pair of its own, in no cache, sharing nothing.
+
+    ``max_weight_bytes``: before loading, close the least recently used pairs (those not generating) until
+    the open engines' weights plus this pair's new ones fit; the pair asked for is loaded even when it alone
+    does not fit."""
     spec = _spec(name)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -237,6 +250,7 @@ def load_pair(
     import_transformers()  # before any engine module: two threads' first imports of it collide
     with _load_lock:
         if key in _loaded and not fresh:
+            _loaded[key] = _loaded.pop(key)  # now the most recently used
             return _loaded[key]
         ok, why = available(name, served=tuple(urls) if tokenizer else ())
         if not ok:
@@ -244,30 +258,92 @@ def load_pair(
         s_path, t_path = pair_paths(name, merge="student" not in urls)
         paths = {"student": s_path, "teacher": t_path}
         dtype = resolve_dtype(engine_kw.pop("dtype", None) or spec.get("dtype", "float32"))
-        engines = {r: _remote(name, r, u, paths[r], **remote_kw) for r, u in urls.items()}
-        for role in ("student", "teacher"):
-            if role in engines:
-                continue
-            if backend == "hf":
-                from .backends.hf_engine import HFEngine
-
-                engines[role] = HFEngine.load(paths[role], dtype=dtype, name=f"{name}/{role}", **engine_kw)
-            else:
-                from .backends.vllm_engine import VLLMEngine
-
-                engines[role] = VLLMEngine.load(paths[role], dtype=dtype, **engine_kw)
-        student, teacher = engines["student"], engines["teacher"]
+        held = _hold_engines(name, backend, paths, dtype, urls, remote_kw, engine_kw, fresh, max_weight_bytes)
         pair = Pair(
             name,
-            student,
-            teacher,
+            held["student"].engine,
+            held["teacher"].engine,
             Limits(**spec.get("limits", {})),
             dict(spec.get("chat_kwargs", {})),
             "remote" if len(urls) == 2 else backend,
+            EngineLocks([h.lock for h in held.values()]),
+            (held["student"], held["teacher"]),
         )
         if not fresh:
             _loaded[key] = pair
         return pair
+
+
+def _hold_engines(name, backend, paths, dtype, urls, remote_kw, engine_kw, fresh, budget) -> dict[str, Held]:
+    """Each role's engine: remote, shared from the pool (loaded there if new) or, ``fresh``, a new one."""
+    held: dict[str, Held] = {}
+    try:
+        for role, url in urls.items():
+            held[role] = Held(_remote(name, role, url, paths[role], **remote_kw), EngineLock())
+        keys = {}
+        for role in ("student", "teacher"):
+            if role not in held:
+                keys[role] = (paths[role], backend, dtype, repr(sorted(engine_kw.items())))
+        if keys.get("teacher") is not None and keys.get("teacher") == keys.get("student"):
+            # one model as both roles: two engines, as the relay runs the student and the teacher apart
+            keys["teacher"] += ("teacher",)
+        if not fresh:  # the engines already open count as this pair's before anything is closed for room
+            held |= {role: h for role, k in keys.items() if (h := _engines.take(k)) is not None}
+        if budget is not None:
+            new = [(paths[r], k) for r, k in keys.items() if r not in held]
+            _make_room(budget - sum(estimate_bytes(path, dtype) for path, _ in new))
+        for role, k in keys.items():
+            if role in held:
+                continue
+
+            def loader(role=role):
+                # a shared engine keeps the name of the pair that loaded it first
+                return load_engine(backend, paths[role], dtype, f"{name}/{role}", engine_kw)
+
+            held[role] = Held(loader(), EngineLock()) if fresh else _engines.load(k, loader, dtype)
+        if budget is not None:  # the estimate knows no hub model's size: the loaded engines do
+            _make_room(budget)
+        return held
+    except BaseException:
+        _let_go(list(held.values()))
+        raise
+
+
+def _make_room(budget: int) -> None:
+    """Close least recently used pairs until the open engines' weights fit ``budget``. A pair that is
+    generating (its lock taken) is skipped: closing its engines would fail the generation."""
+    for pair in list(_loaded.values()):
+        if _engines.nbytes() <= budget:
+            return
+        if pair.lock.acquire(blocking=False):
+            try:
+                _close(pair)
+            finally:
+                pair.lock.release()
+
+
+def _close(pair: Pair) -> None:
+    """Pair.close under the load lock: out of the cache, each engine let go once."""
+    for key in [k for k, p in _loaded.items() if p is pair]:
+        del _loaded[key]
+    if not pair.closed:
+        pair.closed = True
+        _let_go(list(pair.held) or [Held(pair.student, EngineLock()), Held(pair.teacher, EngineLock())])
+
+
+def _let_go(held: list[Held]) -> None:
+    for h in held:
+        if h.key is None:
+            h.engine.close()
+        else:
+            _engines.release(h.key)
+
+
+def open_engines() -> dict[tuple, int]:
+    """The engines load_pair's pairs hold now, each with how many pairs hold it (key: folder or hub id,
+    backend, dtype, engine keywords)."""
+    with _load_lock:
+        return _engines.counts()
 
 
 def param_counts(name: str) -> tuple[int, int]:
@@ -312,84 +388,6 @@ def unload_pairs(names) -> None:
     import gc
 
     with _load_lock:
-        closing = [_loaded.pop(k) for k in [k for k in _loaded if k[0] in set(names)]]
-    for pair in closing:  # outside the lock: Pair.close takes it
-        pair.close()
+        for pair in [p for k, p in _loaded.items() if k[0] in set(names)]:
+            _close(pair)
     gc.collect()
-
-
-# -- tiny-random ------------------------------------------------------------------------------------
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def byte_tokenizer():
-    """A byte-level tokenizer with no merges: 256 byte tokens plus chat specials. Built in milliseconds."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tk.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=specials[1:],
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-def tiny_qwen3(vocab_size: int, hidden: int, layers: int, seed: int, eos_id: int, pad_id: int):
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    # initializer_range 0.2 (not 0.02): a random model then writes varied tokens instead of one token forever
-    cfg = Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 32,
-        num_key_value_heads=hidden // 32,
-        head_dim=32,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    return Qwen3ForCausalLM(cfg)
-
-
-def build_tiny_random(folder: str | Path | None = None) -> Path:
-    """Build (once) the tiny-random pair: student hidden 64 x 2 layers, teacher hidden 128 x 2 layers."""
-    folder = (
-        Path(folder or os.environ.get("RELAY_CACHE_DIR", Path.home() / ".cache" / "relay_demo"))
-        / "tiny-random-v2"
-    )
-    if (folder / "teacher" / "config.json").is_file():
-        return folder
-    tmp = folder.with_name(folder.name + f".partial{os.getpid()}")
-    tok = byte_tokenizer()
-    for role, hidden, seed in (("student", 64, 1), ("teacher", 128, 2)):
-        model = tiny_qwen3(len(tok), hidden, 2, seed, tok.eos_token_id, tok.pad_token_id)
-        model.save_pretrained(tmp / role)
-        tok.save_pretrained(tmp / role)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process finished first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder

@@ -52,7 +52,7 @@ def test_command_tokens_take_spare_rows_without_resize(qwen_tok, tmp_path):
 
 
 def test_command_tokens_refused_when_no_spare_row(qwen_tok):
-    from relay_demo.pairs import byte_tokenizer
+    from relay_demo.tiny_random import byte_tokenizer
 
     with pytest.raises(ValueError, match="embedding rows"):
         add_command_tokens(byte_tokenizer(), n_rows=259)

@@ -14,9 +14,10 @@ import pytest
 from offline.tasks import arith
 from relay_demo.backends.base import Sampling
 from relay_demo.backends.hf_engine import HFEngine
-from relay_demo.pairs import Pair, byte_tokenizer, load_pair
+from relay_demo.pairs import Pair, load_pair
 from relay_demo.policies import make_policy
 from relay_demo.relay import Limits, relay, relay_batch
+from relay_demo.tiny_random import byte_tokenizer
 
 from .models import random_qwen2
 

@@ -8,9 +8,10 @@ import torch
 from relay_demo.backends.base import Delta, Job, Sampling
 from relay_demo.backends.hf_cache import width_groups
 from relay_demo.backends.hf_engine import HFEngine
-from relay_demo.pairs import Pair, byte_tokenizer
+from relay_demo.pairs import Pair
 from relay_demo.policies import make_policy
 from relay_demo.relay import Limits, RelayBatch, RelayResult, relay, relay_batch, relay_stream
+from relay_demo.tiny_random import byte_tokenizer
 
 from .models import (
     BPE_SPANS,

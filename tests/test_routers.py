@@ -15,8 +15,8 @@ from offline import router_mlp as M
 from offline import routers as R
 from offline.common import Jsonl
 from offline.tasks.base import Problem
-from relay_demo.pairs import byte_tokenizer
 from relay_demo.policies import RouterMLP, make_policy
+from relay_demo.tiny_random import byte_tokenizer
 
 from .models import chain_model, random_qwen2
 
