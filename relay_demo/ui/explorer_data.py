@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,11 +74,12 @@ class ExplorerView:
 
 
 def open_store(results_dir: str | Path) -> tuple[Store, list[str]]:
-    """A store over ``results_dir`` and the warnings it raised (skipped files), as text for the UI."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        store = Store(results_dir)
-    return store, [str(w.message) for w in caught]
+    """A store over ``results_dir`` and what it left out (``Store.skipped``), as text for the UI.
+
+    Not the warnings caught while it opens: catching them is process-wide, so it also caught other threads'
+    (Gradio's queue deprecating a pandas keyword) and showed them in the Explorer's note."""
+    store = Store(results_dir)
+    return store, [f"skipping {path}: {why}" for path, why in store.skipped]
 
 
 def filters(results_dir: str | Path, pair: str | None = None) -> dict:
