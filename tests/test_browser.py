@@ -242,7 +242,17 @@ def test_explorer_draws_error_bars_and_compares_a_clicked_point(page):
 
 
 def test_explorer_drill_down_reaches_every_setting(page):
-    """A summary row opens its setting's samples; the list filters by right/wrong and pages."""
+    """A summary row opens its setting's samples; the list filters by right/wrong and pages. Undefined
+    figures read n/a, and the legend under the table says why."""
+    legend = page.locator("#summary-na").inner_text()
+    assert "method without a knob: param (student, teacher, relay)" in legend
+    assert "what a saving is measured against" in legend
+    page.locator("#summary-table").get_by_text("student", exact=True).filter(visible=True).first.click()
+    page.wait_for_function(  # its param cell reads n/a: the row still names its setting
+        "document.querySelector('#drill-setting input').value === 'student'", timeout=30_000
+    )
+    page.locator("#summary-table").screenshot(path=str(SHOTS / "explorer-summary.png"))
+    page.locator("#summary-na").screenshot(path=str(SHOTS / "explorer-summary-na.png"))
     cell = page.locator("#summary-table").get_by_text("confidence", exact=True).filter(visible=True)
     cell.first.click()  # the τ 0.3 row
     page.wait_for_function(

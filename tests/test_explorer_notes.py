@@ -39,3 +39,31 @@ def test_the_note_names_a_skipped_file_and_no_other_threads_warnings(tmp_path, m
     other.join(30)
     assert "deprecated" not in view.note
     assert "skipping" in view.note and "ui-run" in view.note and "JSON object" in view.note
+
+
+def test_undefined_summary_cells_say_n_a_and_the_legend_says_why(tmp_path):
+    # the table's blank cells were unexplained: no knob, no FLOPs split, no saving for a baseline or a method
+    # that never calls, a curve that never reaches a share of the gap
+    from relay_demo.results import parts as rio
+    from relay_demo.ui.drilldown import row_key
+
+    from .test_ui_handlers import _row
+
+    make_results(tmp_path)
+    with rio.open_run(tmp_path, "sft-run", {"pair": "tiny-random"}) as w:  # another student: 5/10, no call
+        w.add([{**_row("sft-only", None, i, i < 5, 30, 0), "run_id": "sft-run"} for i in range(10)])
+    v = x.explorer_view(tmp_path, "tiny-random", "arith", None)
+    table = v.table.set_index("method")
+    assert not (v.table == "").any().any()  # no blank cell left
+    assert table.loc["student", "param"] == "n/a" and table.loc["sft-only", "saving: calls"] == "n/a"
+    legend = v.na_legend
+    assert "A method without a knob: param (student, teacher, relay, sft-only)" in legend
+    assert (
+        "no FLOPs split into decode and prefill: decode vs teacher, prefill vs teacher (student, " in legend
+    )
+    assert (
+        "what a saving is measured against: saving: calls, saving: queries (paper), saving: FLOPs " in legend
+    )
+    assert "It never calls (another student" in legend and "saving: FLOPs (sft-only)" in legend
+    assert "never reach that share of the gap" in legend
+    assert row_key(["student", "n/a"]) == "student"  # a click on that row still opens the student's samples

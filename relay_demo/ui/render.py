@@ -20,6 +20,7 @@ SOURCES = ("student", "teacher", "command")
 COLOURS = {"student": "#1f2937", "teacher": "#0e7490", "command": "#b45309"}
 BACKGROUNDS = {"student": "transparent", "teacher": "#cffafe", "command": "#fef3c7"}
 LABELS = {"student": "student", "teacher": "teacher", "command": "<call>N</call> command"}
+NA = "n/a"  # a figure that is undefined (the Explorer's summary table; a row click reads it as no param)
 
 CSS = """
 .relay-out { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 14px; line-height: 1.6;
