@@ -97,11 +97,11 @@ def test_explorer_through_the_app(app):
     c = _client(app)
     pair, bench, methods = (u["value"] for u in c.predict(api_name="/explorer_filters"))  # gr.update dicts
     assert pair == "tiny-random" and bench == "arith" and "relay" in methods
-    acc, flops, table, sample, note, provenance = c.predict(
+    acc, flops, table, na_legend, sample, note, provenance = c.predict(
         pair, bench, methods, True, True, "apgr", "decode", api_name="/explorer_view"
     )
     assert "<table" in provenance
-    assert acc and flops and "relay" in str(table)
+    assert acc and flops and "relay" in str(table) and "method without a knob: param" in na_legend
     assert len(sample["choices"]) == 50
     trace = c.predict(pair, bench, sample["value"], api_name="/sample_trace")
     assert "relay-span" in trace and "<script" not in trace

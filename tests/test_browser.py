@@ -242,7 +242,17 @@ def test_explorer_draws_error_bars_and_compares_a_clicked_point(page):
 
 
 def test_explorer_drill_down_reaches_every_setting(page):
-    """A summary row opens its setting's samples; the list filters by right/wrong and pages."""
+    """A summary row opens its setting's samples; the list filters by right/wrong and pages. Undefined
+    figures read n/a, and the legend under the table says why."""
+    legend = page.locator("#summary-na").inner_text()
+    assert "method without a knob: param (student, teacher, relay)" in legend
+    assert "what a saving is measured against" in legend
+    page.locator("#summary-table").get_by_text("student", exact=True).filter(visible=True).first.click()
+    page.wait_for_function(  # its param cell reads n/a: the row still names its setting
+        "document.querySelector('#drill-setting input').value === 'student'", timeout=30_000
+    )
+    page.locator("#summary-table").screenshot(path=str(SHOTS / "explorer-summary.png"))
+    page.locator("#summary-na").screenshot(path=str(SHOTS / "explorer-summary-na.png"))
     cell = page.locator("#summary-table").get_by_text("confidence", exact=True).filter(visible=True)
     cell.first.click()  # the τ 0.3 row
     page.wait_for_function(
@@ -298,6 +308,68 @@ def test_playground_shows_the_pairs_own_examples_and_warns_off_task(page):
     _pick(page, "pair", "tiny-random")
     page.wait_for_selector("#chat-purpose :text('Random untrained')", timeout=15_000)
     assert "Dan has 83 eggs" not in page.locator("#chat-examples").inner_text()
+
+
+def _greedy(page, on: bool) -> None:
+    """The sidebar's temperature: 0 (the marks below then do not depend on random draws) or its default."""
+    value = "0" if on else "0.7"
+    page.fill("#temperature input[type=number]", value)
+    page.press("#temperature input[type=number]", "Enter")
+    page.wait_for_function(
+        f"document.querySelector('#temperature input[type=range]').value === '{value}'", timeout=15_000
+    )
+
+
+def _example(page, prefix: str, prompt_box: str) -> None:
+    """tiny-arith's first example (Dan's eggs, 534) into the tab's prompt box."""
+    page.wait_for_selector(f"#{prefix}-purpose :text('synthetic arithmetic')", timeout=15_000)
+    page.locator(f"#{prefix}-examples").get_by_text("Dan has 83 eggs", exact=False).first.click()
+    page.wait_for_function(
+        f"document.querySelector('{prompt_box}').value.startsWith('Dan has 83 eggs')", timeout=30_000
+    )
+
+
+def test_compare_marks_a_pairs_example_right_or_wrong(page):
+    # issue 31, finding 7: each column of a pair's example says whether its final answer is right
+    page.get_by_role("tab", name="Compare").click()
+    _pick(page, "pair", "tiny-arith")
+    _greedy(page, True)
+    _example(page, "compare", "#compare-prompt textarea")
+    page.click("#compare-run")
+    page.wait_for_selector("#cmp-teacher-only-answer :text('expected 534')", timeout=120_000)
+    for side in ("student-only", "relay", "teacher-only"):
+        answer = page.locator(f"#cmp-{side}-answer")
+        assert "expected 534" in answer.inner_text()
+        assert answer.locator(".relay-right").count() + answer.locator(".relay-wrong").count() == 1
+    assert page.locator("#cmp-relay-answer .relay-right").count() == 1  # its two calls fix the sums
+    page.screenshot(path=str(SHOTS / "compare-graded.png"), full_page=True)
+
+
+def test_continue_without_a_call_compares_like_with_like(page):
+    # issue 31, finding 8: on Dan's eggs the trained student calls twice; the teacher's second span is what
+    # the student writes there itself (489), so that call changed nothing; without the first, 5 * 67 is wrong
+    page.get_by_role("tab", name="Playground").click()
+    page.click("#clear")
+    _example(page, "chat", "#prompt textarea")
+    page.click("#send")
+    page.wait_for_selector("#chat-counters :text('finished')", timeout=120_000)
+    page.locator('#chat .relay-teacher[data-call="1"]').first.click()
+    page.wait_for_selector("#call-inspector :text('Call 2 of 2')", timeout=30_000)
+    page.click("#inspect-continue")
+    page.wait_for_selector("#call-continue :text('call 2 changed nothing')", timeout=60_000)
+    out = page.locator("#call-continue")
+    assert "only call 2 is blocked" in out.inner_text() and "greedy" in out.inner_text()
+    assert out.locator(".relay-right").count() == 2  # both endings right: nothing pinned on the call
+    out.screenshot(path=str(SHOTS / "continue-changed-nothing.png"))
+    page.locator('#chat .relay-teacher[data-call="0"]').first.click()
+    page.wait_for_selector("#call-inspector :text('Call 1 of 2')", timeout=30_000)
+    page.click("#inspect-continue")
+    page.wait_for_selector("#call-continue #continue-without .relay-wrong", timeout=60_000)
+    assert (
+        out.locator("#continue-with .relay-right").count() == 1 and "changed nothing" not in out.inner_text()
+    )
+    out.screenshot(path=str(SHOTS / "continue-without-call-1.png"))
+    _greedy(page, False)
 
 
 @pytest.fixture

@@ -105,6 +105,7 @@ def test_explorer_cost_axis_uses_decode_flops_and_shows_what_old_runs_have(tmp_p
     stands at its total FLOPs share, hollow, and says so."""
     from relay_demo.results import parts as rio
     from relay_demo.ui import explorer_data as x
+    from relay_demo.ui.summary_cells import COST_HELP
 
     from .test_store import _split_rows
 
@@ -125,10 +126,14 @@ def test_explorer_cost_axis_uses_decode_flops_and_shows_what_old_runs_have(tmp_p
     table = v.table.set_index("method")
     assert (
         table.loc["relay", "decode vs teacher"] == "24.00%"
-        and table.loc["relay-old", "decode vs teacher"] == ""
+        and table.loc["relay-old", "decode vs teacher"] == "n/a"
     )
     assert table.loc["relay-old", "FLOPs vs teacher"] == "120.00%"
-    assert "decode vs teacher" in x.COST_HELP and 'title="' in x.COST_HELP
+    assert (
+        "no FLOPs split into decode and prefill: decode vs teacher, prefill vs teacher (relay-old)"
+        in v.na_legend
+    )
+    assert "decode vs teacher" in COST_HELP and 'title="' in COST_HELP
     flops = x.explorer_view(tmp_path, "split", "arith", None)
     assert flops.flops_fig.layout.xaxis.title.text == "FLOPs per problem"
     with pytest.raises(ValueError, match="cost_axis"):

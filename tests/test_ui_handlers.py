@@ -489,7 +489,7 @@ def test_explorer_shows_error_bars_and_intervals(results):
     )
     row = v.table[v.table["method"] == "relay"].iloc[0]
     assert row["accuracy 95%"] == "[31.3, 83.2]"  # Wilson's for 6 of 10
-    assert row["APGR 95%"] == "" or row["APGR 95%"].startswith("[")
+    assert row["APGR 95%"] == "n/a" or row["APGR 95%"].startswith("[")
 
 
 def test_a_pair_that_fails_to_load_says_why_and_the_next_request_loads_it(tmp_path, monkeypatch):

@@ -200,11 +200,12 @@ class RelayBatch:
 
     def _command(self, row: Row, cmd) -> Iterator[Event]:
         """A complete command ends the segment: the text before it, then the command span; a handoff if
-        calls are left (past max_calls, or with the teacher gone, a command is text and no call)."""
+        calls are left (past max_calls, with the teacher gone or at ``Row.block_at``: text, no call)."""
         seg, acct = row.student.seg, row.acct
         first = commands.first_token(seg.ends, seg.emitted, cmd.start)
         yield from self._stream(row, STUDENT, *seg.take(seg.ends[first - 1] if first else 0))
-        honoured, at = row.may_call(self.limits.max_calls), len(acct.ids)
+        at = len(acct.ids)  # the command's first token: a call there may be one that is blocked
+        honoured = row.may_call(self.limits.max_calls, at)
         yield from self._stream(row, COMMAND, *seg.take(), call=acct.calls if honoured else None)
         if honoured:
             row.student.cmd = (first, cmd)

@@ -121,11 +121,19 @@ class Row:
     start_len: int = 0  # the session's length when the turn began
     produced: int = 0  # tokens the engine gave this turn
     paused: bool = False  # its turn was ended early by the scheduler (not stalled)
+    # -- one response position where the row may not call (a call's counterfactual: relay/branch.py)
+    block_at: int | None = None
+    block_bias: dict[int, float] | None = None  # protocol.block_calls_bias: keeps <call> out of that position
+
+    @property
+    def position(self) -> int:
+        """The response position of the next token; held-back tokens count as written."""
+        return len(self.acct.ids) + len(self.student.seg.ids) - self.student.seg.emitted
 
     @property
     def remaining(self) -> int:
-        """Response tokens left; held-back tokens count as written."""
-        return self.max_tokens - (len(self.acct.ids) + len(self.student.seg.ids) - self.student.seg.emitted)
+        """Response tokens left."""
+        return self.max_tokens - self.position
 
     def hand_over(self, n: int, max_n: int) -> None:
         """The student's turn ends: the teacher writes next, at most ``n`` tokens (clamped to 1..max_n)."""
@@ -134,9 +142,11 @@ class Row:
         self.teacher.n = max(1, min(n, max_n))
         self.phase = Phase.TEACHER
 
-    def may_call(self, max_calls: int) -> bool:
-        """Whether the row may still hand over: calls left, and no teacher that became unavailable."""
-        return self.acct.calls < max_calls and self.teacher.error is None
+    def may_call(self, max_calls: int, at: int | None = None) -> bool:
+        """Whether the row may hand over at response position ``at`` (default: the next token's): calls left,
+        no teacher that became unavailable, and not the blocked position."""
+        at = self.position if at is None else at
+        return self.acct.calls < max_calls and self.teacher.error is None and at != self.block_at
 
     def release(self) -> None:
         """Free both sessions' caches (the engine must be done with them)."""
@@ -160,6 +170,8 @@ class Row:
 
     def student_job(self, policy, may_call: bool, call_bias: dict | None) -> Job:
         """The student's next turn: it stops at ``</call>`` and gets the call bias only while it may call."""
+        if self.position == self.block_at:  # that one token alone, <call> blocked, no policy trigger
+            return Job(self.student.session, 1, self.sampling, row=self.seed_row, logit_bias=self.block_bias)
         honour, triggers = policy.honours_commands and may_call, policy.uses_trigger and may_call
         # never inside an open command: the bias would make the student write <call><call>...
         bias = call_bias if honour and open_command(self.student.seg.text) is None else None

@@ -173,6 +173,6 @@ def row_key(row: list | None) -> str | None:
         return None
     method, param = str(row[0]), str(row[1] or "").strip()
     try:
-        return paired.setting_key(method, float(param) if param else None)
+        return paired.setting_key(method, float(param) if param and param != render.NA else None)
     except ValueError:
         return None

@@ -9,7 +9,7 @@ import gradio as gr
 from ..cost import DEFINITIONS
 from . import drilldown as d
 from . import explorer_data as x
-from . import render
+from . import render, summary_cells
 
 # A click on a chart point names its setting (the traces' customdata): plotly's click event, bound to each
 # chart as Gradio draws it (a redraw may replace the plot's element, so binding is checked every half second).
@@ -68,7 +68,8 @@ def build(results_dir: Path) -> None:
             wrap=True,
             elem_id="summary-table",
         )
-        gr.HTML(x.COST_HELP, js_on_load=None, elem_id="cost-help")
+        na_legend = gr.HTML("", js_on_load=None, elem_id="summary-na")
+        gr.HTML(summary_cells.COST_HELP, js_on_load=None, elem_id="cost-help")
         with gr.Accordion("Provenance: the runs behind these charts", open=False):
             provenance = gr.HTML("", js_on_load=None, elem_id="provenance")
         gr.Markdown(
@@ -125,6 +126,7 @@ def build(results_dir: Path) -> None:
             v.accuracy_fig,
             v.flops_fig,
             v.table,
+            v.na_legend,
             gr.update(choices=v.samples, value=first),
             render.note_html(v.note, "info"),
             v.provenance,
@@ -161,7 +163,7 @@ def build(results_dir: Path) -> None:
         return x.comparison(results_dir, pair_name, bench_name, chosen, base)
 
     view_in = [pair, bench, methods, log_x, paper, y_axis, cost_axis]
-    view_out = [acc_plot, flops_plot, table, sample, note, provenance]
+    view_out = [acc_plot, flops_plot, table, na_legend, sample, note, provenance]
     list_in = [pair, bench, setting, outcome, called, text, page, methods]
     list_out = [sample, page, page_note]
     cmp_in, private = [pair, bench, setting, baseline], {"api_visibility": "private"}

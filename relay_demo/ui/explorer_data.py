@@ -10,58 +10,21 @@ up on the next refresh, and no DuckDB connection is shared between users' thread
 from __future__ import annotations
 
 import json
-import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .. import charts, reported
-from ..cost import DEFINITIONS
-from ..results.summary import SHARES, interval_text
 from ..store import MEAN, Store
 from . import drilldown, render
 from .drilldown import Filters
 from .provenance import provenance_html
+from .summary_cells import TABLE_COLUMNS, na_legend, summary_table
 
 Y_AXES = ("accuracy", "apgr")
 # the second chart's x: FLOPs per problem, or decode FLOPs against the teacher alone on the same problems
 COST_AXES = ("flops", "decode")
-PCT = (
-    "accuracy",
-    "call_ratio",
-    *SHARES,
-    "apgr",
-    "cpt50",
-    "cpt80",
-    "saving_call",
-    "saving_query",
-    "saving_flops",
-)
-TABLE_COLUMNS = {
-    "method": "method",
-    "param": "param",
-    "n": "n",
-    "accuracy": "accuracy",
-    "call_ratio": "call ratio",
-    "flops": "FLOPs / problem",
-    "flops_vs_teacher": "FLOPs vs teacher",
-    "decode_vs_teacher": "decode vs teacher",
-    "prefill_vs_teacher": "prefill vs teacher",
-    "wall_vs_teacher": "wall vs teacher",
-    "apgr": "APGR",
-    "cpt50": "CPT 50%",
-    "cpt80": "CPT 80%",
-    "saving_call": "saving: calls",
-    "saving_query": "saving: queries (paper)",
-    "saving_flops": "saving: FLOPs",
-}
-
-
-COST_HELP = render.definitions_html(  # under the table: what its cost columns measure
-    (TABLE_COLUMNS[k], DEFINITIONS[k]) for k in SHARES
-)
 
 
 @dataclass
@@ -71,15 +34,17 @@ class ExplorerView:
     table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(TABLE_COLUMNS.values())))
     samples: list[tuple[str, str]] = field(default_factory=list)  # (label, key) for the drill-down
     note: str = ""
+    na_legend: str = ""  # HTML under the table: why its n/a cells are undefined
     provenance: str = ""  # HTML: the runs behind the charts, from their manifests
 
 
 def open_store(results_dir: str | Path) -> tuple[Store, list[str]]:
-    """A store over ``results_dir`` and the warnings it raised (skipped files), as text for the UI."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        store = Store(results_dir)
-    return store, [str(w.message) for w in caught]
+    """A store over ``results_dir`` and what it left out (``Store.skipped``), as text for the UI.
+
+    Not the warnings caught while it opens: catching them is process-wide, so it also caught other threads'
+    (Gradio's queue deprecating a pandas keyword) and showed them in the Explorer's note."""
+    store = Store(results_dir)
+    return store, [f"skipping {path}: {why}" for path, why in store.skipped]
 
 
 def filters(results_dir: str | Path, pair: str | None = None) -> dict:
@@ -98,35 +63,6 @@ def filters(results_dir: str | Path, pair: str | None = None) -> dict:
         "benchmark": benchmarks[0] if benchmarks else None,
         "methods": methods,
     }
-
-
-def _fmt(col: str, v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if col in PCT:
-        return f"{100 * v:.2f}%"
-    if col == "flops":
-        return render.fmt_flops(float(v))
-    if col == "param":
-        return f"{v:g}"
-    return str(int(v)) if col == "n" else str(v)
-
-
-# each figure's 95% interval (relay_demo/results/summary.py, INTERVALS) in a column right after it
-INTERVAL_COLUMNS = {"accuracy": ("acc", 1), "call_ratio": ("call_ratio", 2), "apgr": ("apgr", 1)}
-
-
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Summary rows formatted for display (percentages with their 95% intervals, FLOPs with units, empty
-    cells for n/a). A click on a row opens that setting's samples (its method and param cells name it)."""
-    shown = pd.DataFrame(
-        {label: [_fmt(col, v) for v in df[col]] if col in df else [] for col, label in TABLE_COLUMNS.items()}
-    )
-    for col, (stem, digits) in INTERVAL_COLUMNS.items():
-        lo, hi = (df[f"{stem}_{e}"] if f"{stem}_{e}" in df else [math.nan] * len(df) for e in ("lo", "hi"))
-        cells = [interval_text(a, b, digits) for a, b in zip(lo, hi, strict=True)]
-        shown.insert(shown.columns.get_loc(TABLE_COLUMNS[col]) + 1, f"{TABLE_COLUMNS[col]} 95%", cells)
-    return shown
 
 
 def explorer_view(
@@ -184,6 +120,7 @@ def explorer_view(
         accuracy_fig=first,
         flops_fig=cost_fig,
         table=summary_table(summary),
+        na_legend=na_legend(summary),
         note=note,
         provenance=provenance_html(store.manifests, pair),
     )

@@ -230,8 +230,9 @@ def chat_submit(
             return
         turn.update(spans=[dict(x) for x in snap.spans], text=snap.text)
         if snap.result is not None:  # what the call inspector reads when a span of this answer is clicked
-            user = messages[-1]["content"]
-            turn["inspect"] = inspector.record(s.pair, pair, snap.result, user, limits.max_tokens)
+            turn["inspect"] = inspector.record(
+                s.pair, pair, snap.result, messages, policy=policy, limits=limits, sampling=sampling
+            )
             snap.counters["teacher_alone_note"] = (  # stopped: the user wants the model back, not another run
                 "not measured: the answer was stopped"
                 if snap.stopped
@@ -325,8 +326,17 @@ def compare_run(prompt, s: Settings, on_relay_result=None, stopped=None) -> Iter
                 )
                 columns[i][2] = inspector.verdict_html(final_answer(snap.text), gold)
                 if i == 1 and on_relay_result is not None:
-                    user = messages[-1]["content"]
-                    on_relay_result(inspector.record(s.pair, pair, snap.result, user, limits.max_tokens))
+                    on_relay_result(
+                        inspector.record(
+                            s.pair,
+                            pair,
+                            snap.result,
+                            messages,
+                            policy=policy,
+                            limits=limits,
+                            sampling=sampling,
+                        )
+                    )
                 if (
                     i == 2 and not snap.stopped
                 ):  # the teacher column: the wall time the others are compared with

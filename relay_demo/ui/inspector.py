@@ -1,25 +1,31 @@
 """The call inspector: click a teacher or command span to see why that call happened, what it asked and
 got, what it cost, and what the student alone would have written in its place.
 
-A finished answer keeps an *inspection record* (:func:`record`): the pair, the student's prompt and response
-ids, the relay's per-call records (``RelayResult.call_log``) and, when the prompt is one of the pair's
-examples with a known answer, that answer. The student's own counterfactual is computed only on a click
-(greedy, calls blocked; cached per call in :mod:`relay_demo.calls`), so it never delays a stream.
+A finished answer keeps an *inspection record* (:func:`record`): the pair, both models' prompt ids, the
+response ids, the relay's per-call records (``RelayResult.call_log``), the policy, limits and sampling it ran
+with and, when the prompt is one of the pair's examples with a known answer, that answer. The student's own
+tokens in a call's place are computed only on a click (greedy, calls blocked; cached per call in
+:mod:`relay_demo.calls`), so they never delay a stream. "Continue without this call" compares like with like:
+the answer from the call on beside the relay continued from the same place with the same policy, sampling
+and limits, only that call blocked (:mod:`relay_demo.relay.branch`).
 
-    rec = record("tiny-random", pair, result, "hello")
+    rec = record("tiny-random", pair, result, messages, policy=policy, limits=limits, sampling=sampling)
     html = call_html(rec, 0, alone=student_text)                 # the panel for the first call
-    html = continue_html(rec, 0, without_text)                   # both endings side by side
+    html = continue_html(rec, 0, branch)                         # both endings side by side
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import gradio as gr
 
 from .. import pairs
+from ..backends.base import Sampling, chat_ids
 from ..calls import ended_text, student_alone
 from ..protocol import strip_commands
+from ..relay.branch import teacher_view, without_call
 from . import render
 
 # Delegated click: the chat's HTML is re-rendered while it streams, its container stays.
@@ -38,17 +44,24 @@ element.addEventListener('keydown', (e) => {
 });
 """
 EMPTY = "Click a teacher or command span of a finished answer to inspect that call."
+NOTHING = '<span class="relay-empty">(nothing)</span>'
 
 
-def record(pair_name: str, pair, result, user_prompt: str, max_tokens: int | None = None) -> dict:
-    """What the inspector needs of one finished answer (kept in the Gradio state, per user)."""
+def record(pair_name: str, pair, result, messages: list[dict], *, policy, limits, sampling: Sampling) -> dict:
+    """What the inspector needs of one finished answer (kept in the Gradio state, per user): ``messages`` the
+    prompt it answered; ``policy``, ``limits`` and ``sampling`` what it ran with."""
     return {
         "pair": pair_name,
         "prompt_ids": list(result.prompt_ids),
+        "teacher_prompt_ids": chat_ids(pair.teacher.tokenizer, messages, pair.chat_kwargs),
         "token_ids": list(result.token_ids),
         "calls": [c.to_json() for c in result.call_log],
-        "max_tokens": max_tokens or pair.limits.max_tokens,  # the answer's own limit
-        "gold": pairs.example_answer(pair_name, user_prompt),
+        "max_tokens": limits.max_tokens,  # the answer's own limit
+        "policy": policy,
+        "limits": limits,
+        "sampling": sampling,
+        "seed_row": 0,  # stream.generate runs each answer as the only row, row 0, of its own batch
+        "gold": pairs.example_answer(pair_name, messages[-1]["content"]),
         "spans": [
             {"source": s.source, "text": s.text, "tokens": len(s.token_ids), "call": s.call}
             for s in result.spans
@@ -81,8 +94,7 @@ def _rows(c: dict) -> str:
 
 
 def _side(title: str, source: str, text: str, extra: str = "", elem: str = "", tokens: int = 0) -> str:
-    empty = '<span class="relay-empty">(nothing)</span>'
-    body = render.span_html(source, text, tokens, source) if text else empty
+    body = render.span_html(source, text, tokens, source) if text else NOTHING
     ident = f' id="{elem}"' if elem else ""
     return (
         f'<div class="relay-side"{ident}><h5>{render.esc(title)}</h5>'
@@ -132,8 +144,10 @@ def verdict_html(answer: str | None, gold: str | None) -> str:
     return f'<div class="relay-answer">Final answer: <b>{shown}</b> · {mark} (expected {expected})</div>'
 
 
-def continue_html(rec: dict | None, k: int | None, without: str | None, error: str = "") -> str:
-    """The answer as given (from call ``k`` on) beside the student's teacher-free ending from that point."""
+def continue_html(rec: dict | None, k: int | None, branch: dict | None, error: str = "") -> str:
+    """The answer as given (from call ``k`` on) beside the relay continued from there without that call
+    (``branch``: its ``spans`` and ``token_ids``), what differs between them and, where the teacher wrote what
+    the student writes there itself, that the call changed nothing."""
     from ..answers import extract_answer
 
     c = _get(rec, k)
@@ -141,25 +155,59 @@ def continue_html(rec: dict | None, k: int | None, without: str | None, error: s
         return render.note_html(EMPTY, "info")
     if error:
         return render.note_html(error)
-    if without is None:
-        return render.note_html(f"Continuing from call {k + 1} without it (student only, greedy)…", "info")
+    if branch is None:
+        return render.note_html(
+            f"Continuing from call {k + 1} without it (same policy and sampling)…", "info"
+        )
     before, after = _split_at(rec, c["at"])
-    with_call = render.spans_html(after) or '<span class="relay-empty">(nothing)</span>'
     full_with = strip_commands("".join(s["text"] for s in rec["spans"]))
-    full_without = strip_commands(before + without)
-    left = (
-        f'<div class="relay-side" id="continue-with"><h5>as answered, with call {k + 1}</h5>'
-        f'<div class="relay-out">{with_call}</div>'
-        f"{verdict_html(extract_answer(full_with), rec.get('gold'))}</div>"
+    ending = "".join(s["text"] for s in branch["spans"])
+    full_without = strip_commands(before + ending)
+    sides = "".join(
+        f'<div class="relay-side" id="{elem}"><h5>{render.esc(title)}</h5><div class="relay-out">'
+        # calls are not clickable here: an ending's spans only show who wrote what
+        f"{render.spans_html({**s, 'call': None} for s in spans) or NOTHING}</div>"
+        f"{verdict_html(extract_answer(full), rec.get('gold'))}</div>"
+        for elem, title, spans, full in (
+            ("continue-with", f"as answered, with call {k + 1}", after, full_with),
+            ("continue-without", f"without call {k + 1}, the rest as before", branch["spans"], full_without),
+        )
     )
-    right = _side(
-        f"without call {k + 1}: the student alone from there",
-        "student",
-        without,
-        verdict_html(extract_answer(full_without), rec.get("gold")),
-        elem="continue-without",
+    notes = [_what_differs(rec, k)]
+    if _changed_nothing(rec, c, branch):
+        notes.append(
+            f"The teacher wrote exactly what the student writes here itself ({c['written']} tokens): "
+            f"call {k + 1} changed nothing."
+            + (" Both endings are the same." if full_with == full_without else "")
+        )
+    note = "".join(f'<p class="relay-differs">{render.esc(n)}</p>' for n in notes)
+    return f'<div class="relay-inspector">{note}<div class="relay-sides">{sides}</div></div>'
+
+
+def _what_differs(rec: dict, k: int) -> str:
+    s: Sampling = rec["sampling"]
+    how = "greedy" if s.temperature == 0 else f"temperature {s.temperature:g}, seed {s.seed}"
+    how += f", top-p {s.top_p:g}" if s.top_p < 1 else ""
+    text = (
+        f"Both endings run from the same text with the same policy ({rec['policy'].describe()}), sampling "
+        f"({how}) and limits, later calls included; only call {k + 1} is blocked, at that one position."
     )
-    return f'<div class="relay-inspector"><div class="relay-sides">{left}{right}</div></div>'
+    if s.temperature > 0:
+        text += (
+            " Sampled: the draws after this point are not the ones the answer used, so part of any "
+            "difference is chance (at temperature 0 only the call differs)."
+        )
+    return text
+
+
+def _changed_nothing(rec: dict, c: dict, branch: dict) -> bool:
+    """Whether the student, without the call, writes the teacher's tokens in their place (after its own
+    command, which is text where the call is blocked)."""
+    skip = (
+        branch["spans"][0]["tokens"] if branch["spans"] and branch["spans"][0]["source"] == "command" else 0
+    )
+    teacher = rec["token_ids"][c["start"] : c["start"] + c["written"]]
+    return bool(teacher) and branch["token_ids"][skip : skip + len(teacher)] == teacher
 
 
 def _split_at(rec: dict, at: int) -> tuple[str, list[dict]]:
@@ -190,18 +238,28 @@ def inspect(get_pair, rec: dict | None, k: int | None) -> Iterator[str]:
 
 
 def continue_without(get_pair, rec: dict | None, k: int | None) -> Iterator[str]:
+    """Both endings of call ``k``: a note at once, then the relay continued from it without the call."""
     c = _get(rec, k)
     yield continue_html(rec, k, None)
     if c is None:
         return
     try:
         pair = get_pair(rec["pair"])
-        left = max(1, rec["max_tokens"] - c["at"])
-        _, text, _ = student_alone(pair, rec["prompt_ids"], rec["token_ids"], c["at"], left)
+        at, tok = c["at"], pair.teacher.tokenizer
+        ids = (
+            rec["prompt_ids"] + rec["token_ids"][:at],
+            rec["teacher_prompt_ids"] + teacher_view(rec["spans"], rec["token_ids"], at, tok),
+        )
+        limits = replace(rec["limits"], max_calls=max(0, rec["limits"].max_calls - k))  # k calls were made
+        r = without_call(
+            pair, rec["policy"], ids, limits, rec["sampling"], max_tokens=max(1, rec["max_tokens"] - at),
+            seed_row=rec["seed_row"],
+        )  # fmt: skip
     except (ValueError, RuntimeError, FileNotFoundError) as e:
-        yield continue_html(rec, k, None, error=f"Could not run the student: {e}")
+        yield continue_html(rec, k, None, error=f"Could not continue without the call: {e}")
         return
-    yield continue_html(rec, k, text)
+    spans = [{"source": x.source, "text": x.text, "tokens": len(x.token_ids)} for x in r.spans]
+    yield continue_html(rec, k, {"spans": spans, "token_ids": list(r.token_ids)})
 
 
 def build(trace: gr.HTML, get_record, records: gr.State, prefix: str, get_pair) -> None:

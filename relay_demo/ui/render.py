@@ -20,6 +20,7 @@ SOURCES = ("student", "teacher", "command")
 COLOURS = {"student": "#1f2937", "teacher": "#0e7490", "command": "#b45309"}
 BACKGROUNDS = {"student": "transparent", "teacher": "#cffafe", "command": "#fef3c7"}
 LABELS = {"student": "student", "teacher": "teacher", "command": "<call>N</call> command"}
+NA = "n/a"  # a figure that is undefined (the Explorer's summary table; a row click reads it as no param)
 
 CSS = """
 .relay-out { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 14px; line-height: 1.6;
@@ -56,6 +57,7 @@ CSS = """
 .relay-inspector { border: 1px solid #bae6fd; border-radius: 8px; padding: 8px 12px; background: #f0f9ff;
                    font-size: 14px; }
 .relay-inspector h4 { margin: 0 0 6px 0; }
+.relay-inspector .relay-differs { margin: 0 0 6px 0; font-size: 13px; color: #374151; }
 .relay-inspector table { border-collapse: collapse; margin-bottom: 8px; border: none; }
 .relay-inspector tr { border: none; border-bottom: 1px solid #e0f2fe; }
 .relay-inspector th, .relay-inspector td { border: none; padding: 2px 10px 2px 0; background: none; }
