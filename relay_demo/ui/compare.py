@@ -58,8 +58,8 @@ def build(ctl: Controls, hosted: bool) -> None:
         got: list = [None]
         keep = lambda rec: got.__setitem__(0, rec)  # noqa: E731
         for out in h.compare_run(prompt_text, settings, on_relay_result=keep, stopped=button.start()):
-            # the last output is the note: an off-task hint shows there unless an error does
-            out = (*out[:-1], render.note_html(off_task, "info")) if off_task and not out[-1] else out
+            # the last output is the note: an off-task hint shows there from the first moment, after any other
+            out = (*out[:-1], (out[-1] or "") + render.note_html(off_task, "info")) if off_task else out
             yield (*out, got[0])
 
     # "minimal": the streamed text is the progress; Gradio's full overlay would hide it

@@ -45,8 +45,8 @@ def build(ctl: Controls, hosted: bool) -> None:
         for chat_html, counters_html, note_html, turns_out, box in h.chat_submit(
             prompt_text, turns_value, settings, button.start()
         ):
-            if off_task and not note_html:  # the toy answers any question with digits: say so, visibly
-                note_html = render.note_html(off_task, "info")
+            if off_task:  # the toy answers any question with digits: say so at once, beside any other note
+                note_html = (note_html or "") + render.note_html(off_task, "info")
             # clear the box once, then leave it alone: the user may type the next question while this streams
             yield chat_html, counters_html, note_html, turns_out, gr.skip() if cleared and box == "" else box
             cleared = cleared or box == ""
