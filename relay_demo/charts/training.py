@@ -134,23 +134,29 @@ def _calls(fig: go.Figure, curve: pd.DataFrame) -> None:
             strict=True,
         )
     ]
-    for name, y, color, dash, second in (
-        ("call ratio (%, left)", 100 * curve["call_ratio"], RELAY, "solid", False),
-        ("calls per problem (right)", curve["calls_per_problem"], CALLING, "dot", True),
-    ):
+    series = (
+        (100 * curve["call_ratio"], "call ratio (%, left)", RELAY, "solid", False),
+        (curve["calls_per_problem"], "calls per problem (right)", CALLING, "dot", True),
+    )
+    _lines(fig, curve["round"], series, hover, row=2, legend="legend2", size=6)
+
+
+def _lines(fig: go.Figure, x: pd.Series, series, hover: list[str], *, row: int, legend: str, size: int):
+    """One line a (y, name, colour, dash, on the right axis) of ``series``, all with the same hover text."""
+    for y, name, color, dash, second in series:
         fig.add_trace(
             go.Scatter(
-                x=curve["round"],
+                x=x,
                 y=y,
                 name=name,
                 mode="lines+markers",
-                legend="legend2",
+                legend=legend,
                 line={"color": color, "dash": dash},
-                marker={"color": color},
+                marker={"color": color, "size": size},
                 text=hover,
                 hovertemplate="%{text}<extra></extra>",
             ),
-            row=2,
+            row=row,
             col=1,
             secondary_y=second,
         )
@@ -224,27 +230,12 @@ def _rollouts(fig: go.Figure, roll: pd.DataFrame, row: int) -> None:
             strict=True,
         )
     ]
-    for y, name, color, dash, second in (
+    series = (
         (100 * roll["accuracy"], "correct (%, left)", RELAY, "solid", False),
         (100 * roll["called"], "rollouts calling (%, left)", CALLING, "dot", False),
         (roll["reward"], "mean reward (right)", RIGHT, "dash", True),
-    ):
-        fig.add_trace(
-            go.Scatter(
-                x=roll["round"],
-                y=y,
-                name=name,
-                mode="lines+markers",
-                legend="legend4",
-                line={"color": color, "dash": dash},
-                marker={"color": color, "size": 5},
-                text=hover,
-                hovertemplate="%{text}<extra></extra>",
-            ),
-            row=row,
-            col=1,
-            secondary_y=second,
-        )
+    )
+    _lines(fig, roll["round"], series, hover, row=row, legend="legend4", size=5)
 
 
 def _layout(fig: go.Figure, panels: int, rounds: pd.Series, title: str) -> None:
