@@ -23,9 +23,10 @@ Each **round** is one GRPO step done in three resumable parts:
    teacher solves, and how many problems the calls turn from wrong (teacher-free) to right (relay).
 
 Why rounds and not TRL's ``GRPOTrainer``: its ``rollout_func`` would decode with the training model itself
-under transformers, where the unmerged peft student writes about 4 tokens/s (shared/notes); vLLM on a merged
-copy writes ~200 tokens/s batched here. The reward, the group advantages and the source mask are the same
-as in ``offline/grpo.py`` (the tiny pair's TRL job); the cost of each part is logged per round.
+under transformers, where the unmerged peft student writes about 4 tokens/s (../shared/notes/
+qwen-pair-training.md); a round's 64 relay rollouts on vLLM with a merged copy, teacher handoffs included,
+ran at 97 tokens/s on 2 threads here. The reward, the group advantages and the source mask are the same as
+in ``offline/grpo.py`` (the tiny pair's TRL job); the cost of each part is logged per round.
 
 **Training problems** come from the train split in a seeded order, minus the dev problems and the problems
 the warm-up was labelled on, filtered by the teacher's pass rate as the paper does: a problem is kept when

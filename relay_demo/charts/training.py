@@ -39,7 +39,7 @@ PANELS = (
     "dev accuracy (%)",
     "how much the relay calls (dev)",
     "where the calls go (dev problems)",
-    "training rollouts (sampled by each round's student)",
+    "training rollouts (each round's own problems: levels differ by problem, not only by round)",
 )
 
 
