@@ -44,7 +44,7 @@ def test_rollouts_record_calls_rewards_and_the_source_mask(tok):
     pair = Pair("chain", HFEngine(s, tok, "s"), HFEngine(t, tok, "t"), Limits(max_n=16, max_tokens=64))
     cfg = rl_relay.RlCfg(group=2, temperature=1.0)
     problems = [Problem("p/0", "hi", "42", "gsm8k"), Problem("p/1", "hi", "7", "gsm8k")]
-    rows = rl_relay.rollouts(cfg, pair, problems, rnd=0)
+    rows = rl_relay.rollouts(cfg, pair, problems)
     assert [r["id"] for r in rows] == ["p/0", "p/0", "p/1", "p/1"]
     for r in rows:
         # the scripted student calls once; the teacher writes 3 of the 16 response tokens
