@@ -15,7 +15,8 @@ from relay_demo import ROOT
 from relay_demo.pairs import resolve
 
 
-def _path(p: str) -> Path:
+def repo_path(p: str) -> Path:
+    """A recipe's path: absolute against the repository root (``relay_demo.pairs.resolve``), or a hub id."""
     return Path(resolve(p))
 
 
@@ -53,7 +54,7 @@ class Engines:
         kw = dict(cfg.engine)
         self.dtype = resolve_dtype(kw.pop("dtype", "bfloat16"))
         self.kw = kw
-        self.teacher = VLLMEngine.load(str(_path(cfg.teacher)), dtype=self.dtype, name="teacher", **kw)
+        self.teacher = VLLMEngine.load(str(repo_path(cfg.teacher)), dtype=self.dtype, name="teacher", **kw)
         self.chat_kwargs = dict(registry()[cfg.pair].get("chat_kwargs", {}))
         self.student = None
         self.adapter: Path | None = None
@@ -69,8 +70,8 @@ class Engines:
             t0 = time.monotonic()
             if self.student is not None:
                 self.student.close()
-            cache = _path(self.cfg.work) / "merged"
-            folder = merged_copy(_path(self.cfg.student), adapter, cache)
+            cache = repo_path(self.cfg.work) / "merged"
+            folder = merged_copy(repo_path(self.cfg.student), adapter, cache)
             self.student = VLLMEngine.load(str(folder), dtype=self.dtype, name="student", **self.kw)
             for old in cache.iterdir():  # vLLM holds the weights now; 2 GB a copy
                 if old != folder:
@@ -121,7 +122,8 @@ class Learner:
         from transformers import AutoModelForCausalLM
 
         self.cfg = cfg
-        base = AutoModelForCausalLM.from_pretrained(_path(cfg.student), dtype=getattr(torch, cfg.train_dtype))
+        dtype = getattr(torch, cfg.train_dtype)
+        base = AutoModelForCausalLM.from_pretrained(repo_path(cfg.student), dtype=dtype)
         self.model = PeftModel.from_pretrained(base, adapter, is_trainable=True)
         self.model.train()
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -201,7 +203,7 @@ class Learner:
         self.model.save_pretrained(tmp)
         spec_file = tmp / "adapter_config.json"
         spec = json.loads(spec_file.read_text())
-        init = json.loads((_path(self.cfg.init_adapter) / "adapter_config.json").read_text())
+        init = json.loads((repo_path(self.cfg.init_adapter) / "adapter_config.json").read_text())
         spec["base_model_name_or_path"] = init.get("base_model_name_or_path")
         spec_file.write_text(json.dumps(spec, indent=2) + "\n")
         torch.save(self.opt.state_dict(), tmp / "optimizer.pt")

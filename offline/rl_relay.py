@@ -52,10 +52,9 @@ from pathlib import Path
 from offline import config as cfglib
 from offline.common import Jsonl
 from offline.rewards import RewardCfg, Rollout, group_rewards
-from offline.rl_parts import Engines, Learner, advantages
+from offline.rl_parts import Engines, Learner, advantages, repo_path
 from offline.tasks import grade_response, load_benchmark
 from offline.tasks.base import Problem
-from relay_demo.pairs import resolve
 
 
 @dataclass
@@ -111,24 +110,20 @@ class RlCfg:
             raise ValueError("lr must be > 0 and token_lr >= 0")
 
 
-def _path(p: str) -> Path:
-    return Path(resolve(p))
-
-
 # -- problems --------------------------------------------------------------------------------------
 
 
 def dev_problems(cfg: RlCfg, by_id: dict[str, Problem]) -> list[Problem]:
-    ids = json.loads(_path(cfg.dev_ids).read_text(encoding="utf-8"))
+    ids = json.loads(repo_path(cfg.dev_ids).read_text(encoding="utf-8"))
     return [by_id[i] for i in ids[: cfg.dev_n]]
 
 
 def pool(cfg: RlCfg, problems: list[Problem]) -> list[Problem]:
     """Train problems in a seeded order, minus the dev ids and the problems an ``exclude`` folder labelled."""
-    banned = set(json.loads(_path(cfg.dev_ids).read_text(encoding="utf-8")))
+    banned = set(json.loads(repo_path(cfg.dev_ids).read_text(encoding="utf-8")))
     for folder in cfg.exclude:
         for name in ("rollouts.jsonl", "examples.jsonl"):
-            banned |= {r["id"] for r in Jsonl(_path(folder) / name).rows()}
+            banned |= {r["id"] for r in Jsonl(repo_path(folder) / name).rows()}
     order = [p for p in problems if p.id not in banned]
     random.Random(f"rl/{cfg.benchmark}-{cfg.split}/{cfg.seed}").shuffle(order)
     return order
@@ -145,7 +140,7 @@ def grade(cfg: RlCfg, text: str, problem: Problem) -> bool:
 
 def kept_problems(cfg: RlCfg, engines: Engines, ordered: list[Problem], need: int, log) -> list[Problem]:
     """The first ``need`` kept problems of ``ordered``, filtering further chunks when there are too few."""
-    store = Jsonl(_path(cfg.work) / "filter.jsonl")
+    store = Jsonl(repo_path(cfg.work) / "filter.jsonl")
     done = {r["id"]: r for r in store.rows()}
     by_pos = list(ordered)
     while True:
@@ -213,7 +208,7 @@ def teacher_alone(cfg: RlCfg) -> dict[str, bool]:
     """Problem id -> the teacher alone is right, from the committed dev run (same problems, greedy)."""
     from relay_demo.results import parts as rio
 
-    frame = rio.read_samples(_path(cfg.dev_run))
+    frame = rio.read_samples(repo_path(cfg.dev_run))
     frame = frame[frame["method"] == "teacher"]
     return {str(p): bool(c) for p, c in zip(frame["problem_id"], frame["correct"], strict=True)}
 
@@ -261,17 +256,17 @@ def dev_point(cfg: RlCfg, engines: Engines, adapter: Path, dev: list[Problem], r
 
 
 def _round_dir(cfg: RlCfg, rnd: int) -> Path:
-    return _path(cfg.work) / "adapters" / f"round-{rnd:03d}"
+    return repo_path(cfg.work) / "adapters" / f"round-{rnd:03d}"
 
 
 def _last_round(cfg: RlCfg) -> int:
     """The number of updates already saved (round-000 is the starting adapter)."""
-    folder = _path(cfg.work) / "adapters"
+    folder = repo_path(cfg.work) / "adapters"
     if not (folder / "round-000" / "adapter_config.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / "round-000.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(_path(cfg.init_adapter), tmp)
+        shutil.copytree(repo_path(cfg.init_adapter), tmp)
         tmp.rename(folder / "round-000")
     done = [
         int(p.name[6:]) for p in folder.glob("round-[0-9][0-9][0-9]") if (p / "adapter_config.json").is_file()
@@ -281,7 +276,7 @@ def _last_round(cfg: RlCfg) -> int:
 
 def _prune(cfg: RlCfg, latest: int) -> None:
     """Keep round-000, every dev-point round and the newest ``keep_adapters``."""
-    for p in (_path(cfg.work) / "adapters").glob("round-[0-9][0-9][0-9]"):
+    for p in (repo_path(cfg.work) / "adapters").glob("round-[0-9][0-9][0-9]"):
         rnd = int(p.name[6:])
         if rnd and rnd % cfg.eval_every and rnd <= latest - cfg.keep_adapters:
             shutil.rmtree(p, ignore_errors=True)
@@ -301,7 +296,7 @@ def run(cfg: RlCfg) -> dict:
     problems = load_benchmark(cfg.benchmark, split=cfg.split)
     dev = dev_problems(cfg, {p.id: p for p in problems})
     ordered = pool(cfg, problems)
-    metrics, curve = Jsonl(_path(cfg.metrics)), Jsonl(_path(cfg.curve))
+    metrics, curve = Jsonl(repo_path(cfg.metrics)), Jsonl(repo_path(cfg.curve))
     curve_done = {r["round"] for r in curve.rows()}
 
     def log(**row):
@@ -319,7 +314,7 @@ def run(cfg: RlCfg) -> dict:
             print(json.dumps(point), flush=True)
         if rnd == cfg.rounds:
             break
-        roll_file = _path(cfg.work) / "rollouts" / f"round-{rnd:03d}.jsonl"
+        roll_file = repo_path(cfg.work) / "rollouts" / f"round-{rnd:03d}.jsonl"
         if not roll_file.is_file():
             kept = kept_problems(cfg, engines, ordered, (rnd + 1) * cfg.problems_per_round, log)
             batch = kept[rnd * cfg.problems_per_round :]
