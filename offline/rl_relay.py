@@ -17,10 +17,12 @@ Each **round** is one GRPO step done in three resumable parts:
    source mask: the teacher's tokens never enter the loss), divided by the number of those tokens
    (token-level normalisation, as DAPO). One step on fresh samples is on-policy: the importance ratio is 1
    and PPO's clipping would never act, so none is computed.
-3. *Dev point* (every ``eval_every`` rounds): greedy relay and its teacher-free twin on held-out train
-   problems (never a test split), with the teacher-alone answers of the committed dev run, into the learning
-   curve (``curve``): accuracy, call ratio, calls per problem, the share of calls on problems only the
-   teacher solves, and how many problems the calls turn from wrong (teacher-free) to right (relay).
+3. *Dev point* (every ``eval_every`` rounds, ``offline/rl_dev.py``): greedy relay and its teacher-free twin
+   on held-out train problems (never a test split), with the teacher-alone answers of the committed dev run,
+   into the learning curve (``curve``): accuracy, call ratio, calls per problem, the share of calls on
+   problems only the teacher solves, how many problems the calls turn from wrong (teacher-free) to right
+   (relay), and the per-problem answers for paired comparisons. ``sweep_rounds`` / ``sweep_biases`` add
+   points at other call biases without training: the checkpoint and the bias are chosen there.
 
 Why rounds and not TRL's ``GRPOTrainer``: its ``rollout_func`` would decode with the training model itself
 under transformers, where the unmerged peft student writes about 4 tokens/s (../shared/notes/
@@ -50,10 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offline import config as cfglib
+from offline import rl_dev
 from offline.common import Jsonl
 from offline.rewards import RewardCfg, Rollout, group_rewards
 from offline.rl_parts import Engines, Learner, advantages, repo_path
-from offline.tasks import grade_response, load_benchmark
+from offline.tasks import load_benchmark
 from offline.tasks.base import Problem
 
 
@@ -96,6 +99,9 @@ class RlCfg:
     train_dtype: str = "bfloat16"
     keep_adapters: int = 3  # round adapters kept besides those at dev points
     threads: int = 2
+    # dev points at other call biases, without training (offline/rl_dev.py): the bias is chosen on dev
+    sweep_rounds: list[int] = field(default_factory=list)
+    sweep_biases: list[float] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.group < 2:
@@ -108,6 +114,8 @@ class RlCfg:
             raise ValueError("filter_k > 1 greedy samples would all be the same: give filter_temperature")
         if not self.lr > 0 or not self.token_lr >= 0:
             raise ValueError("lr must be > 0 and token_lr >= 0")
+        if bool(self.sweep_rounds) != bool(self.sweep_biases):
+            raise ValueError("a dev sweep needs both sweep_rounds and sweep_biases")
 
 
 # -- problems --------------------------------------------------------------------------------------
@@ -130,9 +138,7 @@ def pool(cfg: RlCfg, problems: list[Problem]) -> list[Problem]:
 
 
 def grade(cfg: RlCfg, text: str, problem: Problem) -> bool:
-    from relay_demo.protocol import strip_commands
-
-    return bool(grade_response(cfg.benchmark, strip_commands(text), problem).correct)
+    return rl_dev.grade(cfg.benchmark, text, problem)
 
 
 # -- stage 1: the teacher filter -------------------------------------------------------------------
@@ -201,57 +207,6 @@ def rollouts(cfg: RlCfg, pair, problems: list[Problem]) -> list[dict]:
     return rows
 
 
-# -- stage 3: the dev curve ------------------------------------------------------------------------
-
-
-def teacher_alone(cfg: RlCfg) -> dict[str, bool]:
-    """Problem id -> the teacher alone is right, from the committed dev run (same problems, greedy)."""
-    from relay_demo.results import parts as rio
-
-    frame = rio.read_samples(repo_path(cfg.dev_run))
-    frame = frame[frame["method"] == "teacher"]
-    return {str(p): bool(c) for p, c in zip(frame["problem_id"], frame["correct"], strict=True)}
-
-
-def dev_point(cfg: RlCfg, engines: Engines, adapter: Path, dev: list[Problem], rnd: int) -> dict:
-    """Greedy relay and its teacher-free twin on the dev problems, and where the relay's calls went."""
-    from relay_demo.backends.base import Sampling
-    from relay_demo.policies import make_policy
-    from relay_demo.relay import Limits, relay_batch
-
-    t0 = time.monotonic()
-    pair = engines.student_of(adapter)
-    limits = Limits(max_n=cfg.max_n, max_calls=cfg.max_calls, max_tokens=cfg.eval_max_tokens)
-    free_limits = Limits(max_n=cfg.max_n, max_calls=0, max_tokens=cfg.eval_max_tokens)
-    policy = make_policy("learned", call_bias=cfg.call_bias)
-    prompts = [p.prompt for p in dev]
-    greedy = Sampling(temperature=0.0, seed=0)
-    relay = relay_batch(pair, prompts, policy, limits=limits, sampling=greedy)
-    free = relay_batch(pair, prompts, policy, limits=free_limits, sampling=greedy)
-    teacher = teacher_alone(cfg)
-    ok = [grade(cfg, r.text, p) for r, p in zip(relay, dev, strict=True)]
-    ok_free = [grade(cfg, r.text, p) for r, p in zip(free, dev, strict=True)]
-    called = [r.calls > 0 for r in relay]
-    response = sum(r.student_tokens + r.teacher_tokens + r.command_tokens for r in relay)
-    calling = [i for i, c in enumerate(called) if c]
-    return {
-        "round": rnd,
-        "adapter": adapter.name,
-        "n": len(dev),
-        "accuracy": sum(ok) / len(dev),
-        "teacher_free_accuracy": sum(ok_free) / len(dev),
-        "call_ratio": sum(r.teacher_tokens for r in relay) / max(1, response),
-        "calls_per_problem": sum(r.calls for r in relay) / len(dev),
-        "problems_calling": len(calling),
-        # of the problems the relay called on: the teacher alone solves them, the student's twin does not
-        "calling_teacher_only": sum(teacher.get(dev[i].id, False) and not ok_free[i] for i in calling),
-        "calling_teacher_fails": sum(not teacher.get(dev[i].id, False) for i in calling),
-        "turned_right": sum(ok[i] and not ok_free[i] for i in calling),  # wrong without the calls, right with
-        "turned_wrong": sum(ok_free[i] and not ok[i] for i in calling),
-        "secs": round(time.monotonic() - t0, 1),
-    }
-
-
 # -- the rounds ------------------------------------------------------------------------------------
 
 
@@ -297,19 +252,24 @@ def run(cfg: RlCfg) -> dict:
     dev = dev_problems(cfg, {p.id: p for p in problems})
     ordered = pool(cfg, problems)
     metrics, curve = Jsonl(repo_path(cfg.metrics)), Jsonl(repo_path(cfg.curve))
-    curve_done = {r["round"] for r in curve.rows()}
+    curve_done = {r["round"] for r in curve.rows() if rl_dev.bias_of(r, cfg.call_bias) == cfg.call_bias}
 
     def log(**row):
         metrics.append([{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}])
         print(json.dumps(row), flush=True)
 
     engines = Engines(cfg)
+    if cfg.sweep_rounds or cfg.sweep_biases:
+        made = rl_dev.sweep(cfg, engines, lambda rnd: _round_dir(cfg, rnd), dev, curve)
+        for point in made:
+            print(json.dumps(point), flush=True)
+        return {"rounds": _last_round(cfg), "curve": made}
     learner: Learner | None = None
     start = _last_round(cfg)
     for rnd in range(start, cfg.rounds + 1):
         adapter = _round_dir(cfg, rnd)
         if (rnd % cfg.eval_every == 0 or rnd == cfg.rounds) and rnd not in curve_done:
-            point = dev_point(cfg, engines, adapter, dev, rnd)
+            point = rl_dev.dev_point(cfg, engines, adapter, dev, rnd, cfg.call_bias)
             curve.append([point])
             print(json.dumps(point), flush=True)
         if rnd == cfg.rounds:
@@ -335,6 +295,7 @@ def run(cfg: RlCfg) -> dict:
                 call_ratio=teacher / max(1, gen),
                 reward=sum(r["reward"] for r in rows) / len(rows),
                 groups_with_signal=sum(any(r["advantage"] for r in g) for g in groups),
+                scale_rewards=cfg.scale_rewards,
                 secs=secs,
                 tokens=gen,
                 teacher_tokens=teacher,

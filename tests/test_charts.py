@@ -124,3 +124,19 @@ def test_resumed_duplicates_keep_the_last_row_and_bad_input_says_why():
         learning_curve(_curve().drop(columns=["turned_right"]))
     with pytest.raises(ValueError, match="no rows"):
         learning_curve(_curve().iloc[:0])
+
+
+def test_a_bias_sweep_stays_off_the_curve_and_a_scaling_switch_is_marked():
+    sweep = _curve(rounds=(4,)).assign(accuracy=0.9, call_bias=-1.0)
+    curve = pd.concat([_curve(), sweep])  # older rows have no call_bias: they are at the recipe's bias
+    assert list(_trace(learning_curve(curve), "relay (greedy)").y) == pytest.approx([27.0, 28.0, 29.0])
+    at_minus_one = learning_curve(curve, call_bias=-1.0)
+    assert list(_trace(at_minus_one, "relay (greedy)").y) == pytest.approx([90.0])
+    with pytest.raises(ValueError, match="call bias 2"):
+        learning_curve(curve, call_bias=2.0)
+    rounds = _rounds(4)
+    rounds.loc[rounds["round"] >= 2, "scale_rewards"] = False  # rows before the field: scaling on
+    fig = learning_curve(_curve(), rounds)
+    assert {s.x0 for s in fig.layout.shapes if s.type == "line"} == {1.5}  # across the panels
+    assert [a.x for a in fig.layout.annotations if "std scaling off" in a.text] == [1.5]
+    assert not [s for s in learning_curve(_curve(), _rounds(4)).layout.shapes if s.type == "line"]

@@ -3,6 +3,7 @@ LoRA update that never learns from teacher tokens, the problem pool and resuming
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -158,3 +159,62 @@ def test_config_rejects_groups_of_one_and_greedy_repeats():
         rl_relay.RlCfg(filter_k=2, filter_temperature=0.0).validate()
     RlCfg = rl_relay.RlCfg
     assert RlCfg(reward=RewardCfg()).reward.solo_bonus == 1.5
+
+
+class _Engines:
+    """Stands in for ``rl_parts.Engines`` (vLLM): the same pair whatever the adapter; counts the loads."""
+
+    def __init__(self, pair):
+        self.pair, self.loads = pair, []
+
+    def student_of(self, adapter):
+        self.loads.append(adapter.name)
+        return self.pair
+
+
+def test_dev_points_keep_per_problem_answers_and_a_bias_sweep_reuses_the_twin(tok, tmp_path, monkeypatch):
+    from offline import rl_dev
+    from offline.common import Jsonl
+    from relay_demo import relay as relay_mod
+
+    s, t = bpe_chain_models(tok)
+    pair = Pair("chain", HFEngine(s, tok, "s"), HFEngine(t, tok, "t"), Limits(max_n=16, max_tokens=64))
+    dev = [Problem("p/0", "hi", "42", "gsm8k"), Problem("p/1", "hi", "Done", "gsm8k")]
+    monkeypatch.setattr(rl_dev, "teacher_alone", lambda run: {"p/0": True, "p/1": False})
+    batches = []
+    real = relay_mod.relay_batch
+
+    def counted(*a, **k):
+        batches.append(k["limits"].max_calls)
+        return real(*a, **k)
+
+    monkeypatch.setattr(relay_mod, "relay_batch", counted)
+    cfg = rl_relay.RlCfg(max_n=16, eval_max_tokens=64, work=str(tmp_path / "work"))
+    adapter = tmp_path / "round-004"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    point = rl_dev.dev_point(cfg, _Engines(pair), adapter, dev, 4, 0.0)
+    assert batches == [cfg.max_calls, 0]  # the relay, then its twin with calls off
+    assert point["call_bias"] == 0.0 and len(point["relay_ok"]) == len(point["free_ok"]) == 2
+    assert point["accuracy"] == point["relay_ok"].count("1") / 2
+    assert point["teacher_free_accuracy"] == point["free_ok"].count("1") / 2
+    assert point["problems_calling"] == 2 and point["calls_per_problem"] == 1.0  # the scripted student calls
+    assert point["calling_teacher_fails"] == 1  # p/1: the teacher alone fails it (the stand-in above)
+
+    curve = Jsonl(tmp_path / "curve.jsonl")
+    # (the scripted student's "<call>" is several tokens, so a nonzero bias cannot act on it: the earlier
+    # point is relabelled instead)
+    curve.append([{**point, "call_bias": 1.0}])
+    engines = _Engines(pair)
+    sweep = dataclasses.replace(cfg, sweep_rounds=[4], sweep_biases=[1.0, 0.0])
+    batches.clear()
+    made = rl_dev.sweep(sweep, engines, lambda rnd: tmp_path / f"round-{rnd:03d}", dev, curve)
+    assert [p["call_bias"] for p in made] == [0.0]  # bias 1 of round 4 was there already
+    assert batches == [cfg.max_calls]  # the twin's answers came from the round's first point
+    assert made[0]["free_ok"] == point["free_ok"] and engines.loads == ["round-004"]
+    assert rl_dev.sweep(sweep, engines, lambda rnd: tmp_path / f"round-{rnd:03d}", dev, curve) == []
+    with pytest.raises(FileNotFoundError, match="round 8"):
+        missing = dataclasses.replace(sweep, sweep_rounds=[8])
+        rl_dev.sweep(missing, engines, lambda r: tmp_path / "x", dev, curve)
+    with pytest.raises(ValueError, match="sweep"):
+        rl_relay.RlCfg(sweep_rounds=[4]).validate()

@@ -238,6 +238,22 @@ def _rollouts(fig: go.Figure, roll: pd.DataFrame, row: int) -> None:
     _lines(fig, roll["round"], series, hover, row=row, legend="legend4", size=5)
 
 
+def _switches(fig: go.Figure, roll: pd.DataFrame) -> None:
+    """A dotted vertical line at each round where the advantages' std scaling was switched on or off."""
+    if "scale_rewards" not in roll.columns:
+        return
+    # rows logged before the field existed ran with the default, std scaling on
+    scaled = roll["scale_rewards"].map(lambda v: True if pd.isna(v) else bool(v)).tolist()
+    for rnd, before, now in zip(roll["round"].iloc[1:], scaled, scaled[1:], strict=False):
+        if before != now:
+            label = "advantages: std scaling " + ("on" if now else "off (centred only)")
+            x = float(rnd) - 0.5
+            fig.add_vline(x=x, line_dash="dot", line_color="#555", row="all", col=1)
+            fig.add_annotation(
+                x=x, y=1, yref="y domain", text=label, showarrow=False, xanchor="left", font={"size": 10}
+            )
+
+
 def _layout(fig: go.Figure, panels: int, rounds: pd.Series, title: str) -> None:
     span = float(rounds.max() - rounds.min()) if len(rounds) else 0.0
     fig.update_xaxes(dtick=max(1, math.ceil(span / 10)), tick0=0, showgrid=True, zeroline=False)
@@ -287,14 +303,19 @@ def learning_curve(
     student: float | None = None,
     teacher: float | None = None,
     title: str | None = None,
+    call_bias: float = 0.0,
 ) -> go.Figure:
     """Dev accuracy of the relay and its teacher-free twin (95% Wilson error bars), the call ratio and calls
     per problem, where the calls go (problems calling, those only the teacher solves, calls that turn an
     answer wrong -> right and right -> wrong), and, given ``rounds``, the training rollouts of each round.
-    ``student`` / ``teacher``: their dev accuracy alone (fractions), drawn as reference lines."""
+    ``student`` / ``teacher``: their dev accuracy alone (fractions), drawn as reference lines. ``call_bias``:
+    the points drawn (a curve may hold a bias sweep too; rows without the field were written at bias 0). Where
+    the rounds' ``scale_rewards`` changes, a vertical line says so."""
     _check(curve, CURVE, "the learning curve")
+    if "call_bias" in curve.columns:
+        curve = curve[curve["call_bias"].fillna(0.0) == call_bias]
     if curve.empty:
-        raise ValueError("the learning curve has no rows")
+        raise ValueError(f"the learning curve has no rows at call bias {call_bias:g}")
     curve = _last_per_round(curve)
     roll = None
     if rounds is not None and "stage" in rounds.columns:
@@ -320,6 +341,7 @@ def learning_curve(
     _where(fig, curve, step)
     if roll is not None:
         _rollouts(fig, roll, 4)
+        _switches(fig, roll)
     ns = sorted({int(n) for n in curve["n"]})
     n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
     default = f"Learning curve of the RL stage<br><sup>dev: {n} held-out problems, greedy decoding</sup>"
