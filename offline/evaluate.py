@@ -30,6 +30,9 @@ random-query           (none)              computed from this run's student and 
 
 A method may name another registered ``pair:`` (the tiny pair's baselines run on the base student, its relay
 methods on the relay student); its rows are recorded under the run's pair; one pair is in memory at a time.
+A method may keep a smaller nested sample (``sizes: {gsm8k: 200}``, ``0`` leaves a benchmark out) when the
+run grows. The manifest records a digest of the weights the project trained for each method's pair; a
+method whose pair was retrained since is refused (rename it, or use another run_id).
 
 Batches are fixed slices of each benchmark's problem list and batch ``k`` is sampled with seed
 ``sampling.seed + k``, so a resumed run draws what an uninterrupted one would have (given a deterministic
@@ -40,132 +43,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from offline import config as cfglib
+from offline.eval_config import (  # noqa: F401 (the recipe's schema, importable from here as before)
+    DEFAULT_LIMITS,
+    DEFAULT_POLICY,
+    EvalCfg,
+    MethodCfg,
+    SamplingCfg,
+)
 from offline.eval_rows import RANDOM_QUERY, random_query_rows, result_row
-from offline.tasks import BENCHMARKS, load_benchmark
+from offline.tasks import load_benchmark
 from offline.tasks.base import Problem
 from relay_demo import ROOT
 from relay_demo.results import parts as rio
 
-DEFAULT_POLICY = {
-    "student": "student-only",
-    "teacher": "teacher-only",
-    "relay": "learned",
-    "relay-teacher-free": "learned",
-    "random-token": "random-token",
-    "confidence": "confidence",
-    "router": "router",
-}
-DEFAULT_LIMITS = {"relay-teacher-free": {"max_calls": 0}}
-
-
-@dataclass
-class MethodCfg:
-    name: str
-    policy: str | None = None  # relay_demo.policies registry name; default from DEFAULT_POLICY
-    params: dict = field(default_factory=dict)  # fixed policy keyword arguments
-    sweep: dict = field(default_factory=dict)  # {knob: [values]}: one run per value, value -> `param` column
-    limits: dict = field(default_factory=dict)  # overrides of the run's limits for this method
-    ps: list[float] = field(default_factory=list)  # random-query only: shares of queries sent to the teacher
-    # generate this method with another registered pair (e.g. the base student for the baselines); its rows
-    # are still recorded under the run's pair, so every method of a pair lands on one chart
-    pair: str | None = None
-
-    def validate(self) -> None:
-        if self.name == RANDOM_QUERY:
-            if not self.ps or any(not 0 <= p <= 1 for p in self.ps):
-                raise ValueError("random-query needs ps: a list of probabilities in [0, 1]")
-            if self.policy or self.sweep:
-                raise ValueError("random-query is computed from student and teacher rows: no policy, sweep")
-            return
-        if self.ps:
-            raise ValueError(f"{self.name}: ps is for random-query only")
-        if self.policy is None and self.name not in DEFAULT_POLICY:
-            known = sorted(DEFAULT_POLICY)
-            raise ValueError(f"method {self.name!r} needs a policy (defaults exist for {known})")
-        if len(self.sweep) > 1:
-            raise ValueError(f"{self.name}: sweep one knob at a time, got {sorted(self.sweep)}")
-        for knob, values in self.sweep.items():
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"{self.name}: sweep.{knob} must be a non-empty list")
-
-    def settings(self) -> list[tuple[float | None, dict]]:
-        """(param, policy kwargs) for each point of the sweep; one (None, params) without a sweep."""
-        if not self.sweep:
-            return [(None, dict(self.params))]
-        ((knob, values),) = self.sweep.items()
-        return [(float(v), {**self.params, knob: v}) for v in values]
-
-
-@dataclass
-class SamplingCfg:
-    temperature: float = 0.0  # greedy by default: evaluation is then reproducible
-    top_p: float = 1.0
-    seed: int = 0
-
-
-@dataclass
-class EvalCfg:
-    pair: str
-    run_id: str
-    benchmarks: list[str]
-    methods: list[MethodCfg]
-    backend: str = "hf"
-    split: str = "test"
-    n: int | None = None  # problems per benchmark (a seeded sample); None: the whole split
-    sizes: dict = field(default_factory=dict)  # per-benchmark n, e.g. {gsm8k: 200, math500: 100}
-    data_seed: int = 0
-    limit: int | None = None  # --limit: at most this many of them (nested in larger runs)
-    problems: list[str] | None = None  # --problems: only these problem ids
-    sampling: SamplingCfg = field(default_factory=SamplingCfg)
-    limits: dict = field(default_factory=dict)  # overrides of the pair's registered limits
-    batch_size: int = 32
-    engine: dict = field(default_factory=dict)  # engines' load keywords (vLLM: tensor_parallel_size)
-    grading_time_limit: float = 5.0
-    results_dir: str = "results"
-    chunk_rows: int = 256
-    description: str = ""
-    redo: list[str] = field(default_factory=list)  # --redo: delete these methods' rows, then generate them
-
-    def validate(self) -> None:
-        rio.check_run_id(self.run_id)
-        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
-        if unknown or not self.benchmarks:
-            raise ValueError(f"unknown benchmarks {unknown}; known: {list(BENCHMARKS)}")
-        names = [m.name for m in self.methods]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"methods must be a non-empty list of distinct names, got {names}")
-        if RANDOM_QUERY in names and not {"student", "teacher"} <= set(names):
-            raise ValueError("random-query is computed from the student and teacher methods: list both")
-        if self.batch_size < 1 or (self.limit is not None and self.limit < 0):
-            raise ValueError("batch_size must be >= 1 and limit >= 0")
-        stray = sorted(set(self.sizes) - set(self.benchmarks))
-        if stray or any(not isinstance(v, int) or v < 0 for v in self.sizes.values()):
-            raise ValueError(f"sizes must map listed benchmarks to counts >= 0, got {self.sizes}")
-
-    def identity(self) -> dict:
-        """What must not change within one run: rows made under other settings would not be comparable."""
-        return {
-            "pair": self.pair,
-            "backend": self.backend,
-            "split": self.split,
-            "data_seed": self.data_seed,
-            "sampling": dataclasses.asdict(self.sampling),
-            "limits": self.limits,
-        }
-
-
 # ---------------------------------------------------------------- problems and rows
 
 
-def select_problems(cfg: EvalCfg, benchmark: str) -> list[Problem]:
-    n = cfg.sizes.get(benchmark, cfg.n)
+def select_problems(cfg: EvalCfg, benchmark: str, n: int | None = None) -> list[Problem]:
+    """The run's seeded sample of ``benchmark``, or the nested sample of ``n`` (a method's own size)."""
+    if n is None:
+        n = cfg.sizes.get(benchmark, cfg.n)
     if cfg.limit is not None:
         n = cfg.limit if n is None else min(n, cfg.limit)
     problems = load_benchmark(benchmark, split=cfg.split, n=n, seed=cfg.data_seed)
@@ -195,7 +100,10 @@ def cells(cfg: EvalCfg, problems: dict[str, list[Problem]]) -> Iterator[Cell]:
             continue
         for param, kwargs in m.settings():
             for b in cfg.benchmarks:
-                yield Cell(m, param, kwargs, b, problems[b])
+                if b not in m.sizes:
+                    yield Cell(m, param, kwargs, b, problems[b])
+                elif m.sizes[b]:
+                    yield Cell(m, param, kwargs, b, select_problems(cfg, b, m.sizes[b]))
 
 
 def _batches(problems: list[Problem], size: int) -> Iterator[tuple[int, list[Problem]]]:
@@ -248,19 +156,54 @@ def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
     return generate
 
 
+def trained_weights(pair: str) -> str | None:
+    """A digest of the weights this project trained for ``pair`` (its adapter, else its student when it
+    lives under results/), e.g. ``adapter:1f2e...``; None for a pair of published or built models."""
+    from relay_demo.pairs import registry, resolve
+
+    spec = registry().get(pair) or {}
+    for key in ("adapter", "student"):
+        if not isinstance(spec.get(key), str):
+            continue
+        folder = Path(resolve(spec[key]))
+        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        if files and folder.resolve().is_relative_to((ROOT / "results").resolve()):
+            digest = hashlib.sha256()
+            for f in files:
+                digest.update(f.read_bytes())
+            return f"{key}:{digest.hexdigest()[:16]}"
+    return None
+
+
 def _method_identity(m: dict) -> dict:
     return {k: m.get(k) for k in ("policy", "params", "limits", "pair")}
 
 
-def check_methods(run_dir: Path, cfg: EvalCfg) -> None:
-    """A method already in the run must keep its policy, params and limits (its sweep may grow)."""
+def _with_weights(cfg: EvalCfg, methods: list[dict]) -> list[dict]:
+    return [
+        m if m["name"] == RANDOM_QUERY else {**m, "weights": trained_weights(m.get("pair") or cfg.pair)}
+        for m in methods
+    ]
+
+
+def check_methods(run_dir: Path, cfg: EvalCfg, methods: list[dict]) -> None:
+    """A method already in the run must keep its policy, params, limits and pair (its sweep and sizes may
+    grow), and the weights its pair was trained to (recorded since they were: a retrained adapter's rows
+    never mix with the old one's under one name)."""
     if not (run_dir / rio.MANIFEST).is_file():
         return
-    now = {m.name: _method_identity(dataclasses.asdict(m)) for m in cfg.methods}
+    now = {m["name"]: m for m in methods}
     for session in rio.read_manifest(run_dir).get("sessions", []):
         for m in (session.get("config") or {}).get("methods", []):
-            if m["name"] in now and _method_identity(m) != now[m["name"]]:
-                was = f"method {m['name']!r} was run with {_method_identity(m)}, now {now[m['name']]}"
+            if m["name"] not in now:
+                continue
+            before, after = _method_identity(m), _method_identity(now[m["name"]])
+            if before != after:
+                was = f"method {m['name']!r} was run with {before}, now {after}"
+                raise ValueError(f"{run_dir}: {was}; give it another name or use another run_id")
+            old, new = m.get("weights"), now[m["name"]].get("weights")
+            if old and new and old != new:
+                was = f"method {m['name']!r} was run with trained weights {old}, its pair now has {new}"
                 raise ValueError(f"{run_dir}: {was}; give it another name or use another run_id")
 
 
@@ -275,7 +218,8 @@ def run(cfg: EvalCfg, generate: Generate, *, progress: bool = True, extra_config
 
     problems = {b: select_problems(cfg, b) for b in cfg.benchmarks}
     config = {**cfglib.to_dict(cfg), **(extra_config or {})}
-    check_methods(results_path(cfg) / "runs" / cfg.run_id, cfg)
+    config["methods"] = _with_weights(cfg, config["methods"])
+    check_methods(results_path(cfg) / "runs" / cfg.run_id, cfg, config["methods"])
     writer = rio.open_run(
         results_path(cfg), cfg.run_id, config, identity=cfg.identity(), chunk_rows=cfg.chunk_rows
     )

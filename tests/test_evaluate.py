@@ -288,3 +288,44 @@ def test_redo_regenerates_a_method_and_the_random_query_rows_that_depend_on_it(t
     assert acc("random-query", 0.25) == pytest.approx(1.0)  # recomputed from the new student rows
     with pytest.raises(SystemExit):
         E.parse_args(["--config", recipe, "--redo", "nonsense"])
+
+
+def test_a_method_may_keep_a_smaller_nested_sample(tmp_path):
+    body = TOY.replace("{name: confidence, sweep", "{name: confidence, sizes: {arith: 3}, sweep")
+    cfg = E.parse_args(["--config", str(_recipe(tmp_path, body))])
+    gen = Scripted()
+    df = rio.read_samples(E.run(cfg, gen, progress=False))
+    run_ids = {p.id for p in E.select_problems(cfg, "arith")}
+    mine = df[df["method"] == "confidence"]
+    assert len(mine) == 2 * 3 and set(mine["problem_id"]) < run_ids  # both taus, 3 of the run's 6
+    assert len(df[df["method"] == "student"]) == 6
+    off = TOY.replace("{name: confidence, sweep", "{name: confidence, sizes: {arith: 0}, sweep")
+    (tmp_path / "off").mkdir()
+    cfg = E.parse_args(["--config", str(_recipe(tmp_path / "off", off))])
+    assert "confidence" not in set(rio.read_samples(E.run(cfg, Scripted(), progress=False))["method"])
+    for bad in ("{arith: 9}", "{gsm8k: 3}", "{arith: -1}"):
+        with pytest.raises(ConfigError, match="sizes"):
+            recipe = TOY.replace("{name: confidence, sweep", f"{{name: confidence, sizes: {bad}, sweep")
+            E.parse_args(["--config", str(_recipe(tmp_path, recipe))])
+
+
+def test_a_method_whose_pair_was_retrained_is_refused(tmp_path, monkeypatch):
+    digests = {"toy": "adapter:aaaa"}
+    monkeypatch.setattr(E, "trained_weights", lambda pair: digests.get(pair))
+    cfg = E.parse_args(["--config", str(_recipe(tmp_path, TOY)), "--limit", "2"])
+    E.run(cfg, Scripted(), progress=False)
+    methods = rio.read_manifest(tmp_path / "results" / "runs" / "toy")["sessions"][-1]["config"]["methods"]
+    assert {m["name"]: m.get("weights") for m in methods}["student"] == "adapter:aaaa"
+    E.run(cfg, Scripted(), progress=False)  # the same weights: resumes
+    digests["toy"] = "adapter:bbbb"
+    with pytest.raises(ValueError, match="trained weights adapter:aaaa"):
+        E.run(cfg, Scripted(), progress=False)
+
+
+def test_trained_weights_name_the_projects_own_files():
+    assert E.trained_weights("tiny-arith").startswith("student:")  # trained here, under results/
+    assert E.trained_weights("tiny-arith") == E.trained_weights("tiny-arith")
+    assert E.trained_weights("tiny-arith") != E.trained_weights("tiny-arith-base")
+    assert E.trained_weights("qwen2.5-coder-0.5b-1.5b-relay").startswith("adapter:")
+    assert E.trained_weights("qwen2.5-coder-0.5b-1.5b") is None  # published models
+    assert E.trained_weights("tiny-random") is None and E.trained_weights("no-such-pair") is None
