@@ -24,12 +24,26 @@ DEFAULT_POLICY = {
     "router": "router",
 }
 DEFAULT_LIMITS = {"relay-teacher-free": {"max_calls": 0}}
+TWIN = "-teacher-free"
+
+
+def default_policy(name: str) -> str | None:
+    """The policy a method name implies: the table above; any other ``relay-*`` (a relay student of another
+    training, e.g. ``relay-sft``) and its ``...-teacher-free`` twin are the learned policy."""
+    if name in DEFAULT_POLICY:
+        return DEFAULT_POLICY[name]
+    return "learned" if name.startswith("relay-") else None
+
+
+def default_limits(name: str) -> dict:
+    """Limits a method name implies: a ``...-teacher-free`` twin's commands are written, never served."""
+    return {"max_calls": 0} if name.endswith(TWIN) else DEFAULT_LIMITS.get(name, {})
 
 
 @dataclass
 class MethodCfg:
     name: str
-    policy: str | None = None  # relay_demo.policies registry name; default from DEFAULT_POLICY
+    policy: str | None = None  # relay_demo.policies registry name; default from default_policy(name)
     params: dict = field(default_factory=dict)  # fixed policy keyword arguments
     sweep: dict = field(default_factory=dict)  # {knob: [values]}: one run per value, value -> `param` column
     limits: dict = field(default_factory=dict)  # overrides of the run's limits for this method
@@ -52,7 +66,7 @@ class MethodCfg:
             return
         if self.ps:
             raise ValueError(f"{self.name}: ps is for random-query only")
-        if self.policy is None and self.name not in DEFAULT_POLICY:
+        if self.policy is None and default_policy(self.name) is None:
             known = sorted(DEFAULT_POLICY)
             raise ValueError(f"method {self.name!r} needs a policy (defaults exist for {known})")
         if len(self.sweep) > 1:

@@ -21,6 +21,8 @@ name                   policy              notes
 student / teacher      student-only / ...  one model alone
 relay                  learned             the student's own ``<call>N</call>`` commands (the paper)
 relay-teacher-free     learned             ``limits: {max_calls: 0}``: commands are written, never served
+relay-X                learned             a relay student of another training (``pair:`` says which);
+                                           ``relay-X-teacher-free`` is its twin
 random-token           random-token        ``sweep: {p: [...]}``
 confidence             confidence          ``sweep: {tau: [...]}``
 router                 router              ``params: {path: ...}``, ``sweep: {threshold: [...]}``
@@ -57,6 +59,8 @@ from offline.eval_config import (  # noqa: F401 (the recipe's schema, importable
     EvalCfg,
     MethodCfg,
     SamplingCfg,
+    default_limits,
+    default_policy,
 )
 from offline.eval_rows import RANDOM_QUERY, random_query_rows, result_row
 from offline.tasks import load_benchmark
@@ -125,7 +129,7 @@ def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
     from relay_demo.relay import Limits, relay_batch
 
     def policy_of(method: MethodCfg, kwargs: dict):
-        return make_policy(method.policy or DEFAULT_POLICY[method.name], **kwargs)
+        return make_policy(method.policy or default_policy(method.name), **kwargs)
 
     # a bad knob, limit, sampling value or a missing router fails now, before the manifest records the
     # settings
@@ -134,7 +138,7 @@ def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
         for _, kwargs in [] if m.name == RANDOM_QUERY else m.settings():
             policy_of(m, kwargs)
         try:
-            Limits(**{**cfg.limits, **DEFAULT_LIMITS.get(m.name, {}), **m.limits})
+            Limits(**{**cfg.limits, **default_limits(m.name), **m.limits})
         except TypeError as e:
             raise ValueError(f"method {m.name}: limits: {e}") from None
 
@@ -148,7 +152,7 @@ def engine_generate(cfg: EvalCfg, get_pair: Callable[[], object]) -> Generate:
             pair = get_pair()
         policy = policy_of(cell.method, cell.policy_kwargs)
         limits = dataclasses.replace(
-            pair.limits, **{**cfg.limits, **DEFAULT_LIMITS.get(cell.method.name, {}), **cell.method.limits}
+            pair.limits, **{**cfg.limits, **default_limits(cell.method.name), **cell.method.limits}
         )
         sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.seed + k)
         return relay_batch(pair, [p.prompt for p in problems], policy, limits=limits, sampling=sampling)

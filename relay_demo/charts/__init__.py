@@ -24,6 +24,9 @@ from relay_demo.results.summary import METHOD_ORDER
 COLORS = {
     "relay": "#d62728",
     "relay-teacher-free": "#ff9896",
+    "relay-sft": "#ff7f0e",  # the relay student before the RL stage (warm-up SFT only)
+    "relay-sft-teacher-free": "#ffbb78",
+    "sft-only": "#bcbd22",
     "relay-call-bias": "#e377c2",
     "random-query": "#7f7f7f",
     "random-token": "#1f77b4",
