@@ -115,3 +115,68 @@ def sweep(cfg, engines, adapter_of, dev: list[Problem], curve) -> list[dict]:
             curve.append([point])
             made.append(point)
     return made
+
+
+# -- paired comparisons of dev points --------------------------------------------------------------
+
+
+def answers(rows: list[dict], point: str) -> list[bool]:
+    """A point's per-problem answers: ``ROUND@BIAS`` (the relay), ``ROUND@BIAS/free`` (its twin)."""
+    spec, _, side = point.partition("/")
+    rnd, _, bias = spec.partition("@")
+    try:
+        rnd_i, bias_f = int(rnd), float(bias or 0.0)
+    except ValueError:
+        raise ValueError(
+            f"{point!r}: expected ROUND@BIAS or ROUND@BIAS/free, e.g. 8@0 or 8@-1/free"
+        ) from None
+    if side not in ("", "free"):
+        raise ValueError(f"{point!r}: the only side is /free (the teacher-free twin)")
+    found = [r for r in rows if r["round"] == rnd_i and bias_of(r, 0.0) == bias_f and r.get("relay_ok")]
+    if not found:
+        have = sorted({f"{r['round']}@{bias_of(r, 0.0):g}" for r in rows if r.get("relay_ok")})
+        raise ValueError(f"no dev point {spec} with per-problem answers; points that have them: {have}")
+    return unbits(found[-1]["free_ok" if side else "relay_ok"])
+
+
+def compare(rows: list[dict], a: str, b: str) -> str:
+    """A - B on the same dev problems: the difference, its 95% paired-bootstrap interval, McNemar's p."""
+    from relay_demo import stats
+    from relay_demo.results.paired import points
+
+    x, y = answers(rows, a), answers(rows, b)
+    d = stats.accuracy_difference(x, y)
+    lo, hi = d.accuracy_ci
+    only_a = sum(p and not q for p, q in zip(x, y, strict=True))
+    only_b = sum(q and not p for p, q in zip(x, y, strict=True))
+    noise = "more than noise" if d.mcnemar.p < 0.05 else "within noise"
+    return (
+        f"{a} - {b} on {len(x)} dev problems: {points(d.accuracy)} points, 95% interval [{points(lo)}, "
+        f"{points(hi)}]; only {a} solves {only_a}, only {b} {only_b}; "
+        f"exact McNemar p = {d.mcnemar.p:.2g}: {noise}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from offline.common import Jsonl
+
+    ap = argparse.ArgumentParser(
+        prog="python -m offline.rl_dev", description="Compare two dev points, paired."
+    )
+    ap.add_argument("a", help="ROUND@BIAS or ROUND@BIAS/free, e.g. 8@0")
+    ap.add_argument("b")
+    ap.add_argument("--curve", default="results/training/qwen2.5-coder-0.5b-1.5b/rl-dev.jsonl")
+    args = ap.parse_args(argv)
+    try:
+        print(compare(Jsonl(repo_path(args.curve)).rows(), args.a, args.b))
+    except ValueError as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -218,3 +218,33 @@ def test_dev_points_keep_per_problem_answers_and_a_bias_sweep_reuses_the_twin(to
         rl_dev.sweep(missing, engines, lambda r: tmp_path / "x", dev, curve)
     with pytest.raises(ValueError, match="sweep"):
         rl_relay.RlCfg(sweep_rounds=[4]).validate()
+
+
+def test_dev_points_compare_paired(capsys, tmp_path):
+    from offline import rl_dev
+    from offline.common import Jsonl
+
+    rows = [
+        {"round": 0, "relay_ok": "1100000000", "free_ok": "1000000000"},
+        {"round": 4, "call_bias": -1.0, "relay_ok": "1111110000", "free_ok": "1000000000"},
+        {"round": 8, "accuracy": 0.3},  # written before per-problem answers were kept
+    ]
+    assert rl_dev.answers(rows, "4@-1") == [True] * 6 + [False] * 4
+    assert rl_dev.answers(rows, "0/free") == [True] + [False] * 9
+    text = rl_dev.compare(rows, "4@-1", "0@0")
+    assert (
+        text.startswith("4@-1 - 0@0 on 10 dev problems: +40.0 points")
+        and "only 4@-1 solves 4, only 0@0 0" in text
+    )
+    assert "exact McNemar p = 0.12: within noise" in text  # 4 discordant, all one way: 2 * 0.5**4
+    for bad, why in (
+        ("8@0", "points that have them: \\['0@0', '4@-1'\\]"),
+        ("x", "ROUND@BIAS"),
+        ("0@0/t", "/free"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            rl_dev.answers(rows, bad)
+    Jsonl(tmp_path / "c.jsonl").append(rows)
+    assert rl_dev.main(["4@-1", "0@0/free", "--curve", str(tmp_path / "c.jsonl")]) == 0
+    assert "+50.0 points" in capsys.readouterr().out
+    assert rl_dev.main(["9@0", "0@0", "--curve", str(tmp_path / "c.jsonl")]) == 2
