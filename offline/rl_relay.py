@@ -102,6 +102,9 @@ class RlCfg:
     # dev points at other call biases, without training (offline/rl_dev.py): the bias is chosen on dev
     sweep_rounds: list[int] = field(default_factory=list)
     sweep_biases: list[float] = field(default_factory=list)
+    # export: the adapter of round export_round (chosen on dev) into export_to, for the relay pair to serve
+    export_round: int | None = None
+    export_to: str = ""
 
     def validate(self) -> None:
         if self.group < 2:
@@ -114,6 +117,8 @@ class RlCfg:
             raise ValueError("filter_k > 1 greedy samples would all be the same: give filter_temperature")
         if not self.lr > 0 or not self.token_lr >= 0:
             raise ValueError("lr must be > 0 and token_lr >= 0")
+        if (self.export_round is None) != (not self.export_to):
+            raise ValueError("an export needs both export_round and export_to")
         if bool(self.sweep_rounds) != bool(self.sweep_biases):
             raise ValueError("a dev sweep needs both sweep_rounds and sweep_biases")
 
@@ -244,8 +249,43 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     tmp.rename(path)
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+
+
+def export(cfg: RlCfg) -> Path:
+    """Copy round ``export_round``'s adapter (not its optimizer state) to ``export_to`` atomically, with a
+    ``training_summary.json``: the round, the recipe, the round's dev points and the rounds' total cost."""
+    src, out = _round_dir(cfg, cfg.export_round), repo_path(cfg.export_to)
+    if not (src / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no adapter of round {cfg.export_round} ({src}): pruned, or not trained yet")
+    rows = [r for r in Jsonl(repo_path(cfg.metrics)).rows() if r.get("round", -1) < cfg.export_round]
+    summary = {
+        "out": cfg.export_to,
+        "round": cfg.export_round,
+        "from": cfg.init_adapter,
+        "updates": cfg.export_round,
+        "rollouts": sum(r.get("rollouts", 0) for r in rows if r.get("stage") == "rollouts"),
+        "minutes": round(sum(r.get("secs", 0.0) for r in rows) / 60, 1),  # rollouts, updates, filtering
+        "dev_points": [r for r in Jsonl(repo_path(cfg.curve)).rows() if r["round"] == cfg.export_round],
+        "config": cfglib.to_dict(cfg),
+    }
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ADAPTER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    (tmp / "training_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def run(cfg: RlCfg) -> dict:
     import torch
+
+    if cfg.export_round is not None:
+        return {"exported": str(export(cfg)), "curve": []}
 
     torch.set_num_threads(cfg.threads)
     problems = load_benchmark(cfg.benchmark, split=cfg.split)
@@ -317,7 +357,7 @@ def run(cfg: RlCfg) -> dict:
 def main(argv: list[str] | None = None) -> int:
     cfg = cfglib.parse_or_exit(RlCfg, argv, "python -m offline.rl_relay")
     out = run(cfg)
-    print(json.dumps(out["curve"][-1] if out["curve"] else {}))
+    print(json.dumps(out.get("exported") or (out["curve"][-1] if out["curve"] else {})))
     return 0
 
 

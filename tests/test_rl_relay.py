@@ -248,3 +248,44 @@ def test_dev_points_compare_paired(capsys, tmp_path):
     assert rl_dev.main(["4@-1", "0@0/free", "--curve", str(tmp_path / "c.jsonl")]) == 0
     assert "+50.0 points" in capsys.readouterr().out
     assert rl_dev.main(["9@0", "0@0", "--curve", str(tmp_path / "c.jsonl")]) == 2
+
+
+def test_export_copies_a_chosen_round_without_its_optimizer(tmp_path):
+    from offline.common import Jsonl
+
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "adapter_config.json").write_text("{}")
+    cfg = rl_relay.RlCfg(
+        init_adapter=str(init),
+        work=str(tmp_path / "work"),
+        metrics=str(tmp_path / "rl.jsonl"),
+        curve=str(tmp_path / "dev.jsonl"),
+        export_round=1,
+        export_to=str(tmp_path / "relay-grpo"),
+    )
+    rl_relay._last_round(cfg)
+    one = rl_relay._round_dir(cfg, 1)
+    one.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "optimizer.pt"):
+        (one / name).write_text(name)
+    Jsonl(tmp_path / "rl.jsonl").append(
+        [
+            {"stage": "rollouts", "round": 0, "rollouts": 64, "secs": 60.0},
+            {"stage": "update", "round": 0, "secs": 60.0},
+        ]
+    )
+    Jsonl(tmp_path / "dev.jsonl").append([{"round": 0, "accuracy": 0.2}, {"round": 1, "accuracy": 0.3}])
+    out = rl_relay.export(cfg)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "training_summary.json",
+    ]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["round"] == 1 and summary["rollouts"] == 64 and summary["minutes"] == 2.0
+    assert summary["dev_points"] == [{"round": 1, "accuracy": 0.3}]
+    with pytest.raises(FileNotFoundError, match="round 5"):
+        rl_relay.export(dataclasses.replace(cfg, export_round=5))
+    with pytest.raises(ValueError, match="export"):
+        rl_relay.RlCfg(export_round=3).validate()
