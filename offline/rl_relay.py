@@ -102,6 +102,9 @@ class RlCfg:
     # dev points at other call biases, without training (offline/rl_dev.py): the bias is chosen on dev
     sweep_rounds: list[int] = field(default_factory=list)
     sweep_biases: list[float] = field(default_factory=list)
+    # updates in one process, then it exits (0: no limit); run it in a loop (rl.yaml): the process grew by
+    # about 3 GB a round with each reloaded student and was killed for memory after 4 rounds and a dev point
+    max_updates: int = 0
     # export: the adapter of round export_round (chosen on dev) into export_to, for the relay pair to serve
     export_round: int | None = None
     export_to: str = ""
@@ -305,6 +308,7 @@ def run(cfg: RlCfg) -> dict:
             print(json.dumps(point), flush=True)
         return {"rounds": _last_round(cfg), "curve": made}
     learner: Learner | None = None
+    updates = 0
     start = _last_round(cfg)
     for rnd in range(start, cfg.rounds + 1):
         adapter = _round_dir(cfg, rnd)
@@ -351,6 +355,9 @@ def run(cfg: RlCfg) -> dict:
         secs = time.monotonic() - t0
         _prune(cfg, rnd + 1)
         log(stage="update", round=rnd, secs=secs, tok_s=stats["forward_tokens"] / secs, **stats)
+        updates += 1
+        if cfg.max_updates and updates >= cfg.max_updates:
+            break
     return {"rounds": cfg.rounds, "curve": curve.rows()}
 
 
