@@ -257,6 +257,9 @@ def _switches(fig: go.Figure, roll: pd.DataFrame) -> None:
 def _layout(fig: go.Figure, panels: int, rounds: pd.Series, title: str) -> None:
     span = float(rounds.max() - rounds.min()) if len(rounds) else 0.0
     fig.update_xaxes(dtick=max(1, math.ceil(span / 10)), tick0=0, showgrid=True, zeroline=False)
+    if len(rounds):  # the rounds with room for the offset error bars and the grouped bars, nothing else
+        pad = max(0.6, 0.2 * span)
+        fig.update_xaxes(range=[float(rounds.min()) - pad, float(rounds.max()) + pad])
     fig.update_xaxes(title_text="round (LoRA updates done)", row=panels, col=1)
     fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
     fig.update_yaxes(title_text="call ratio (%)", rangemode="tozero", row=2, col=1, secondary_y=False)
