@@ -155,28 +155,3 @@ def compare(rows: list[dict], a: str, b: str) -> str:
         f"{points(hi)}]; only {a} solves {only_a}, only {b} {only_b}; "
         f"exact McNemar p = {d.mcnemar.p:.2g}: {noise}"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    from offline.common import Jsonl
-
-    ap = argparse.ArgumentParser(
-        prog="python -m offline.rl_dev", description="Compare two dev points, paired."
-    )
-    ap.add_argument("a", help="ROUND@BIAS or ROUND@BIAS/free, e.g. 8@0")
-    ap.add_argument("b")
-    ap.add_argument("--curve", default="results/training/qwen2.5-coder-0.5b-1.5b/rl-dev.jsonl")
-    args = ap.parse_args(argv)
-    try:
-        print(compare(Jsonl(repo_path(args.curve)).rows(), args.a, args.b))
-    except ValueError as e:
-        print(f"{ap.prog}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

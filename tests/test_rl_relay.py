@@ -221,7 +221,7 @@ def test_dev_points_keep_per_problem_answers_and_a_bias_sweep_reuses_the_twin(to
 
 
 def test_dev_points_compare_paired(capsys, tmp_path):
-    from offline import rl_dev
+    from offline import rl_compare, rl_dev
     from offline.common import Jsonl
 
     rows = [
@@ -245,9 +245,9 @@ def test_dev_points_compare_paired(capsys, tmp_path):
         with pytest.raises(ValueError, match=why):
             rl_dev.answers(rows, bad)
     Jsonl(tmp_path / "c.jsonl").append(rows)
-    assert rl_dev.main(["4@-1", "0@0/free", "--curve", str(tmp_path / "c.jsonl")]) == 0
+    assert rl_compare.main(["4@-1", "0@0/free", "--curve", str(tmp_path / "c.jsonl")]) == 0
     assert "+50.0 points" in capsys.readouterr().out
-    assert rl_dev.main(["9@0", "0@0", "--curve", str(tmp_path / "c.jsonl")]) == 2
+    assert rl_compare.main(["9@0", "0@0", "--curve", str(tmp_path / "c.jsonl")]) == 2
 
 
 def test_export_copies_a_chosen_round_without_its_optimizer(tmp_path):
