@@ -237,6 +237,18 @@ def _last_round(cfg: RlCfg) -> int:
     return max(done)
 
 
+def check_work_state(cfg: RlCfg, start: int) -> None:
+    """Refuse to run when ``metrics`` logs more updates than ``work`` holds adapters: the work folder (ignored
+    by git) was lost or swapped, and training on would log a second round 0 under the first run's rounds."""
+    logged = [r["round"] for r in Jsonl(repo_path(cfg.metrics)).rows() if r.get("stage") == "update"]
+    if logged and max(logged) + 1 > start:
+        raise SystemExit(
+            f"{cfg.metrics} logs updates up to round {max(logged)}, but {cfg.work} holds adapters only up to "
+            f"round {start}: its work state is gone. Restore the folder, or start a new run with its own "
+            "files (metrics=..., curve=..., work=...) so the first run's log stays as it is."
+        )
+
+
 def _prune(cfg: RlCfg, latest: int) -> None:
     """Keep round-000, every dev-point round and the newest ``keep_adapters``."""
     for p in (repo_path(cfg.work) / "adapters").glob("round-[0-9][0-9][0-9]"):
@@ -290,6 +302,7 @@ def run(cfg: RlCfg) -> dict:
     if cfg.export_round is not None:
         return {"exported": str(export(cfg)), "curve": []}
 
+    check_work_state(cfg, _last_round(cfg))
     torch.set_num_threads(cfg.threads)
     problems = load_benchmark(cfg.benchmark, split=cfg.split)
     dev = dev_problems(cfg, {p.id: p for p in problems})

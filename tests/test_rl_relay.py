@@ -152,6 +152,23 @@ def test_rounds_resume_after_the_last_saved_adapter_and_keep_dev_points(tmp_path
     assert left == ["round-000", "round-004", "round-008", "round-009"]
 
 
+def test_a_lost_work_folder_is_refused_not_trained_over(tmp_path):
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "adapter_config.json").write_text("{}")
+    log = tmp_path / "rl.jsonl"
+    log.write_text(
+        '{"stage":"rollouts","round":0}\n{"stage":"update","round":0}\n{"stage":"update","round":1}\n'
+    )
+    cfg = rl_relay.RlCfg(init_adapter=str(init), work=str(tmp_path / "work"), metrics=str(log))
+    with pytest.raises(SystemExit, match="up to round 1, but .* only up to round 0"):
+        rl_relay.check_work_state(cfg, rl_relay._last_round(cfg))
+    for rnd in (1, 2):
+        (rl_relay._round_dir(cfg, rnd)).mkdir()
+        (rl_relay._round_dir(cfg, rnd) / "adapter_config.json").write_text("{}")
+    rl_relay.check_work_state(cfg, rl_relay._last_round(cfg))  # two updates logged, two adapters: resumes
+
+
 def test_config_rejects_groups_of_one_and_greedy_repeats():
     with pytest.raises(ValueError, match="group"):
         rl_relay.RlCfg(group=1).validate()
