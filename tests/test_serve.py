@@ -150,10 +150,11 @@ def _extra(obj, name: str):
     return (obj.model_extra or {}).get(name)
 
 
-def _stream(client, prompt: str, body: dict, max_tokens: int, seed: int):
-    """Stream one answer; check every chunk's shape; return (pieces, final relay, finish, usage, n_chunks)."""
+def _stream(client, prompt: str, body: dict, max_tokens: int, seed: int, model: str = "tiny-random"):
+    """Stream one answer; check every chunk's shape; return (pieces, final relay, finish, usage): pieces are
+    (source, text), a command's text taken from its chunk's ``relay.text`` (it has no ``delta.content``)."""
     chunks = client.chat.completions.create(
-        model="tiny-random",
+        model=model,
         messages=[{"role": "user", "content": prompt}],
         stream=True,
         temperature=0,
@@ -165,7 +166,7 @@ def _stream(client, prompt: str, body: dict, max_tokens: int, seed: int):
     pieces, final, finish, usage, ids = [], None, None, None, set()
     for c in chunks:
         ids.add(c.id)
-        assert c.object == "chat.completion.chunk" and c.model == "tiny-random"
+        assert c.object == "chat.completion.chunk" and c.model == model
         if c.usage is not None:
             assert c.choices == [] and final is not None
             usage = c.usage
@@ -174,8 +175,11 @@ def _stream(client, prompt: str, body: dict, max_tokens: int, seed: int):
         relay = _extra(c, "relay")
         if choice.delta.content:
             assert final is None
-            assert set(relay) == {"source"} and relay["source"] in SOURCES
+            assert set(relay) == {"source"} and relay["source"] in SOURCES - {"command"}
             pieces.append((relay["source"], choice.delta.content))
+        elif relay and relay.get("source") == "command":
+            assert final is None and set(relay) == {"source", "text"} and OPEN in relay["text"]
+            pieces.append(("command", relay["text"]))
         if choice.finish_reason is not None:
             finish, final = choice.finish_reason, relay
     assert len(ids) == 1 and final is not None and usage is not None
@@ -499,6 +503,21 @@ def test_non_streamed_content_is_the_answer_and_the_commands_stay_in_the_spans(a
     assert "".join(s["text"] for s in spans) == ref.text
     content = r.choices[0].message.content
     assert content == strip_commands(ref.text) and OPEN not in content and content.endswith("#### 534")
+
+
+def test_a_streamed_command_is_a_chunk_without_content_so_the_contents_are_the_answer(arith):
+    """Streamed, the same call: its command comes in a chunk of its own (``relay.text``, no delta.content), so
+    what an OpenAI client joins from delta.content is the non-streamed reply's content."""
+    prompt = (
+        "Dan has 83 eggs. He buys 5 boxes of 67 eggs. He finds 71 eggs. He finds 45 eggs."
+        " How many eggs does he have now?"
+    )
+    pieces, final, finish, usage = _stream(arith.client(), prompt, {}, 128, seed=0, model="tiny-arith")
+    ref = _reference(load_pair("tiny-arith"), prompt, {"policy": "learned"}, 128, seed=0)
+    _check(pieces, final, finish, usage, ref)
+    assert ref.calls >= 1 and sum(s == "command" for s, _ in pieces) == ref.calls
+    content = "".join(t for s, t in pieces if s != "command")
+    assert content == strip_commands(ref.text) and content.endswith("#### 534")
 
 
 def test_the_servers_temperature_range_is_the_declared_one(server):

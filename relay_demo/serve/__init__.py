@@ -5,8 +5,9 @@
     GET  /relay/status           rows decoding, requests waiting, totals (for tests and operators)
 
 A non-streamed reply's ``message.content`` is the answer with the call commands removed; ``relay.spans`` keep
-them. A system (or developer) message goes to the pair's chat template; a template with no place for it (it
-would drop the text) gets a 400 that says so.
+them. Streamed, a command is a chunk of its own with no ``delta.content`` and the command in ``relay.text``,
+so the contents joined are the same answer. A system (or developer) message goes to the pair's chat template;
+a template with no place for it (it would drop the text) gets a 400 that says so.
 
 Batching. One scheduler thread owns the engines (under ``pair.lock``) and drives one ``RelayBatch`` at a time
 (``relay_demo.relay``): requests waiting when a batch starts are its first rows, and a request that arrives

@@ -201,7 +201,10 @@ def create_app(settings: Settings):
                         pending = nxt
                         break
                     text += nxt[2]
-                yield chunk({"content": text}, relay={"source": source})
+                if source == "command":  # the content stays the answer, as a non-streamed reply's is
+                    yield chunk({}, relay={"source": source, "text": text})
+                else:
+                    yield chunk({"content": text}, relay={"source": source})
             elif kind == "error":
                 yield event(ApiError(500, rest[0], None, "decoding_failed").body())
                 break
