@@ -199,6 +199,17 @@ def test_compare_tab(page):
     page.wait_for_selector("#compare-call-inspector #inspector-student .relay-student", timeout=30_000)
     assert "Call 2 of" in page.locator("#compare-call-inspector").inner_text()
     page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+    # issue 31 (left then): a new run left the previous answer's call in the inspector
+    before = page.locator("#cmp-teacher-only").inner_text()
+    page.fill("#compare-prompt textarea", "What is 7 * 8?")
+    page.click("#compare-run")
+    page.wait_for_function(
+        "!document.querySelector('#compare-call-inspector').innerText.includes('Call 2 of')", timeout=30_000
+    )
+    done = """([old]) => document.querySelector('#cmp-teacher-only').innerText !== old
+        && document.querySelector('#cmp-teacher-only-answer').innerText.includes('Final answer')"""
+    page.wait_for_function(done, arg=[before], timeout=45_000)  # the run ends before the next test starts
+    assert "Call 2 of" not in page.locator("#compare-call-inspector").inner_text()
 
 
 def test_explorer_renders_the_chart_and_a_trace(page):

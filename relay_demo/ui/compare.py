@@ -50,7 +50,7 @@ def build(ctl: Controls, hosted: bool) -> None:
         record = gr.State(None)  # the relay column's finished answer, for the call inspector
         stopper = gr.State(StopButton)  # per user: Stop ends the running column as "stopped"
         with gr.Accordion("Call inspector (relay column)", open=True):
-            inspector.build(relay_trace, lambda rec, _turn: rec, record, "compare", h.get_pair)
+            inspected = inspector.build(relay_trace, lambda rec, _turn: rec, record, "compare", h.get_pair)
 
     def compare(prompt_text, button, *values):
         settings = h.Settings.from_ui(hosted, *values)
@@ -68,5 +68,8 @@ def build(ctl: Controls, hosted: bool) -> None:
     inputs = [prompt, stopper, *ctl.inputs]
     run.click(compare, inputs, outs, api_name="compare", **common)
     prompt.submit(compare, inputs, outs, api_visibility="private", **common)
+    # a new run replaces the inspected answer: the panel must not go on showing (and continuing) the old call
+    for trigger in (run.click, prompt.submit):
+        trigger(inspector.cleared, None, list(inspected), queue=False, api_visibility="private")
     # not cancels=: the running column ends as "stopped", with its counters (stream.StopButton)
     stop.click(StopButton.press, stopper, None, queue=False, api_visibility="private")

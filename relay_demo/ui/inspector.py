@@ -262,10 +262,11 @@ def continue_without(get_pair, rec: dict | None, k: int | None) -> Iterator[str]
     yield continue_html(rec, k, {"spans": spans, "token_ids": list(r.token_ids)})
 
 
-def build(trace: gr.HTML, get_record, records: gr.State, prefix: str, get_pair) -> None:
+def build(trace: gr.HTML, get_record, records: gr.State, prefix: str, get_pair) -> tuple:
     """Under a trace whose HTML was built with ``js_on_load=CLICK_JS``: the panel, the button, the wiring.
 
-    ``get_record(records_value, turn) -> record | None`` picks the inspected answer from the state."""
+    ``get_record(records_value, turn) -> record | None`` picks the inspected answer from the state. Returns
+    the components a new answer clears (panel, chosen call, continuation), for ``cleared()``."""
     ids = {"panel": "call-inspector", "button": "inspect-continue", "out": "call-continue"}
     if prefix:
         ids = {k: f"{prefix}-{v}" for k, v in ids.items()}
@@ -294,3 +295,9 @@ def build(trace: gr.HTML, get_record, records: gr.State, prefix: str, get_pair) 
     common = {"concurrency_id": "relay", "show_progress": "minimal", "api_visibility": "private"}
     trace.inspect(on_inspect, records, [panel, chosen, out], **common)
     button.click(on_continue, [records, chosen], out, **common)
+    return panel, chosen, out
+
+
+def cleared() -> tuple:
+    """What ``build``'s components show when the answer they inspected is replaced by a new one."""
+    return render.note_html(EMPTY, "info"), None, ""
