@@ -67,3 +67,25 @@ def test_undefined_summary_cells_say_n_a_and_the_legend_says_why(tmp_path):
     assert "It never calls (another student" in legend and "saving: FLOPs (sft-only)" in legend
     assert "never reach that share of the gap" in legend
     assert row_key(["student", "n/a"]) == "student"  # a click on that row still opens the student's samples
+
+
+def test_a_wall_ratio_of_a_run_written_under_several_commits_is_marked(tmp_path):
+    # issue 31 (left then): the CLI marked such rows, the Explorer's table did not
+    import json
+
+    from relay_demo.results import parts as rio
+
+    make_results(tmp_path)
+    plain = x.explorer_view(tmp_path, "tiny-random", "arith", None)
+    assert not plain.table["wall vs teacher"].str.endswith("*").any() and "several git commits" not in (
+        plain.na_legend
+    )
+    path = tmp_path / "runs" / "ui-run" / rio.MANIFEST
+    manifest = json.loads(path.read_text())
+    first = manifest["sessions"][0]
+    manifest["sessions"] = [{**first, "git": {"commit": c * 40, "dirty": False}} for c in "ab"]
+    path.write_text(json.dumps(manifest))
+    v = x.explorer_view(tmp_path, "tiny-random", "arith", None)
+    walls = v.table.set_index("method")["wall vs teacher"]
+    assert walls.loc["relay"].endswith("*") and walls.loc["student"].endswith("*")
+    assert "<b>*</b> wall vs teacher: its run was written under several git commits" in v.na_legend

@@ -20,7 +20,7 @@ from ..store import MEAN, Store
 from . import drilldown, render
 from .drilldown import Filters
 from .provenance import provenance_html
-from .summary_cells import TABLE_COLUMNS, na_legend, summary_table
+from .summary_cells import TABLE_COLUMNS, mixed_note, na_legend, summary_table
 
 Y_AXES = ("accuracy", "apgr")
 # the second chart's x: FLOPs per problem, or decode FLOPs against the teacher alone on the same problems
@@ -120,7 +120,7 @@ def explorer_view(
         accuracy_fig=first,
         flops_fig=cost_fig,
         table=summary_table(summary),
-        na_legend=na_legend(summary),
+        na_legend=na_legend(summary) + mixed_note(summary),
         note=note,
         provenance=provenance_html(store.manifests, pair),
     )

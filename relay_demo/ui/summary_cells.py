@@ -86,7 +86,29 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     for col, (stem, digits) in INTERVAL_COLUMNS.items():
         at = shown.columns.get_loc(TABLE_COLUMNS[col]) + 1
         shown.insert(at, f"{TABLE_COLUMNS[col]} 95%", _interval(df, stem, digits))
+    wall = TABLE_COLUMNS["wall_vs_teacher"]
+    marked = _mixed(df) & shown[wall].ne(NA).to_numpy()
+    shown.loc[marked, wall] = shown.loc[marked, wall] + "*"
     return shown
+
+
+MIXED = (
+    "its run was written under several git commits, so its times and the teacher's may be of different loops"
+)
+
+
+def _mixed(df: pd.DataFrame):
+    """Rows whose wall-time ratio mixes loops (``store.summary``'s ``wall_mixed``), as a boolean array."""
+    if "wall_mixed" not in df:
+        return pd.Series(False, index=range(len(df))).to_numpy()
+    return df["wall_mixed"].fillna(False).astype(bool).to_numpy()
+
+
+def mixed_note(df: pd.DataFrame) -> str:
+    """Under the table, where some wall-time ratio is marked: what the mark means."""
+    if not (_mixed(df) & df.get("wall_vs_teacher", pd.Series(dtype=float)).notna().to_numpy()).any():
+        return ""
+    return f'<div class="relay-defs"><b>*</b> {render.esc(TABLE_COLUMNS["wall_vs_teacher"])}: {MIXED}.</div>'
 
 
 GAP = "needs the student's and the teacher's answers to the same problems, and a gap between them"
