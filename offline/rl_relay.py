@@ -353,6 +353,8 @@ def run(cfg: RlCfg) -> dict:
                 reward=sum(r["reward"] for r in rows) / len(rows),
                 groups_with_signal=sum(any(r["advantage"] for r in g) for g in groups),
                 scale_rewards=cfg.scale_rewards,
+                wrong_solo_penalty=cfg.reward.wrong_solo_penalty,
+                rho=cfg.reward.rho,
                 secs=secs,
                 tokens=gen,
                 teacher_tokens=teacher,
