@@ -58,6 +58,7 @@ from offline.rewards import RewardCfg, Rollout, group_rewards
 from offline.rl_parts import Engines, Learner, advantages, repo_path
 from offline.tasks import load_benchmark
 from offline.tasks.base import Problem
+from relay_demo.adapters import cast_adapter
 
 
 @dataclass
@@ -108,6 +109,7 @@ class RlCfg:
     # export: the adapter of round export_round (chosen on dev) into export_to, for the relay pair to serve
     export_round: int | None = None
     export_to: str = ""
+    export_dtype: str = "bfloat16"  # the served copy; the pair merges into bf16 weights (float32: as trained)
 
     def validate(self) -> None:
         if self.group < 2:
@@ -120,6 +122,8 @@ class RlCfg:
             raise ValueError("filter_k > 1 greedy samples would all be the same: give filter_temperature")
         if not self.lr > 0 or not self.token_lr >= 0:
             raise ValueError("lr must be > 0 and token_lr >= 0")
+        if self.export_dtype not in ("bfloat16", "float32"):
+            raise ValueError("export_dtype must be bfloat16 or float32")
         if (self.export_round is None) != (not self.export_to):
             raise ValueError("an export needs both export_round and export_to")
         if bool(self.sweep_rounds) != bool(self.sweep_biases):
@@ -279,6 +283,7 @@ def export(cfg: RlCfg) -> Path:
         "round": cfg.export_round,
         "from": cfg.init_adapter,
         "updates": cfg.export_round,
+        "dtype": cfg.export_dtype,
         "rollouts": sum(r.get("rollouts", 0) for r in rows if r.get("stage") == "rollouts"),
         "minutes": round(sum(r.get("secs", 0.0) for r in rows) / 60, 1),  # rollouts, updates, filtering
         "dev_points": [r for r in Jsonl(repo_path(cfg.curve)).rows() if r["round"] == cfg.export_round],
@@ -290,6 +295,7 @@ def export(cfg: RlCfg) -> Path:
     for name in ADAPTER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
+    cast_adapter(tmp / "adapter_model.safetensors", cfg.export_dtype)
     (tmp / "training_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -203,3 +203,17 @@ def build_merged(base: Path, adapter: Path, out: Path) -> float:
         json.dumps({"max_abs_logit_diff": diff, "adapter": str(adapter)}) + "\n"
     )
     return diff
+
+
+def cast_adapter(path: str | Path, dtype: str) -> None:
+    """Rewrite an adapter's safetensors file with its floating tensors in ``dtype`` ("bfloat16" halves a
+    float32 adapter; the pairs merge adapters into bf16 weights), atomically."""
+    import safetensors.torch
+    import torch
+
+    path = Path(path)
+    tensors = safetensors.torch.load_file(path)
+    cast = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in tensors.items()}
+    tmp = path.with_name(path.name + ".partial")
+    safetensors.torch.save_file(cast, tmp, metadata={"format": "pt"})
+    os.replace(tmp, path)

@@ -284,8 +284,13 @@ def test_export_copies_a_chosen_round_without_its_optimizer(tmp_path):
     rl_relay._last_round(cfg)
     one = rl_relay._round_dir(cfg, 1)
     one.mkdir()
-    for name in ("adapter_config.json", "adapter_model.safetensors", "optimizer.pt"):
+    import safetensors.torch
+    import torch
+
+    for name in ("adapter_config.json", "optimizer.pt"):
         (one / name).write_text(name)
+    trained = {"a.lora_A.weight": torch.randn(4, 8), "steps": torch.tensor([3])}
+    safetensors.torch.save_file(trained, one / "adapter_model.safetensors")
     Jsonl(tmp_path / "rl.jsonl").append(
         [
             {"stage": "rollouts", "round": 0, "rollouts": 64, "secs": 60.0},
@@ -302,6 +307,15 @@ def test_export_copies_a_chosen_round_without_its_optimizer(tmp_path):
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["round"] == 1 and summary["rollouts"] == 64 and summary["minutes"] == 2.0
     assert summary["dev_points"] == [{"round": 1, "accuracy": 0.3}]
+    served = safetensors.torch.load_file(out / "adapter_model.safetensors")  # bf16 by default: half the size
+    assert served["a.lora_A.weight"].dtype == torch.bfloat16 and summary["dtype"] == "bfloat16"
+    assert torch.allclose(served["a.lora_A.weight"].float(), trained["a.lora_A.weight"], rtol=1e-2)
+    assert served["steps"].dtype == torch.int64
+    full = rl_relay.export(dataclasses.replace(cfg, export_dtype="float32"))
+    assert torch.equal(
+        safetensors.torch.load_file(full / "adapter_model.safetensors")["a.lora_A.weight"],
+        trained["a.lora_A.weight"],
+    )
     with pytest.raises(FileNotFoundError, match="round 5"):
         rl_relay.export(dataclasses.replace(cfg, export_round=5))
     with pytest.raises(ValueError, match="export"):
