@@ -40,6 +40,7 @@ if not (os.path.exists(CHROMIUM) and shutil.which(CHROMIUM)):
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install playwright")
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+DEMO: list = []  # the app under test, for a look at its queue
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,7 @@ def app(tmp_path_factory):
     h.get_pair("tiny-random")  # load before the browser waits on it
     demo = build_demo(results, hosted=False)
     demo.queue(**QUEUE).launch(prevent_thread_lock=True, quiet=True, **launch_options())
+    DEMO.append(demo)
     yield demo.local_url
     demo.close()
 
@@ -69,6 +71,15 @@ def page(app):
         pg.wait_for_selector("#prompt textarea", timeout=30_000)
         yield pg
         browser.close()
+
+
+def _answered(page, timeout: int = 30_000) -> None:
+    """Wait for the Playground's answer and its last update (the teacher alone, timed after it on a tiny
+    pair): a Clear before that update would be overwritten by it."""
+    page.wait_for_selector("#chat-counters :text('finished')", timeout=timeout)
+    page.wait_for_function(
+        "!document.querySelector('#chat-counters').innerHTML.includes('being measured')", timeout=timeout
+    )
 
 
 def _pick(page, elem_id: str, option: str) -> None:
@@ -149,19 +160,61 @@ def test_stop_is_a_normal_end(page):
     assert page.locator("#prompt textarea").input_value() == "hello"  # the prompt is back in the box
     page.locator("#chat-note").screenshot(path=str(SHOTS / "stopped-while-waiting.png"))
     page.click("#send")  # the next Send is not stopped by that press
-    page.wait_for_selector("#chat-counters :text('finished')", timeout=30_000)
+    _answered(page)
     assert "stopped" not in page.locator("#chat-counters").inner_text()
     page.click("#clear")  # the tests after this one start a conversation of their own
+
+
+def test_stop_while_the_request_waits_in_gradios_queue(page):
+    # Stop used to miss a request still in Gradio's queue (its handler not called yet): it then ran in full.
+    # Two other users wait on the pair here and fill the "relay" slots, so this Send is queued for certain.
+    import time
+
+    from relay_demo.ui import QUEUE
+    from relay_demo.ui import handlers as h
+
+    pair, slots = h.get_pair("tiny-random"), QUEUE["default_concurrency_limit"]
+    _pick(page, "pair", "tiny-random")
+    answers = page.locator("#chat [data-turn]").count()
+    queued = lambda: DEMO[0]._queue.event_queue_per_concurrency_id["relay"].queue  # noqa: E731
+    others = [page.context.browser.new_page() for _ in range(slots)]  # other users: sessions of their own
+    with pair.lock:
+        for other in others:
+            other.goto(page.url, wait_until="domcontentloaded")
+            other.wait_for_selector("#prompt textarea", timeout=30_000)
+            _pick(other, "pair", "tiny-random")
+            other.fill("#prompt textarea", "hello")
+            other.click("#send")
+            other.wait_for_selector("#chat-note :text('Waiting for the model')", timeout=30_000)
+        page.fill("#prompt textarea", "hello")
+        page.click("#send")
+        deadline = time.monotonic() + 30
+        while not queued() and time.monotonic() < deadline:  # polls a state, not a guess at timing
+            time.sleep(0.05)
+        assert len(queued()) == 1, "the Send did not wait in the queue"
+        with page.expect_response(lambda r: "/run/" in r.url and r.request.method == "POST"):
+            page.click("#stop")  # the press (queue=False) is a request of its own: wait for its answer
+    for other in others:  # the pair is free: the two others answer, then this request starts, stopped
+        other.wait_for_selector("#chat-counters :text('finished')", timeout=60_000)
+        other.close()
+    page.wait_for_selector("#chat-note :text('Stopped before the model was free')", timeout=60_000)
+    assert page.locator("#chat [data-turn]").count() == answers  # nothing written
+    page.click("#send")  # the next Send is not stopped by that press
+    _answered(page)
+    assert "stopped" not in page.locator("#chat-counters").inner_text()
+    page.click("#clear")
 
 
 def test_choosing_a_pair_sets_its_own_defaults(page):
     # issue 31, findings 6 and 9: the trained pair's span length and answer length, a baseline pair's policy
     _pick(page, "pair", "qwen2.5-coder-0.5b-1.5b-relay")
+    # all three at once: the pair before (tiny-random) has max_n 32 too, so max_n alone could match too soon
     page.wait_for_function(
-        "document.querySelector('#max-n input[type=number]').value === '32'", timeout=30_000
+        "document.querySelector('#max-n input[type=number]').value === '32'"
+        " && document.querySelector('#max-tokens input[type=number]').value === '512'"
+        " && document.querySelector('#policy input').value.startsWith('learned')",
+        timeout=30_000,
     )
-    assert page.locator("#max-tokens input[type=number]").input_value() == "512"
-    assert page.locator("#policy input").input_value().startswith("learned")
     _pick(page, "pair", "tiny-arith-base")
     page.wait_for_selector("#param-tau", state="visible", timeout=30_000)  # the confidence policy's knob
     assert page.locator("#policy input").input_value().startswith("confidence")

@@ -522,13 +522,19 @@ def test_a_pair_that_fails_to_load_says_why_and_the_next_request_loads_it(tmp_pa
 
 
 def test_stop_ends_the_answer_as_stopped_with_its_counters():
-    # issue 31, finding 3: Stop is a normal end (pressed before the first token: the worker ends the row at
-    # its first span, so the answer is partial whatever the machine's speed)
+    # issue 31, finding 3: Stop is a normal end (pressed as the generation starts, before its first token:
+    # the worker ends the row at its first span, so the answer is partial whatever the machine's speed)
     from relay_demo.ui.stream import StopButton
 
-    button = StopButton()
-    stopped = button.start()
-    button.press()
+    button, polls = StopButton(), []
+    pressed = button.start()
+
+    def stopped():  # the first poll is before the worker starts; the press lands just after it
+        polls.append(1)
+        if len(polls) == 2:
+            button.press()
+        return pressed()
+
     s = h.Settings(pair="tiny-random", policy="interval", every=2, n=2, max_tokens=256, temperature=0.0)
     *_, (chat, counters, note, turns, box) = list(h.chat_submit("hello", [], s, stopped))
     assert note == "" and box == "" and len(turns) == 1  # the partial answer is kept
@@ -556,15 +562,52 @@ def test_stop_while_waiting_for_the_pair_writes_nothing_and_says_so():
     assert "Stopped before the model was free" in note and turns == [] and box == "hello"
 
 
-def test_compare_stop_ends_the_running_column_and_skips_the_rest():
+def test_stop_while_queued_in_gradio_stops_that_request_and_no_later_one():
+    # the press comes before the handler runs (start): it counts for the Send clicked (clicked, queue=False,
+    # runs first; the generation follows with .then); the generation ends before it starts, nothing written
     from relay_demo.ui.stream import StopButton
 
     button = StopButton()
-    stopped = button.start()
+    button.clicked()
+    button.press()  # queued: no handler yet
+    *_, (chat, counters, note, turns, box) = list(h.chat_submit("hello", [], FAST, button.start()))
+    assert "Stopped before the model was free" in note and turns == [] and box == "hello"
+    button.press()  # idle: a press with nothing running or queued stops nothing later
+    button.clicked()
+    running = button.start()
+    assert not running()
+    button.press()  # while it runs
+    assert running()
+    button.clicked()  # a request cleared while queued: never started, and no press
+    button.clicked()
+    later = button.start()
+    assert not later()
+    for _ in range(3):
+        assert not button.start()()  # API calls (no click): each start is a run of its own
+    button.clicked()  # then a Send, pressed while queued
     button.press()
+    assert button.start()()
+
+
+def test_compare_stop_ends_the_running_column_and_skips_the_rest():
+    from relay_demo.ui.stream import StopButton
+
+    button, polls = StopButton(), []
+    pressed = button.start()
+
+    def stopped():  # pressed as the student column starts, before its first token
+        polls.append(1)
+        if len(polls) == 2:
+            button.press()
+        return pressed()
+
     *_, last = list(h.compare_run("hello", FAST, stopped=stopped))
     assert "<b>stopped</b><span>finished</span>" in last[1]  # the student column, partial, exact counters
     assert "Not run: stopped." in last[3] and "Not run: stopped." in last[6]
+    button.clicked()  # pressed while queued: no column runs
+    button.press()
+    *_, last = list(h.compare_run("hello", FAST, stopped=button.start()))
+    assert "Stopped before the model was free" in last[0] and "Not run: stopped." in last[3]
 
 
 def test_each_pair_sets_the_sidebar_defaults_it_was_made_for():

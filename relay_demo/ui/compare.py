@@ -66,8 +66,12 @@ def build(ctl: Controls, hosted: bool) -> None:
     common = {"concurrency_id": "relay", "show_progress": "minimal"}
     outs = [*outputs, note, record]
     inputs = [prompt, stopper, *ctl.inputs]
-    run.click(compare, inputs, outs, api_name="compare", **common)
-    prompt.submit(compare, inputs, outs, api_visibility="private", **common)
+    # the click is counted first, so Stop pressed while the request waits in Gradio's queue stops it
+    clicked = {"fn": StopButton.clicked, "inputs": stopper, "outputs": None, "queue": False}
+    run.click(**clicked, api_visibility="private").then(compare, inputs, outs, api_name="compare", **common)
+    prompt.submit(**clicked, api_visibility="private").then(
+        compare, inputs, outs, api_visibility="private", **common
+    )
     # a new run replaces the inspected answer: the panel must not go on showing (and continuing) the old call
     for trigger in (run.click, prompt.submit):
         trigger(inspector.cleared, None, list(inspected), queue=False, api_visibility="private")

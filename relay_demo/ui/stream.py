@@ -33,19 +33,30 @@ STREAM_EVERY_S = 0.05  # the UI is refreshed at most this often (batches tokens,
 
 class StopButton:
     """One user's Stop button, shared by the Stop click and that user's generations (in ``gr.State``, so one
-    per browser session). A press stops the generation running now, not one that starts later."""
+    per browser session). A press stops the generation running now, or the one the user has sent and that
+    still waits in Gradio's queue; never one sent later.
+
+    A click on Send runs :meth:`clicked` first (``queue=False``, the generation follows with ``.then``), so a
+    press while the request is still queued (its handler not yet called) counts for it. A request that never
+    starts (cleared while queued) leaves no press behind for the next one; API calls (no click) just start."""
 
     def __init__(self):
-        self.run = self.pressed_at = 0
+        self.run = self.pressed_at = 0  # the last generation started; the run the last press stopped
+        self.clicks = 0  # Sends clicked (``clicked``), started or still queued
+
+    def clicked(self) -> None:
+        """Send was clicked: its generation is queued and ``start`` will give it this number (at least one
+        past the last generation, API calls included)."""
+        self.clicks = max(self.clicks, self.run) + 1
 
     def start(self):
         """A new generation begins: the function it polls for a press."""
-        self.run += 1
+        self.run = max(self.run + 1, self.clicks)
         run = self.run
         return lambda: self.pressed_at >= run
 
     def press(self) -> None:
-        self.pressed_at = self.run
+        self.pressed_at = max(self.run, self.clicks)
 
 
 @dataclass
@@ -182,13 +193,18 @@ def generate(
 
     Bad input raises ValueError before anything runs. Closing the iterator abandons the generation;
     ``stopped()`` turning true (a :class:`StopButton` press) ends it as "stopped", with a result. A press
-    before the pair was free ends it with no result and ``snap.stopped`` set.
+    before the pair was free (or before this call, while the request was queued) ends it with no result and
+    ``snap.stopped`` set.
     """
     validate_prompt(messages)
     batch = RelayBatch(pair, policy, limits, sampling)
     row = batch.add(messages)  # now, so bad input fails here and not in the worker
     counter = _Counter(pair, prompt_tokens(pair, messages), policy.teacher_only)
     snap = Snapshot(counters=counter.live())
+    if stopped is not None and stopped():  # pressed while the request waited in Gradio's queue
+        snap.stopped = True
+        yield snap
+        return
     out: queue.Queue = queue.Queue()
     stop, halt = threading.Event(), threading.Event()
     args = (pair, batch, row, out, stop, halt)
