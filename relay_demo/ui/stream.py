@@ -197,14 +197,13 @@ def generate(
     ``snap.stopped`` set.
     """
     validate_prompt(messages)
+    if stopped is not None and stopped():  # pressed while the request waited in Gradio's queue: no batch,
+        yield Snapshot(stopped=True)  # so no row holds engine sessions that only the worker would release
+        return
     batch = RelayBatch(pair, policy, limits, sampling)
     row = batch.add(messages)  # now, so bad input fails here and not in the worker
     counter = _Counter(pair, prompt_tokens(pair, messages), policy.teacher_only)
     snap = Snapshot(counters=counter.live())
-    if stopped is not None and stopped():  # pressed while the request waited in Gradio's queue
-        snap.stopped = True
-        yield snap
-        return
     out: queue.Queue = queue.Queue()
     stop, halt = threading.Event(), threading.Event()
     args = (pair, batch, row, out, stop, halt)
