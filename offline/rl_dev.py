@@ -95,6 +95,7 @@ def dev_point(
         "relay_ok": bits(ok),
         "free_ok": bits(ok_free),
         "secs": round(time.monotonic() - t0, 1),
+        "dtype": engines.dtype,  # greedy decodes differ between bfloat16 and float32: compare like with like
     }
 
 
@@ -122,6 +123,11 @@ def sweep(cfg, engines, adapter_of, dev: list[Problem], curve) -> list[dict]:
 
 def answers(rows: list[dict], point: str) -> list[bool]:
     """A point's per-problem answers: ``ROUND@BIAS`` (the relay), ``ROUND@BIAS/free`` (its twin)."""
+    row, side = _point(rows, point)
+    return unbits(row["free_ok" if side else "relay_ok"])
+
+
+def _point(rows: list[dict], point: str) -> tuple[dict, str]:
     spec, _, side = point.partition("/")
     rnd, _, bias = spec.partition("@")
     try:
@@ -136,7 +142,7 @@ def answers(rows: list[dict], point: str) -> list[bool]:
     if not found:
         have = sorted({f"{r['round']}@{bias_of(r, 0.0):g}" for r in rows if r.get("relay_ok")})
         raise ValueError(f"no dev point {spec} with per-problem answers; points that have them: {have}")
-    return unbits(found[-1]["free_ok" if side else "relay_ok"])
+    return found[-1], side
 
 
 def compare(rows: list[dict], a: str, b: str) -> str:
@@ -144,6 +150,9 @@ def compare(rows: list[dict], a: str, b: str) -> str:
     from relay_demo import stats
     from relay_demo.results.paired import points
 
+    dtypes = {_point(rows, p)[0].get("dtype", "bfloat16") for p in (a, b)}  # runs 1-2: bf16, unrecorded
+    if len(dtypes) > 1:
+        raise ValueError(f"{a}, {b} were decoded in {' and '.join(sorted(dtypes))}: compare like with like")
     x, y = answers(rows, a), answers(rows, b)
     d = stats.accuracy_difference(x, y)
     lo, hi = d.accuracy_ci

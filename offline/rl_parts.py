@@ -121,8 +121,10 @@ class Learner:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
+        from relay_demo.pairs import resolve_dtype
+
         self.cfg = cfg
-        dtype = getattr(torch, cfg.train_dtype)
+        dtype = getattr(torch, resolve_dtype(cfg.train_dtype))
         base = AutoModelForCausalLM.from_pretrained(repo_path(cfg.student), dtype=dtype)
         self.model = PeftModel.from_pretrained(base, adapter, is_trainable=True)
         self.model.train()
@@ -134,6 +136,9 @@ class Learner:
         state = adapter / "optimizer.pt"
         if state.is_file():
             self.opt.load_state_dict(torch.load(state, weights_only=True))
+        # a trained round without its optimizer state (carried from another machine: offline/rl_carry.py):
+        # AdamW's moments start afresh, and the first update's row says so
+        self.restarted = not state.is_file() and adapter.name != "round-000"
 
     def step(self, rows: list[dict]) -> dict:
         """One optimizer step on ``rows`` (their advantages non-zero); returns loss and token counts."""
@@ -153,12 +158,14 @@ class Learner:
         norm = float(torch.nn.utils.clip_grad_norm_(self._params(), self.cfg.max_grad_norm)) if live else 0.0
         if live:
             self.opt.step()
+        restarted, self.restarted = self.restarted, False
         return {
             "loss": total,
             "grad_norm": norm,
             "trained_rollouts": len(live),
             "trained_tokens": n_tokens,
             "forward_tokens": seen,
+            **({"optimizer": "restarted"} if restarted else {}),
         }
 
     def _params(self):

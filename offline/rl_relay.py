@@ -37,8 +37,8 @@ problems at a time, whenever the next round needs more kept problems than there 
 
 Everything lands under ``work`` (ignored by git): ``filter.jsonl``, ``rollouts/round-NNN.jsonl``,
 ``adapters/round-NNN/`` (the adapter and optimizer state after NNN updates; round-000 is ``init_adapter``).
-Killed at any moment, a rerun continues from the last finished part. ``metrics`` (one row a round) and
-``curve`` are committed.
+Killed at any moment, a rerun continues from the last finished part. ``metrics`` (one row a round), ``curve``
+and ``carry`` (the newest round, for a fresh machine to go on from: ``offline/rl_carry.py``) are committed.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offline import config as cfglib
-from offline import rl_dev
+from offline import rl_carry, rl_dev
 from offline.common import Jsonl
 from offline.rewards import RewardCfg, Rollout, group_rewards
 from offline.rl_parts import Engines, Learner, advantages, repo_path
@@ -97,7 +97,7 @@ class RlCfg:
     max_grad_norm: float = 1.0
     micro_batch: int = 2
     engine: dict = field(default_factory=lambda: {"dtype": "bfloat16", "kv_cache_gib": 2})
-    train_dtype: str = "bfloat16"
+    train_dtype: str = "bfloat16"  # or auto (relay_demo.pairs.resolve_dtype), as the engines' dtype
     keep_adapters: int = 3  # round adapters kept besides those at dev points
     threads: int = 2
     # dev points at other call biases, without training (offline/rl_dev.py): the bias is chosen on dev
@@ -110,6 +110,7 @@ class RlCfg:
     export_round: int | None = None
     export_to: str = ""
     export_dtype: str = "bfloat16"  # the served copy; the pair merges into bf16 weights (float32: as trained)
+    carry: str = ""  # a committed folder: the newest round outlives the machine (offline/rl_carry.py)
 
     def validate(self) -> None:
         if self.group < 2:
@@ -308,6 +309,9 @@ def run(cfg: RlCfg) -> dict:
     if cfg.export_round is not None:
         return {"exported": str(export(cfg)), "curve": []}
 
+    work = repo_path(cfg.work)
+    if cfg.carry:  # a fresh machine: the committed newest round, when the work folder is behind it
+        rl_carry.restore(repo_path(cfg.carry), work / "adapters", _last_round(cfg), work / "filter.jsonl")
     check_work_state(cfg, _last_round(cfg))
     torch.set_num_threads(cfg.threads)
     problems = load_benchmark(cfg.benchmark, split=cfg.split)
@@ -366,6 +370,7 @@ def run(cfg: RlCfg) -> dict:
                 teacher_tokens=teacher,
                 tok_s=gen / secs,
                 reload_s=engines.reload_s,
+                dtype=engines.dtype,
             )
         rows = Jsonl(roll_file).rows()
         if learner is None:
@@ -373,6 +378,8 @@ def run(cfg: RlCfg) -> dict:
         t0 = time.monotonic()
         stats = learner.step(rows)
         learner.save(_round_dir(cfg, rnd + 1))
+        if cfg.carry:
+            rl_carry.save(repo_path(cfg.carry), _round_dir(cfg, rnd + 1), rnd + 1, work / "filter.jsonl")
         secs = time.monotonic() - t0
         _prune(cfg, rnd + 1)
         log(stage="update", round=rnd, secs=secs, tok_s=stats["forward_tokens"] / secs, **stats)

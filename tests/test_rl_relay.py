@@ -182,7 +182,7 @@ class _Engines:
     """Stands in for ``rl_parts.Engines`` (vLLM): the same pair whatever the adapter; counts the loads."""
 
     def __init__(self, pair):
-        self.pair, self.loads = pair, []
+        self.pair, self.loads, self.dtype = pair, [], "float32"
 
     def student_of(self, adapter):
         self.loads.append(adapter.name)
@@ -265,6 +265,9 @@ def test_dev_points_compare_paired(capsys, tmp_path):
     assert rl_compare.main(["4@-1", "0@0/free", "--curve", str(tmp_path / "c.jsonl")]) == 0
     assert "+50.0 points" in capsys.readouterr().out
     assert rl_compare.main(["9@0", "0@0", "--curve", str(tmp_path / "c.jsonl")]) == 2
+    fp32 = [*rows, {"round": 12, "relay_ok": "1111111000", "free_ok": "1000000000", "dtype": "float32"}]
+    with pytest.raises(ValueError, match="bfloat16 and float32: compare like with like"):
+        rl_dev.compare(fp32, "12@0", "0@0")  # greedy decodes differ between the two dtypes
 
 
 def test_export_copies_a_chosen_round_without_its_optimizer(tmp_path):
@@ -320,3 +323,51 @@ def test_export_copies_a_chosen_round_without_its_optimizer(tmp_path):
         rl_relay.export(dataclasses.replace(cfg, export_round=5))
     with pytest.raises(ValueError, match="export"):
         rl_relay.RlCfg(export_round=3).validate()
+
+
+def test_the_carried_round_lets_a_fresh_machine_go_on(tmp_path):
+    # runs 1 and 2 lost their ignored work folder between sessions; `carry` (committed) keeps the newest round
+    import safetensors.torch
+
+    from offline import rl_carry
+
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "adapter_config.json").write_text("{}")
+    log = tmp_path / "rl.jsonl"
+    log.write_text('{"stage":"update","round":0}\n{"stage":"update","round":1}\n')
+    cfg = rl_relay.RlCfg(
+        init_adapter=str(init), work=str(tmp_path / "work"), metrics=str(log), carry=str(tmp_path / "carry")
+    )
+    rl_relay._last_round(cfg)
+    two = rl_relay._round_dir(cfg, 2)
+    two.mkdir()
+    (two / "adapter_config.json").write_text('{"r": 16}')
+    (two / "optimizer.pt").write_text("moments")
+    safetensors.torch.save_file({"a.lora_A.weight": torch.randn(4, 8)}, two / "adapter_model.safetensors")
+    work = tmp_path / "work"
+    (work / "filter.jsonl").write_text('{"id":"p/1","kept":true}\n')
+    rl_carry.save(tmp_path / "carry", two, 2, work / "filter.jsonl")
+    carried = sorted(p.name for p in (tmp_path / "carry").iterdir())
+    assert carried == ["adapter_config.json", "adapter_model.safetensors", "filter.jsonl", "state.json"]
+    weights = safetensors.torch.load_file(tmp_path / "carry" / "adapter_model.safetensors")
+    assert weights["a.lora_A.weight"].dtype == torch.bfloat16  # 17 MB for the real pair, not 34
+
+    import shutil
+
+    shutil.rmtree(work)  # the next session's machine: no work folder
+    with pytest.raises(SystemExit, match="work state is gone"):
+        rl_relay.check_work_state(cfg, rl_relay._last_round(cfg))
+    got = rl_carry.restore(
+        tmp_path / "carry", work / "adapters", rl_relay._last_round(cfg), work / "filter.jsonl"
+    )
+    assert got == 2 and (work / "filter.jsonl").read_text() == '{"id":"p/1","kept":true}\n'
+    assert sorted(p.name for p in rl_relay._round_dir(cfg, 2).iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]  # no optimizer state: the learner restarts AdamW and says so
+    rl_relay.check_work_state(cfg, rl_relay._last_round(cfg))  # resumes at round 2
+    assert rl_carry.restore(tmp_path / "carry", work / "adapters", 2, work / "filter.jsonl") is None
+    (tmp_path / "carry").rename(tmp_path / "carry.old")  # killed between save's two renames
+    (rl_relay._round_dir(cfg, 2) / "adapter_config.json").unlink()  # and the round left half-copied
+    assert rl_carry.restore(tmp_path / "carry", work / "adapters", 1, work / "filter.jsonl") == 2
