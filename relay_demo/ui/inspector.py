@@ -237,6 +237,20 @@ def inspect(get_pair, rec: dict | None, k: int | None) -> Iterator[str]:
     yield call_html(rec, k, alone=text)
 
 
+def branch(pair, rec: dict, k: int):
+    """The relay of record ``rec`` continued from call ``k`` with that call blocked (a ``RelayResult``)."""
+    at, tok = rec["calls"][k]["at"], pair.teacher.tokenizer
+    ids = (
+        rec["prompt_ids"] + rec["token_ids"][:at],
+        rec["teacher_prompt_ids"] + teacher_view(rec["spans"], rec["token_ids"], at, tok),
+    )
+    limits = replace(rec["limits"], max_calls=max(0, rec["limits"].max_calls - k))  # k calls were made
+    return without_call(
+        pair, rec["policy"], ids, limits, rec["sampling"], max_tokens=max(1, rec["max_tokens"] - at),
+        seed_row=rec["seed_row"],
+    )  # fmt: skip
+
+
 def continue_without(get_pair, rec: dict | None, k: int | None) -> Iterator[str]:
     """Both endings of call ``k``: a note at once, then the relay continued from it without the call."""
     c = _get(rec, k)
@@ -244,17 +258,7 @@ def continue_without(get_pair, rec: dict | None, k: int | None) -> Iterator[str]
     if c is None:
         return
     try:
-        pair = get_pair(rec["pair"])
-        at, tok = c["at"], pair.teacher.tokenizer
-        ids = (
-            rec["prompt_ids"] + rec["token_ids"][:at],
-            rec["teacher_prompt_ids"] + teacher_view(rec["spans"], rec["token_ids"], at, tok),
-        )
-        limits = replace(rec["limits"], max_calls=max(0, rec["limits"].max_calls - k))  # k calls were made
-        r = without_call(
-            pair, rec["policy"], ids, limits, rec["sampling"], max_tokens=max(1, rec["max_tokens"] - at),
-            seed_row=rec["seed_row"],
-        )  # fmt: skip
+        r = branch(get_pair(rec["pair"]), rec, k)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         yield continue_html(rec, k, None, error=f"Could not continue without the call: {e}")
         return

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..knobs import POLICY_KNOBS
+from ..knobs import KNOBS, POLICY_KNOBS, TEMPERATURE
 from ..pairs import ROOT, available, load_pair, loaded_pairs, registry
 from ..relay import Limits
 
@@ -137,8 +137,9 @@ def get_limits(name: str) -> Limits:
 
 def pair_defaults(name: str) -> dict:
     """What the sidebar starts with for a pair (``defaults:`` in the registry): a policy that can hand over
-    on it, the span length its student asks for as max N, max tokens enough for its examples to finish;
-    within the pair's limits. A pair without the block gets its limit as max N (a call is never cut short)."""
+    on it, the span length its student asks for as max N, max tokens enough for its examples to finish, the
+    call bias and temperature its numbers were measured at; within the pair's limits. A pair without the
+    block gets its limit as max N (a call is never cut short), the knobs' own call bias and temperature."""
     spec, limits = registry().get(name) or {}, get_limits(name)
     d = spec.get("defaults") or {}
     policy = d.get("policy", DEFAULT_POLICY)
@@ -150,6 +151,8 @@ def pair_defaults(name: str) -> dict:
         "policy": policy,
         "max_n": max(1, min(int(d.get("max_n", limits.max_n)), limits.max_n)),
         "max_tokens": max(1, min(int(d.get("max_tokens", DEFAULT_MAX_TOKENS)), limits.max_tokens)),
+        "call_bias": KNOBS["call_bias"].check(d.get("call_bias", KNOBS["call_bias"].default)),
+        "temperature": TEMPERATURE.check(d.get("temperature", TEMPERATURE.default)),
     }
 
 

@@ -21,6 +21,7 @@ POLICY_PARAMS = {
 }
 SLIDERS = tuple(k for k, knob in KNOBS.items() if knob.ui)
 PARAM_FIELDS = (*SLIDERS, "router_path")
+PAIR_DEFAULTS = ("policy", "max_n", "max_tokens", "call_bias", "temperature")  # set when a pair is chosen
 
 
 @dataclass
@@ -119,13 +120,16 @@ def _wire(ctl: Controls, hosted: bool) -> None:
 
     def on_pair(pair: str):
         # the pair's own defaults: a policy that can hand over on it, its trained span length, its answers'
-        # length (a changed policy fires on_policy, which shows that policy's knobs)
+        # length, the call bias and temperature its numbers were measured at (a changed policy fires
+        # on_policy, which shows that policy's knobs)
         lim, d = pi.get_limits(pair), pi.pair_defaults(pair)
         return (
             pi.pair_status(pair),
             gr.update(value=d["policy"]),
             gr.update(maximum=lim.max_n, value=d["max_n"]),
             gr.update(maximum=lim.max_tokens, value=d["max_tokens"]),
+            gr.update(value=d["call_bias"]),
+            gr.update(value=d["temperature"]),
             router_message(pair, d["policy"], hosted),
         )
 
@@ -135,7 +139,7 @@ def _wire(ctl: Controls, hosted: bool) -> None:
     c["pair"].change(
         on_pair,
         [c["pair"]],
-        [ctl.status, c["policy"], c["max_n"], c["max_tokens"], ctl.router_note],
+        [ctl.status, *(c[k] for k in PAIR_DEFAULTS), ctl.router_note],
         queue=False,
         api_visibility="private",
     )
