@@ -22,6 +22,17 @@ STATE = "state.json"
 FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
 
 
+def staged_copy(src: Path, dst: Path) -> Path:
+    """A fresh ``dst.partial`` holding ``src``'s adapter files (not its optimizer state), to be renamed."""
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    return tmp
+
+
 def _folder(root: Path) -> Path | None:
     """The carried folder, or the one a kill left mid-swap (``save`` renames the old one aside first)."""
     for p in (root, root.with_name(root.name + ".old")):
@@ -32,12 +43,7 @@ def _folder(root: Path) -> Path | None:
 
 def save(carry: Path, adapter: Path, rnd: int, filter_rows: Path) -> None:
     """Carry round ``rnd``'s ``adapter`` (after ``rnd`` updates) and the filter's rows, atomically."""
-    tmp, old = carry.with_name(carry.name + ".partial"), carry.with_name(carry.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in FILES:
-        if (adapter / name).is_file():
-            shutil.copy2(adapter / name, tmp / name)
+    tmp, old = staged_copy(adapter, carry), carry.with_name(carry.name + ".old")
     cast_adapter(tmp / "adapter_model.safetensors", "bfloat16")
     if filter_rows.is_file():
         shutil.copy2(filter_rows, tmp / "filter.jsonl")
@@ -60,12 +66,7 @@ def restore(carry: Path, adapters: Path, have: int, filter_rows: Path) -> int | 
     if rnd <= have:
         return None
     dst = adapters / f"round-{rnd:03d}"
-    tmp = dst.with_name(dst.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in FILES:
-        if (folder / name).is_file():
-            shutil.copy2(folder / name, tmp / name)
+    tmp = staged_copy(folder, dst)
     shutil.rmtree(dst, ignore_errors=True)  # not a whole round (``have`` counts those)
     tmp.rename(dst)
     if not filter_rows.is_file() and (folder / "filter.jsonl").is_file():

@@ -269,9 +269,6 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     tmp.rename(path)
 
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
-
-
 def export(cfg: RlCfg) -> Path:
     """Copy round ``export_round``'s adapter (not its optimizer state) to ``export_to`` atomically, with a
     ``training_summary.json``: the round, the recipe, the round's dev points and the rounds' total cost."""
@@ -290,12 +287,7 @@ def export(cfg: RlCfg) -> Path:
         "dev_points": [r for r in Jsonl(repo_path(cfg.curve)).rows() if r["round"] == cfg.export_round],
         "config": cfglib.to_dict(cfg),
     }
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ADAPTER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, tmp / name)
+    tmp = rl_carry.staged_copy(src, out)
     cast_adapter(tmp / "adapter_model.safetensors", cfg.export_dtype)
     (tmp / "training_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
