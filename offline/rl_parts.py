@@ -60,6 +60,12 @@ class Engines:
         self.adapter: Path | None = None
         self.reload_s = 0.0
 
+    def drop_student(self) -> None:
+        """Free the round's student before the update (the next round reloads it with the new adapter)."""
+        if self.student is not None:
+            self.student.close()
+        self.student, self.adapter = None, None
+
     def student_of(self, adapter: Path):
         """A pair whose student is ``adapter`` merged into the base (``relay_demo.adapters``)."""
         from relay_demo.backends.vllm_engine import VLLMEngine

@@ -366,6 +366,7 @@ def run(cfg: RlCfg) -> dict:
             )
         rows = Jsonl(roll_file).rows()
         if learner is None:
+            engines.drop_student()  # float32 on 24 GB: the teacher, the student and the learner did not fit
             learner = Learner(cfg, adapter)
         t0 = time.monotonic()
         stats = learner.step(rows)
