@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from relay_demo.adapters import cast_adapter
@@ -55,17 +56,17 @@ def save(carry: Path, adapter: Path, rnd: int, filter_rows: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def restore(carry: Path, adapters: Path, have: int, filter_rows: Path) -> int | None:
-    """Put the carried round into ``adapters`` (as ``round-NNN``) when the work folder holds only rounds up
-    to ``have`` and the carried one is later; the filter's rows too when the work folder has none. Returns
-    the restored round, or None."""
+def restore(carry: Path, round_dir: Callable[[int], Path], have: int, filter_rows: Path) -> int | None:
+    """Put the carried round into ``round_dir(round)`` when the work folder holds only rounds up to ``have``
+    and the carried one is later; the filter's rows too when the work folder has none. Returns the restored
+    round, or None."""
     folder = _folder(carry)
     if folder is None:
         return None
     rnd = int(json.loads((folder / STATE).read_text(encoding="utf-8"))["round"])
     if rnd <= have:
         return None
-    dst = adapters / f"round-{rnd:03d}"
+    dst = round_dir(rnd)
     tmp = staged_copy(folder, dst)
     shutil.rmtree(dst, ignore_errors=True)  # not a whole round (``have`` counts those)
     tmp.rename(dst)

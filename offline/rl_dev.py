@@ -123,7 +123,10 @@ def sweep(cfg, engines, adapter_of, dev: list[Problem], curve) -> list[dict]:
 
 def answers(rows: list[dict], point: str) -> list[bool]:
     """A point's per-problem answers: ``ROUND@BIAS`` (the relay), ``ROUND@BIAS/free`` (its twin)."""
-    row, side = _point(rows, point)
+    return _answers(*_point(rows, point))
+
+
+def _answers(row: dict, side: str) -> list[bool]:
     return unbits(row["free_ok" if side else "relay_ok"])
 
 
@@ -150,10 +153,11 @@ def compare(rows: list[dict], a: str, b: str) -> str:
     from relay_demo import stats
     from relay_demo.results.paired import points
 
-    dtypes = {_point(rows, p)[0].get("dtype", "bfloat16") for p in (a, b)}  # runs 1-2: bf16, unrecorded
+    pa, pb = _point(rows, a), _point(rows, b)  # each (row, side)
+    dtypes = {pa[0].get("dtype", "bfloat16"), pb[0].get("dtype", "bfloat16")}  # runs 1-2: bf16, unrecorded
     if len(dtypes) > 1:
         raise ValueError(f"{a}, {b} were decoded in {' and '.join(sorted(dtypes))}: compare like with like")
-    x, y = answers(rows, a), answers(rows, b)
+    x, y = _answers(*pa), _answers(*pb)
     d = stats.accuracy_difference(x, y)
     lo, hi = d.accuracy_ci
     only_a = sum(p and not q for p, q in zip(x, y, strict=True))

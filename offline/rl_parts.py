@@ -74,8 +74,7 @@ class Engines:
 
         if adapter != self.adapter:
             t0 = time.monotonic()
-            if self.student is not None:
-                self.student.close()
+            self.drop_student()
             cache = repo_path(self.cfg.work) / "merged"
             folder = merged_copy(repo_path(self.cfg.student), adapter, cache)
             self.student = VLLMEngine.load(str(folder), dtype=self.dtype, name="student", **self.kw)

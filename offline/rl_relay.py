@@ -303,7 +303,9 @@ def run(cfg: RlCfg) -> dict:
 
     work = repo_path(cfg.work)
     if cfg.carry:  # a fresh machine: the committed newest round, when the work folder is behind it
-        rl_carry.restore(repo_path(cfg.carry), work / "adapters", _last_round(cfg), work / "filter.jsonl")
+        rl_carry.restore(
+            repo_path(cfg.carry), lambda r: _round_dir(cfg, r), _last_round(cfg), work / "filter.jsonl"
+        )
     check_work_state(cfg, _last_round(cfg))
     torch.set_num_threads(cfg.threads)
     problems = load_benchmark(cfg.benchmark, split=cfg.split)

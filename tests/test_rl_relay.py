@@ -358,16 +358,15 @@ def test_the_carried_round_lets_a_fresh_machine_go_on(tmp_path):
     shutil.rmtree(work)  # the next session's machine: no work folder
     with pytest.raises(SystemExit, match="work state is gone"):
         rl_relay.check_work_state(cfg, rl_relay._last_round(cfg))
-    got = rl_carry.restore(
-        tmp_path / "carry", work / "adapters", rl_relay._last_round(cfg), work / "filter.jsonl"
-    )
+    round_dir = lambda r: rl_relay._round_dir(cfg, r)  # noqa: E731
+    got = rl_carry.restore(tmp_path / "carry", round_dir, rl_relay._last_round(cfg), work / "filter.jsonl")
     assert got == 2 and (work / "filter.jsonl").read_text() == '{"id":"p/1","kept":true}\n'
     assert sorted(p.name for p in rl_relay._round_dir(cfg, 2).iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
     ]  # no optimizer state: the learner restarts AdamW and says so
     rl_relay.check_work_state(cfg, rl_relay._last_round(cfg))  # resumes at round 2
-    assert rl_carry.restore(tmp_path / "carry", work / "adapters", 2, work / "filter.jsonl") is None
+    assert rl_carry.restore(tmp_path / "carry", round_dir, 2, work / "filter.jsonl") is None
     (tmp_path / "carry").rename(tmp_path / "carry.old")  # killed between save's two renames
     (rl_relay._round_dir(cfg, 2) / "adapter_config.json").unlink()  # and the round left half-copied
-    assert rl_carry.restore(tmp_path / "carry", work / "adapters", 1, work / "filter.jsonl") == 2
+    assert rl_carry.restore(tmp_path / "carry", round_dir, 1, work / "filter.jsonl") == 2
