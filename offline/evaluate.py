@@ -34,7 +34,8 @@ A method may name another registered ``pair:`` (the tiny pair's baselines run on
 methods on the relay student); its rows are recorded under the run's pair; one pair is in memory at a time.
 A method may keep a smaller nested sample (``sizes: {gsm8k: 200}``, ``0`` leaves a benchmark out) when the
 run grows. The manifest records a digest of the weights the project trained for each method's pair; a
-method whose pair was retrained since is refused (rename it, or use another run_id).
+method whose pair was retrained since is refused (rename it, or use another run_id). It also records the
+dtype each method computed in (``auto`` resolved on the machine): a run takes rows of one dtype only.
 
 Batches are fixed slices of each benchmark's problem list and batch ``k`` is sampled with seed
 ``sampling.seed + k``, so a resumed run draws what an uninterrupted one would have (given a deterministic
@@ -183,21 +184,56 @@ def _method_identity(m: dict) -> dict:
     return {k: m.get(k) for k in ("policy", "params", "limits", "pair")}
 
 
+def engine_dtype(cfg: EvalCfg, pair: str) -> str | None:
+    """The dtype ``pair``'s engines compute in here (``auto`` resolved); None for an unknown pair."""
+    from relay_demo.pairs import registry, resolve_dtype
+
+    spec = registry().get(pair)
+    dtype = cfg.engine.get("dtype") or (spec.get("dtype", "float32") if spec else None)
+    return resolve_dtype(dtype) if isinstance(dtype, str) else None
+
+
 def _with_weights(cfg: EvalCfg, methods: list[dict]) -> list[dict]:
     return [
-        m if m["name"] == RANDOM_QUERY else {**m, "weights": trained_weights(m.get("pair") or cfg.pair)}
+        m
+        if m["name"] == RANDOM_QUERY
+        else {
+            **m,
+            "weights": trained_weights(m.get("pair") or cfg.pair),
+            "dtype": engine_dtype(cfg, m.get("pair") or cfg.pair),
+        }
         for m in methods
     ]
+
+
+def _recorded_dtypes(config: dict) -> set[str]:
+    """The dtypes a session's rows were made in: each method's (recorded since it was), else the session's
+    engine setting when it named one (older sessions)."""
+    named = (config.get("engine") or {}).get("dtype")
+    legacy = named if isinstance(named, str) and named != "auto" else None
+    dtypes = {m.get("dtype") or legacy for m in config.get("methods", []) if m["name"] != RANDOM_QUERY}
+    return {d for d in dtypes if d}
 
 
 def check_methods(run_dir: Path, cfg: EvalCfg, methods: list[dict]) -> None:
     """A method already in the run must keep its policy, params, limits and pair (its sweep and sizes may
     grow), and the weights its pair was trained to (recorded since they were: a retrained adapter's rows
-    never mix with the old one's under one name)."""
+    never mix with the old one's under one name). Every row of a run is made in one dtype."""
     if not (run_dir / rio.MANIFEST).is_file():
         return
     now = {m["name"]: m for m in methods}
-    for session in rio.read_manifest(run_dir).get("sessions", []):
+    sessions = rio.read_manifest(run_dir).get("sessions", [])
+    made = set().union(*(_recorded_dtypes(s.get("config") or {}) for s in sessions))
+    coming = _recorded_dtypes({"methods": methods})
+    if made and coming - made or len(made) > 1:
+        # greedy decodes differ between dtypes (the real pair's warm-up adapter on the RL dev set: 33% in
+        # float32, 26% in bfloat16), so rows of two dtypes must not be paired within one run
+        raise ValueError(
+            f"{run_dir}: its rows were made in {', '.join(sorted(made))}, these would be in "
+            f"{', '.join(sorted(coming))} (engine.dtype, or `auto` on this machine); use another run_id, "
+            "or a machine that resolves the same dtype"
+        )
+    for session in sessions:
         for m in (session.get("config") or {}).get("methods", []):
             if m["name"] not in now:
                 continue

@@ -329,3 +329,33 @@ def test_trained_weights_name_the_projects_own_files():
     assert E.trained_weights("qwen2.5-coder-0.5b-1.5b-relay").startswith("adapter:")
     assert E.trained_weights("qwen2.5-coder-0.5b-1.5b") is None  # published models
     assert E.trained_weights("tiny-random") is None and E.trained_weights("no-such-pair") is None
+
+
+def test_rows_of_another_dtype_are_refused(tmp_path, monkeypatch):
+    """Greedy decodes differ between dtypes: a machine that resolves `auto` differently, or a recipe
+    switched to another dtype, must not add its rows to a run made in the first one."""
+    from relay_demo import pairs
+
+    real = pairs.registry()
+    monkeypatch.setattr(pairs, "registry", lambda: {**real, "toy": {"dtype": "auto"}})
+    monkeypatch.setattr(pairs, "cpu_has_bf16", lambda: True)
+    cfg = E.parse_args(["--config", str(_recipe(tmp_path, TOY)), "--limit", "2"])
+    E.run(cfg, Scripted(), progress=False)
+    methods = rio.read_manifest(tmp_path / "results" / "runs" / "toy")["sessions"][-1]["config"]["methods"]
+    assert {m["name"]: m.get("dtype") for m in methods}["student"] == "bfloat16"
+    E.run(cfg, Scripted(), progress=False)  # the same machine: resumes
+    monkeypatch.setattr(pairs, "cpu_has_bf16", lambda: False)  # a CPU without bf16 units: auto -> float32
+    with pytest.raises(ValueError, match="made in bfloat16, these would be in float32"):
+        E.run(cfg, Scripted(), progress=False)
+    pinned = E.parse_args(["--config", str(_recipe(tmp_path, TOY)), "engine.dtype=bfloat16"])
+    E.run(pinned, Scripted(), progress=False)  # pinned to the run's dtype: goes on
+    assert len(rio.read_samples(tmp_path / "results" / "runs" / "toy").query("method == 'student'")) == 6
+
+
+def test_older_sessions_count_with_the_dtype_their_engine_named(tmp_path):
+    named = E._recorded_dtypes({"engine": {"dtype": "bfloat16"}, "methods": [{"name": "student"}]})
+    assert named == {"bfloat16"}
+    assert E._recorded_dtypes({"engine": {"dtype": "auto"}, "methods": [{"name": "student"}]}) == set()
+    mine = {"engine": {"dtype": "bfloat16"}, "methods": [{"name": "teacher", "dtype": "float32"}]}
+    assert E._recorded_dtypes(mine) == {"float32"}
+    assert E._recorded_dtypes({"methods": [{"name": "random-query"}]}) == set()
