@@ -67,11 +67,9 @@ def build(ctl: Controls, hosted: bool) -> None:
     outs = [*outputs, note, record]
     inputs = [prompt, stopper, *ctl.inputs]
     # the click is counted first, so Stop pressed while the request waits in Gradio's queue stops it
-    clicked = {"fn": StopButton.clicked, "inputs": stopper, "outputs": None, "queue": False}
-    run.click(**clicked, api_visibility="private").then(compare, inputs, outs, api_name="compare", **common)
-    prompt.submit(**clicked, api_visibility="private").then(
-        compare, inputs, outs, api_visibility="private", **common
-    )
+    clicked = StopButton.counted(stopper)
+    run.click(**clicked).then(compare, inputs, outs, api_name="compare", **common)
+    prompt.submit(**clicked).then(compare, inputs, outs, api_visibility="private", **common)
     # a new run replaces the inspected answer: the panel must not go on showing (and continuing) the old call
     for trigger in (run.click, prompt.submit):
         trigger(inspector.cleared, None, list(inspected), queue=False, api_visibility="private")

@@ -56,13 +56,9 @@ def build(ctl: Controls, hosted: bool) -> None:
     # "minimal": the streamed text is the progress; Gradio's full overlay would hide it
     common = {"concurrency_id": "relay", "show_progress": "minimal"}
     # the click is counted first, so Stop pressed while the request waits in Gradio's queue stops it
-    clicked = {"fn": StopButton.clicked, "inputs": stopper, "outputs": None, "queue": False}
-    ev_send = send.click(**clicked, api_visibility="private").then(
-        submit, inputs, outputs, api_name="chat", **common
-    )
-    ev_enter = prompt.submit(**clicked, api_visibility="private").then(
-        submit, inputs, outputs, api_visibility="private", **common
-    )
+    clicked = StopButton.counted(stopper)
+    ev_send = send.click(**clicked).then(submit, inputs, outputs, api_name="chat", **common)
+    ev_enter = prompt.submit(**clicked).then(submit, inputs, outputs, api_visibility="private", **common)
     # not cancels=: a cancelled event ends in Gradio's error badges and loses the counters; the answer
     # ends itself as "stopped" instead (stream.StopButton)
     stop.click(StopButton.press, stopper, None, queue=False, api_visibility="private")

@@ -58,6 +58,18 @@ class StopButton:
     def press(self) -> None:
         self.pressed_at = max(self.run, self.clicks)
 
+    @staticmethod
+    def counted(state) -> dict:
+        """The keywords of the listener that counts a click (``button.click(**StopButton.counted(state))
+        .then(generation)``): ``state`` is the ``gr.State`` holding this user's button."""
+        return {
+            "fn": StopButton.clicked,
+            "inputs": state,
+            "outputs": None,
+            "queue": False,
+            "api_visibility": "private",
+        }
+
 
 @dataclass
 class Snapshot:
