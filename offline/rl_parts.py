@@ -118,6 +118,18 @@ def advantages(rewards: list[float], scale: bool) -> list[float]:
     return [(r - mean) / (std if scale else 1.0) for r in rewards]
 
 
+def lora_moved(before: dict, after: dict) -> float:
+    """``‖ΔW_after − ΔW_before‖ / ‖ΔW_before‖`` over all LoRA layers, ``ΔW = B·A`` (the weight change the
+    adapter adds; ``before``/``after``: ``{layer: (B, A)}``); 0.0 when there is none."""
+    moved = size = 0.0
+    for layer, (b0, a0) in before.items():
+        b1, a1 = after[layer]
+        w0 = b0.float() @ a0.float()
+        moved += float((b1.float() @ a1.float() - w0).square().sum())
+        size += float(w0.square().sum())
+    return (moved / size) ** 0.5 if size else 0.0
+
+
 class Learner:
     """The LoRA student under training (transformers + peft) and its optimizer."""
 
@@ -161,6 +173,7 @@ class Learner:
             total += float(loss.detach())
             seen += int(sum(len(r["prompt_ids"]) + len(r["token_ids"]) for r in batch))
         norm = float(torch.nn.utils.clip_grad_norm_(self._params(), self.cfg.max_grad_norm)) if live else 0.0
+        before = self._lora_pairs(copy=True)
         if live:
             self.opt.step()
         restarted, self.restarted = self.restarted, False
@@ -170,8 +183,21 @@ class Learner:
             "trained_rollouts": len(live),
             "trained_tokens": n_tokens,
             "forward_tokens": seen,
+            # Adam moves every weight by about lr whatever the gradient's size (exactly lr at its first step):
+            # how far this step moved the adapter's weight change B·A, as a share of its size
+            "moved": round(lora_moved(before, self._lora_pairs()), 5),
             **({"optimizer": "restarted"} if restarted else {}),
         }
+
+    def _lora_pairs(self, copy: bool = False) -> dict:
+        """Each LoRA layer's ``(B, A)`` (copies with ``copy``), by layer name."""
+        pairs: dict[str, list] = {}
+        for name, p in self.model.named_parameters():
+            for side, key in (("lora_A", 1), ("lora_B", 0)):
+                if f".{side}." in name:
+                    t = p.detach().clone() if copy else p.detach()
+                    pairs.setdefault(name.split(f".{side}.")[0], [None, None])[key] = t
+        return pairs
 
     def _params(self):
         return [p for g in self.opt.param_groups for p in g["params"]]

@@ -112,6 +112,17 @@ def test_update_learns_from_student_tokens_only_and_saves_a_resumable_round(tok,
     stats = learner.step([row, idle])
     assert stats["trained_rollouts"] == 1 and stats["trained_tokens"] == 5
     after = {n: p for n, p in learner.model.named_parameters() if p.requires_grad}
+    # how far B·A moved, against a direct computation from the weights before and after
+    delta = {}
+    for n in before:
+        if ".lora_A." in n:
+            b = n.replace(".lora_A.", ".lora_B.")
+            delta[n] = (before[b] @ before[n], after[b].detach() @ after[n].detach())
+    moved = sum(float((w1 - w0).square().sum()) for w0, w1 in delta.values()) ** 0.5
+    size = sum(float(w0.square().sum()) for w0, _ in delta.values()) ** 0.5
+    assert stats["moved"] > 0 and stats["moved"] == pytest.approx(moved / size, rel=1e-3, abs=1e-5)
+    one = {"q": (torch.tensor([[1.0]]), torch.tensor([[2.0]]))}
+    assert rl_parts.lora_moved(one, {"q": (torch.tensor([[1.5]]), torch.tensor([[2.0]]))}) == 0.5
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
     out = tmp_path / "round-001"
