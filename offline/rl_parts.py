@@ -145,6 +145,18 @@ class Learner:
         base = AutoModelForCausalLM.from_pretrained(repo_path(cfg.student), dtype=dtype)
         self.model = PeftModel.from_pretrained(base, adapter, is_trainable=True)
         self.model.train()
+        # rollouts decoded at a call bias came from the student's logits plus that bias on <call>: the loss
+        # scores them under the same policy, so the update is on-policy for what was sampled
+        self.call_bias, self.call_id = float(cfg.call_bias), None
+        if self.call_bias:
+            from relay_demo.adapters import adapter_tokenizer, command_ids
+
+            ids = command_ids(adapter_tokenizer(repo_path(cfg.student), adapter))
+            if ids is None:
+                raise ValueError(
+                    f"call_bias {self.call_bias} needs <call> as one token of {adapter}'s student"
+                )
+            self.call_id = ids[0]
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         rows = [p for n, p in named if "trainable_tokens_delta" in n]
         rest = [p for n, p in named if "trainable_tokens_delta" not in n]
@@ -223,12 +235,17 @@ class Learner:
         """``-sum(A * log p)`` over the positions that predict a student-written token. The LM head runs on
         those positions only: the full logits of two 700-token rows over Qwen's 151,936-token vocabulary, in
         float32 with their softmax and gradient, took about 4 GB, and the job was killed for memory."""
+        import torch
         import torch.nn.functional as F
 
         inner = self.model.get_base_model()  # the causal LM with the LoRA layers (and token rows) in it
         hidden = inner.model(input_ids=ids, attention_mask=attn).last_hidden_state[:, :-1]
         target = mask[:, 1:] > 0
         logits = inner.lm_head(hidden[target]).float()
+        if self.call_id is not None:  # the sampled policy: the student's logits plus the call bias
+            bias = torch.zeros(logits.shape[-1], dtype=logits.dtype)
+            bias[self.call_id] = self.call_bias
+            logits = logits + bias
         logp = -F.cross_entropy(logits, ids[:, 1:][target], reduction="none")
         return -(adv[:, None].expand_as(target)[target] * logp).sum()
 

@@ -135,6 +135,41 @@ def test_update_learns_from_student_tokens_only_and_saves_a_resumable_round(tok,
     assert again.opt.state_dict()["state"].keys() == learner.opt.state_dict()["state"].keys()
 
 
+def test_a_call_bias_in_the_rollouts_is_part_of_the_policy_the_update_scores(tok, tmp_path):
+    """Rollouts decoded at call bias b were sampled from the student's logits plus b on <call>: the loss
+    scores them under that same policy (and without a bias, under the student's own)."""
+    from relay_demo.adapters import add_command_tokens, command_ids
+
+    ctok = add_command_tokens(tok)
+    base, adapter = _adapter(ctok, tmp_path)
+    call = command_ids(ctok)[0]
+    g = torch.Generator().manual_seed(1)
+    row = {
+        "prompt_ids": torch.randint(0, 1000, (4,), generator=g).tolist(),
+        "token_ids": [11, call, 18, 20, 13],
+        "source_mask": [1, 1, 1, 1, 1],
+        "advantage": 1.0,
+    }
+    scored = {}
+    for bias in (0.0, 2.0):
+        cfg = rl_relay.RlCfg(student=base, init_adapter=str(adapter), train_dtype="float32", call_bias=bias)
+        learner = rl_parts.Learner(cfg, adapter)
+        with torch.no_grad():
+            scored[bias] = -float(learner._loss(*learner._batch([row])))  # advantage 1: the summed log p
+            ids = torch.tensor([row["prompt_ids"] + row["token_ids"]])
+            logits = learner.model(input_ids=ids).logits[0, 3:-1].float()
+        logits[:, call] += bias
+        want = torch.log_softmax(logits, -1).gather(1, torch.tensor(row["token_ids"])[:, None]).sum()
+        assert scored[bias] == pytest.approx(float(want), rel=1e-4)
+    assert scored[2.0] != pytest.approx(scored[0.0], rel=1e-3)
+    plain = _adapter(tok, tmp_path / "plain")
+    no_command = rl_relay.RlCfg(
+        student=plain[0], init_adapter=str(plain[1]), train_dtype="float32", call_bias=1.0
+    )
+    with pytest.raises(ValueError, match="one token"):
+        rl_parts.Learner(no_command, plain[1])
+
+
 def test_pool_leaves_out_dev_and_labelled_problems_in_a_seeded_order(tmp_path):
     problems = [Problem(f"t/{i}", f"q{i}", "1", "gsm8k") for i in range(50)]
     (tmp_path / "dev.json").write_text(json.dumps(["t/1", "t/2"]))
