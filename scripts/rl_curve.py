@@ -2,6 +2,7 @@
 a PNG for the README, with the student's and the teacher's dev accuracy alone from the committed dev run.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/rl_curve.py        # the real pair's files, the defaults below
+    .venv/bin/python scripts/rl_curve.py --curve .../rl-run3/rl-dev.jsonl --call-bias 0     # another run's
     .venv/bin/python scripts/rl_curve.py --curve /tmp/rl-dev.jsonl --rounds /tmp/rl.jsonl --out /tmp/rl-curve
 
 Writes ``<out>.html`` (plotly.js from its CDN, so the file stays small) and ``<out>.png``: the same figure
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
+import yaml  # noqa: E402
 
 from relay_demo.charts import learning_curve  # noqa: E402
 from relay_demo.results.parts import read_samples  # noqa: E402
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--pair", default="Qwen2.5-Coder 0.5B → 1.5B")
     ap.add_argument("--out", default=f"{TRAINING}/rl-curve", help="path without suffix: .html and .png")
+    ap.add_argument("--call-bias", type=float, default=None, help="the points drawn (default: the recipe's)")
+    ap.add_argument("--recipe", default="offline/recipes/qwen2.5-coder-0.5b-1.5b/rl.yaml")
     ap.add_argument("--no-png", action="store_true")
     args = ap.parse_args(argv)
 
@@ -83,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         f"RL stage of the relay, {args.pair}: learning curve on dev<br><sup>dev: {n} {args.dev}, greedy; "
         f"error bars: 95% Wilson intervals</sup>"
     )
-    fig = learning_curve(curve, rounds, student=ref.get("student"), teacher=ref.get("teacher"), title=title)
+    bias = args.call_bias
+    if bias is None:  # the run's own bias: its dev points are measured there (run 4: +1)
+        recipe = yaml.safe_load(Path(args.recipe).read_text()) if Path(args.recipe).is_file() else {}
+        bias = float(recipe.get("call_bias", 0.0))
+    fig = learning_curve(
+        curve, rounds, student=ref.get("student"), teacher=ref.get("teacher"), title=title, call_bias=bias
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(out.with_suffix(".html"), include_plotlyjs="cdn")
