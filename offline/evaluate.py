@@ -185,12 +185,12 @@ def _method_identity(m: dict) -> dict:
 
 
 def engine_dtype(cfg: EvalCfg, pair: str) -> str | None:
-    """The dtype ``pair``'s engines compute in here (``auto`` resolved); None for an unknown pair."""
-    from relay_demo.pairs import registry, resolve_dtype
+    """The dtype ``pair``'s engines compute in here (``auto`` resolved); None for an unknown pair with no
+    ``engine.dtype``."""
+    from relay_demo.pairs import pair_dtype, registry
 
-    spec = registry().get(pair)
-    dtype = cfg.engine.get("dtype") or (spec.get("dtype", "float32") if spec else None)
-    return resolve_dtype(dtype) if isinstance(dtype, str) else None
+    spec, named = registry().get(pair), cfg.engine.get("dtype")
+    return None if spec is None and not named else pair_dtype(spec or {}, named)
 
 
 def _with_weights(cfg: EvalCfg, methods: list[dict]) -> list[dict]:

@@ -137,6 +137,12 @@ def resolve_dtype(dtype: str) -> str:
     return "float32"
 
 
+def pair_dtype(spec: dict, dtype: str | None = None) -> str:
+    """The dtype a pair's engines compute in: ``dtype`` when given (an engine setting), else the pair's
+    registered one (float32 when it names none), ``auto`` resolved on this machine."""
+    return resolve_dtype(dtype or spec.get("dtype", "float32"))
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU advertises bf16 matrix instructions (Linux ``/proc/cpuinfo`` flags)."""
     try:
@@ -257,7 +263,7 @@ def load_pair(
             raise FileNotFoundError(f"pair {name!r}: {why}")
         s_path, t_path = pair_paths(name, merge="student" not in urls)
         paths = {"student": s_path, "teacher": t_path}
-        dtype = resolve_dtype(engine_kw.pop("dtype", None) or spec.get("dtype", "float32"))
+        dtype = pair_dtype(spec, engine_kw.pop("dtype", None))
         held = _hold_engines(name, backend, paths, dtype, urls, remote_kw, engine_kw, fresh, max_weight_bytes)
         pair = Pair(
             name,
