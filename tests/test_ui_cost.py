@@ -109,12 +109,14 @@ def test_explorer_cost_axis_uses_decode_flops_and_shows_what_old_runs_have(tmp_p
 
     from .test_store import _split_rows
 
-    with rio.open_run(tmp_path, "split-run", {"pair": "split"}) as w:
-        w.add(_split_rows())
+    # the old run first, as it would be: where both hold a teacher row the store keeps the newer run's, and
+    # created the other way round, a second ticking between the two left the old run without its teacher
     old = {"relay-old": (1e9, 2e9, 3e9, 0.3), "teacher": (0.0, 4e9, 1e9, 0.4)}
     rows = [{k: v for k, v in r.items() if k not in rio.ADDED} for r in _split_rows("old-run", old)]
     with rio.open_run(tmp_path, "old-run", {"pair": "split"}) as w:
         w.add(rows)
+    with rio.open_run(tmp_path, "split-run", {"pair": "split"}) as w:
+        w.add(_split_rows())
     v = x.explorer_view(tmp_path, "split", "arith", None, cost_axis="decode")
     traces = {t.name: t for t in v.flops_fig.data}
     relay = traces["relay"]
