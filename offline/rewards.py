@@ -51,21 +51,38 @@ def _check(r: Rollout) -> None:
         raise ValueError(f"call_ratio must be in [0, 1], got {r.call_ratio}")
 
 
+Case = Literal["solved_solo", "only_callers", "nobody"]
+CASES: tuple[Case, ...] = ("solved_solo", "only_callers", "nobody")
+
+
+def group_case(group: Sequence[tuple[bool, bool]]) -> Case:
+    """Which of the reward's three cases a group of (correct, called) rollouts falls in."""
+    if any(correct and not called for correct, called in group):
+        return "solved_solo"
+    return "only_callers" if any(correct for correct, _ in group) else "nobody"
+
+
+def case_counts(groups: Sequence[Sequence[tuple[bool, bool]]]) -> dict[str, int]:
+    """How many groups fall in each case (all three keys, zeros included): the "only callers" groups are the
+    ones that teach where a call helps."""
+    cases = [group_case(g) for g in groups]
+    return {c: cases.count(c) for c in CASES}
+
+
 def group_rewards(group: Sequence[Rollout], cfg: RewardCfg) -> list[float]:
     """Rewards of one problem's rollouts (same order). An empty group gets an empty list."""
     for r in group:
         _check(r)
     if cfg.kind == "accuracy":
         return [1.0 if r.correct else 0.0 for r in group]
-    solved_solo = any(r.correct and not r.called for r in group)
-    solved_with_call = any(r.correct and r.called for r in group)
+    case = group_case([(r.correct, r.called) for r in group])
     out = []
     for r in group:
-        if solved_solo:
+        if case == "solved_solo":
             out.append(
                 cfg.solo_bonus if r.correct and not r.called else (1.0 - r.call_ratio) if r.correct else 0.0
             )
-        elif solved_with_call:
+        elif case == "only_callers":
             out.append((1.0 - r.call_ratio) if r.correct else (0.0 if r.called else cfg.wrong_solo_penalty))
         elif r.called:
             out.append(r.call_ratio if cfg.rho == "call_ratio" else float(cfg.rho))

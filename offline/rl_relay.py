@@ -54,7 +54,7 @@ from pathlib import Path
 from offline import config as cfglib
 from offline import rl_carry, rl_dev
 from offline.common import Jsonl
-from offline.rewards import RewardCfg, Rollout, group_rewards
+from offline.rewards import RewardCfg, Rollout, case_counts, group_rewards
 from offline.rl_parts import Engines, Learner, advantages, repo_path
 from offline.tasks import load_benchmark
 from offline.tasks.base import Problem
@@ -356,6 +356,7 @@ def run(cfg: RlCfg) -> dict:
                 call_ratio=teacher / max(1, gen),
                 reward=sum(r["reward"] for r in rows) / len(rows),
                 groups_with_signal=sum(any(r["advantage"] for r in g) for g in groups),
+                cases=case_counts([[(r["correct"], r["calls"] > 0) for r in g] for g in groups]),
                 scale_rewards=cfg.scale_rewards,
                 wrong_solo_penalty=cfg.reward.wrong_solo_penalty,
                 rho=cfg.reward.rho,

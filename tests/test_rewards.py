@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from offline.config import ConfigError, load
-from offline.rewards import RewardCfg, Rollout, batch_rewards, group_rewards, trl_reward_func
+from offline.rewards import (
+    RewardCfg,
+    Rollout,
+    batch_rewards,
+    case_counts,
+    group_case,
+    group_rewards,
+    trl_reward_func,
+)
 
 CFG = RewardCfg()
 R = Rollout
@@ -51,6 +59,17 @@ def test_groups_are_per_problem_not_per_batch():
     assert batch_rewards(ids, rolls, CFG) == pytest.approx([1.5, 0.9, 0.0, -1.0])
     with pytest.raises(ValueError):
         batch_rewards(["a"], rolls, CFG)
+
+
+def test_group_cases_are_the_reward_regimes_and_are_counted_with_zeros():
+    solo = [(True, False), (False, True)]  # (correct, called)
+    callers = [(True, True), (False, False)]
+    nobody = [(False, True), (False, False)]
+    assert [group_case(g) for g in (solo, callers, nobody)] == ["solved_solo", "only_callers", "nobody"]
+    assert group_case([(True, True), (True, False)]) == "solved_solo"  # a solo success decides the case
+    assert case_counts([callers, nobody, callers]) == {"solved_solo": 0, "only_callers": 2, "nobody": 1}
+    # the counted case is the one that set the rewards
+    assert group_rewards([R(c, k, 0.1 if k else 0.0) for c, k in callers], CFG) == pytest.approx([0.9, -1.0])
 
 
 def test_accuracy_kind_and_trl_adapter():
