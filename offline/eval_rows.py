@@ -13,8 +13,7 @@ import math
 from offline.tasks import grade_response
 from offline.tasks.base import Problem
 from relay_demo.cost import PARTS
-
-RANDOM_QUERY = "random-query"
+from relay_demo.results.manifest import RANDOM_QUERY as RANDOM_QUERY
 
 
 def result_row(cfg, method: str, param: float | None, problem: Problem, result) -> dict:

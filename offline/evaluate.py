@@ -68,6 +68,7 @@ from offline.tasks import load_benchmark
 from offline.tasks.base import Problem
 from relay_demo import ROOT
 from relay_demo.results import parts as rio
+from relay_demo.results.manifest import run_dtypes, session_dtypes
 
 # ---------------------------------------------------------------- problems and rows
 
@@ -206,15 +207,6 @@ def _with_weights(cfg: EvalCfg, methods: list[dict]) -> list[dict]:
     ]
 
 
-def _recorded_dtypes(config: dict) -> set[str]:
-    """The dtypes a session's rows were made in: each method's (recorded since it was), else the session's
-    engine setting when it named one (older sessions)."""
-    named = (config.get("engine") or {}).get("dtype")
-    legacy = named if isinstance(named, str) and named != "auto" else None
-    dtypes = {m.get("dtype") or legacy for m in config.get("methods", []) if m["name"] != RANDOM_QUERY}
-    return {d for d in dtypes if d}
-
-
 def check_methods(run_dir: Path, cfg: EvalCfg, methods: list[dict]) -> None:
     """A method already in the run must keep its policy, params, limits and pair (its sweep and sizes may
     grow), and the weights its pair was trained to (recorded since they were: a retrained adapter's rows
@@ -223,8 +215,8 @@ def check_methods(run_dir: Path, cfg: EvalCfg, methods: list[dict]) -> None:
         return
     now = {m["name"]: m for m in methods}
     sessions = rio.read_manifest(run_dir).get("sessions", [])
-    made = set().union(*(_recorded_dtypes(s.get("config") or {}) for s in sessions))
-    coming = _recorded_dtypes({"methods": methods})
+    made = run_dtypes({"sessions": sessions})
+    coming = session_dtypes({"methods": methods})
     if made and coming - made or len(made) > 1:
         # greedy decodes differ between dtypes (the real pair's warm-up adapter on the RL dev set: 33% in
         # float32, 26% in bfloat16), so rows of two dtypes must not be paired within one run

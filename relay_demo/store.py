@@ -12,7 +12,9 @@ Views (in an in-memory DuckDB; the parquet files are only read):
   loads.
 * ``samples``: one row per (pair, method, param, benchmark, problem): where several runs evaluated the same
   thing (a rerun, another backend), the most recently created run's row. Points never count a problem twice.
-* ``runs``: one row per run manifest (run_id, pair, created_at, finished_at, git commit).
+  A pair evaluated in two dtypes (runs refuse a second one: greedy decodes differ) is two pairs here,
+  ``"<pair> · <dtype>"``; ``--pair <pair>`` selects both.
+* ``runs``: one row per run manifest (run_id, pair, created_at, finished_at, git commit, the rows' dtype).
 * ``points``: one row per (pair, benchmark, method, param): n, accuracy, call ratio, mean FLOPs and its
   split (``relay_demo/cost.py``; null where a run predates it), tokens, calls, wall time, and the cost against
   the teacher alone on the same problems of the same run (its ``teacher`` rows): all FLOPs, decode FLOPs
@@ -45,81 +47,22 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .results import metrics, paired, summary
-from .results.manifest import MANIFEST, read_manifest
-from .results.parts import ADDED, REQUIRED, SAMPLES, SCHEMA, scan_parts
+from .results.manifest import MANIFEST, read_manifest, run_dtypes
+from .results.parts import REQUIRED, SAMPLES, SCHEMA, scan_parts
 from .results.summary import MEAN as MEAN  # the explorer's and the tests' name for the averaged rows
 from .results.summary import SUMMARY_COLUMNS, mean_rows
+from .results.views import (
+    BENCHMARK_SQL,
+    DTYPE_SEP,
+    MIXED_SQL,
+    PER_PROBLEM_SQL,
+    POINTS_SQL,
+    SAMPLES_SQL,
+    SETTING_ROWS_SQL,
+    UNGRADED_SQL,
+)
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "results"
-
-# Problems of a split other than test carry it in their id ("gsm8k-train/19"; the test split's: "gsm8k/19"):
-# such rows are the benchmark "gsm8k-train", so a dev run on held-out train problems is never averaged with
-# the test split's rows of the same pair (nor its APGR computed against the test split's student and teacher).
-BENCHMARK_SQL = """CASE WHEN strpos(problem_id, '/') > 0 AND starts_with(problem_id, benchmark || '-')
-    THEN split_part(problem_id, '/', 1) ELSE benchmark END AS benchmark"""
-
-# One row per (pair, method, param, benchmark, problem): when several runs hold it, the latest run's.
-SAMPLES_SQL = """
-CREATE VIEW samples AS
-SELECT s.* FROM all_samples s LEFT JOIN runs r USING (run_id)
-WHERE s.correct BETWEEN 0 AND 1 AND isfinite(s.correct)  -- ungraded rows are left out (and reported), not 0s
-QUALIFY row_number() OVER (PARTITION BY s.pair, s.method, s.param, s.benchmark, s.problem_id
-                           ORDER BY r.created_at DESC NULLS LAST, s.run_id DESC) = 1
-"""
-
-UNGRADED_SQL = """SELECT run_id, count(*) FROM all_samples
-WHERE correct IS NULL OR NOT isfinite(correct) OR correct < 0 OR correct > 1 GROUP BY run_id"""
-
-# The teacher alone on the same problem of the same run is the yardstick of the *_vs_teacher ratios (a ratio
-# of sums over the rows that have what it needs; the split's averages only where every row has a split).
-POINTS_SQL = """
-CREATE OR REPLACE VIEW points AS
-WITH alone AS (
-    SELECT run_id, pair, benchmark, problem_id, flops AS t_flops, wall_s AS t_wall FROM all_samples
-    WHERE method = 'teacher' AND param IS NULL AND correct BETWEEN 0 AND 1
-), costed AS (
-    SELECT s.*, a.t_flops, a.t_wall, s.flops_student + s.flops_teacher_decode AS decode,
-           a.t_flops > 0 AS t_ok, a.t_flops > 0 AND s.flops_teacher_prefill IS NOT NULL AS split_ok
-    FROM samples s LEFT JOIN alone a USING (run_id, pair, benchmark, problem_id)
-)
-SELECT pair, benchmark, method, param,
-       COUNT(*) AS n,
-       AVG(correct) AS accuracy,
-       COALESCE(SUM(teacher_tokens) / NULLIF(SUM(student_tokens + teacher_tokens + command_tokens), 0), 0)
-           AS call_ratio,
-       AVG(flops) AS flops,
-       SUM(flops) FILTER (t_ok) / SUM(t_flops) FILTER (t_ok) AS flops_vs_teacher,
-       SUM(decode) FILTER (split_ok) / SUM(t_flops) FILTER (split_ok) AS decode_vs_teacher,
-       SUM(flops_teacher_prefill) FILTER (split_ok) / SUM(t_flops) FILTER (split_ok) AS prefill_vs_teacher,
-       SUM(wall_s) FILTER (t_wall > 0) / SUM(t_wall) FILTER (t_wall > 0) AS wall_vs_teacher,
-       AVG(student_tokens + teacher_tokens + command_tokens) AS tokens,
-       AVG(calls) AS calls,
-       AVG(wall_s) AS wall_s,
-       {split}
-FROM costed
-GROUP BY pair, benchmark, method, param
-""".format(
-    split=",\n       ".join(f"CASE WHEN COUNT({c}) = COUNT(*) THEN AVG({c}) END AS {c}" for c in ADDED)
-)
-
-MIXED_SQL = """SELECT s.pair, s.benchmark, s.method, s.param, bool_or(r.n_commits > 1) AS wall_mixed
-FROM samples s JOIN runs r USING (run_id) GROUP BY s.pair, s.benchmark, s.method, s.param"""
-
-# what the intervals and the paired comparisons resample: one row per (setting, problem) of a benchmark
-SETTING_ROWS_SQL = """
-SELECT method, param, problem_id, correct, teacher_tokens, run_id,
-       student_tokens + teacher_tokens + command_tokens AS tokens
-FROM samples WHERE pair = ? AND benchmark = ?
-"""
-
-PER_PROBLEM_SQL = """
-SELECT problem_id, AVG(correct) AS correct,
-       AVG(student_tokens + teacher_tokens + command_tokens) AS tokens,
-       AVG(teacher_tokens) AS teacher_tokens, AVG(flops) AS flops
-FROM samples
-WHERE pair = ? AND benchmark = ? AND method = ? AND param IS NULL
-GROUP BY problem_id ORDER BY problem_id
-"""
 
 
 def _n_commits(manifest: dict) -> int:
@@ -221,10 +164,11 @@ class Store:
                     "finished_at": m.get("finished_at"),
                     "commit": (m.get("git") or {}).get("commit"),
                     "n_commits": _n_commits(m),
+                    "dtype": "+".join(sorted(run_dtypes(m))) or None,
                 }
                 for m in self.manifests
             ],
-            columns=["run_id", "pair", "created_at", "finished_at", "commit", "n_commits"],
+            columns=["run_id", "pair", "created_at", "finished_at", "commit", "n_commits", "dtype"],
         )
         self.con.register("runs_df", runs)
         self.con.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
@@ -275,6 +219,11 @@ class Store:
         """Settings ``a`` and ``b`` (``METHOD[@PARAM]``) compared on the problems both ran; ValueError
         saying why when they cannot be (see :func:`relay_demo.results.paired.compare`)."""
         if pair not in self.pairs():
+            split = [p for p in self.pairs() if p.startswith(pair + DTYPE_SEP)]
+            if split:
+                raise ValueError(
+                    f"pair {pair} has results in several dtypes, compared only within one: {', '.join(split)}"
+                )
             raise ValueError(f"no results for pair {pair!r}; pairs: {', '.join(self.pairs()) or 'none'}")
         if benchmark not in self.benchmarks(pair):
             known = ", ".join(self.benchmarks(pair))
@@ -319,11 +268,14 @@ class Store:
 
 
 def _filters(pair: str | None, benchmark: str | None) -> tuple[str, list]:
+    """A pair's name also selects its rows of each dtype ("<pair> · <dtype>", see SAMPLES_SQL)."""
     conds, params = [], []
-    for col, val in (("pair", pair), ("benchmark", benchmark)):
-        if val is not None:
-            conds.append(f"{col} = ?")
-            params.append(val)
+    if pair is not None:
+        conds.append("(pair = ? OR starts_with(pair, ?))")
+        params += [pair, pair + DTYPE_SEP]
+    if benchmark is not None:
+        conds.append("benchmark = ?")
+        params.append(benchmark)
     return ("WHERE " + " AND ".join(conds) if conds else ""), params
 
 

@@ -353,9 +353,14 @@ def test_rows_of_another_dtype_are_refused(tmp_path, monkeypatch):
 
 
 def test_older_sessions_count_with_the_dtype_their_engine_named(tmp_path):
-    named = E._recorded_dtypes({"engine": {"dtype": "bfloat16"}, "methods": [{"name": "student"}]})
+    from relay_demo.results.manifest import run_dtypes, session_dtypes
+
+    named = session_dtypes({"engine": {"dtype": "bfloat16"}, "methods": [{"name": "student"}]})
     assert named == {"bfloat16"}
-    assert E._recorded_dtypes({"engine": {"dtype": "auto"}, "methods": [{"name": "student"}]}) == set()
+    assert session_dtypes({"engine": {"dtype": "auto"}, "methods": [{"name": "student"}]}) == set()
     mine = {"engine": {"dtype": "bfloat16"}, "methods": [{"name": "teacher", "dtype": "float32"}]}
-    assert E._recorded_dtypes(mine) == {"float32"}
-    assert E._recorded_dtypes({"methods": [{"name": "random-query"}]}) == set()
+    assert session_dtypes(mine) == {"float32"}
+    assert session_dtypes({"methods": [{"name": "random-query"}]}) == set()
+    older = {"engine": {"dtype": "auto"}, "methods": [{"name": "student"}]}
+    assert run_dtypes({"sessions": [{"config": mine}, {"config": older}]}) == {"float32"}
+    assert run_dtypes({}) == set()

@@ -485,3 +485,41 @@ def test_compare_refuses_runs_on_different_problems(results, capsys):
         store.Store(results).compare("nope", "arith", "relay", "student")
     with pytest.raises(ValueError, match="no benchmark 'gsm8k'"):
         store.Store(results).compare("toy", "gsm8k", "relay", "student")
+
+
+def _dtype_run(results, run_id, dtype, student_ok, pair="duo"):
+    engine = {"dtype": dtype} if dtype else {}
+    config = {"pair": pair, "engine": engine, "methods": [{"name": "student"}, {"name": "teacher"}]}
+    with rio.open_run(results, run_id, config) as w:
+        w.add(
+            [_row("student", None, i, student_ok[i], 100, 0, pair=pair, run_id=run_id) for i in range(N)]
+            + [_row("teacher", None, i, T_OK[i], 0, 100, 5e9, pair=pair, run_id=run_id) for i in range(N)]
+        )
+
+
+def test_a_pair_run_in_two_dtypes_is_two_pairs_never_mixed_or_paired(tmp_path, capsys):
+    # the same pair, problems and methods, computed in two dtypes: the float32 student solves 8, bfloat16's 4
+    _dtype_run(tmp_path, "bf", "bfloat16", S_OK)
+    _dtype_run(tmp_path, "f32", "float32", T_OK)
+    st = store.Store(tmp_path)
+    assert st.pairs() == ["duo · bfloat16", "duo · float32"]  # the newer run hides none of the older one's
+    df = st.summary("duo")  # the pair's name selects both
+    assert sorted(df["pair"].unique()) == st.pairs()
+    acc = df[df["method"] == "student"].set_index("pair")["accuracy"]
+    assert (acc["duo · bfloat16"], acc["duo · float32"]) == (0.4, 0.8)
+    with pytest.raises(ValueError, match="several dtypes, compared only within one: duo · bfloat16, duo · f"):
+        st.compare("duo", "arith", "student", "teacher")
+    c = st.compare("duo · bfloat16", "arith", "student", "teacher")
+    assert (c.n, c.diff.mcnemar.a_only, c.diff.mcnemar.b_only) == (N, 0, 4)
+    assert store.main(["summary", "--pair", "duo", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "duo · bfloat16" in out and "duo · float32" in out
+    assert st.query("SELECT dtype FROM runs ORDER BY run_id")["dtype"].tolist() == ["bfloat16", "float32"]
+
+
+def test_a_pair_in_one_dtype_or_of_unknown_dtype_keeps_its_name(tmp_path):
+    _dtype_run(tmp_path, "bf", "bfloat16", S_OK)
+    _dtype_run(tmp_path, "old", None, T_OK)  # `auto`, recorded before dtypes were: unknown, not a second one
+    st = store.Store(tmp_path)
+    assert st.pairs() == ["duo"]
+    assert st.compare("duo", "arith", "student", "teacher").n == N

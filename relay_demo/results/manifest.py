@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import ROOT as REPO
 
 MANIFEST = "manifest.json"
+RANDOM_QUERY = "random-query"  # simulated from the student's and teacher's rows: computed in no dtype
 PACKAGES = (
     "torch",
     "vllm",
@@ -90,6 +91,21 @@ def read_manifest(run_dir: str | Path) -> dict:
         if key in data and data[key] is not None and not isinstance(data[key], dict):
             raise ValueError(f"{path}: {key!r} must be an object, got {type(data[key]).__name__}")
     return data
+
+
+def session_dtypes(config: dict) -> set[str]:
+    """The dtypes a session's rows were computed in: each method's (recorded since they were), else the
+    session's engine setting when it named one (older sessions; ``auto`` says nothing)."""
+    named = (config.get("engine") or {}).get("dtype")
+    legacy = named if isinstance(named, str) and named != "auto" else None
+    methods = config.get("methods") or []
+    dtypes = {m.get("dtype") or legacy for m in methods if m.get("name") != RANDOM_QUERY}
+    return {d for d in dtypes if d}
+
+
+def run_dtypes(manifest: dict) -> set[str]:
+    """Every dtype the rows of a run were computed in (one, since runs refuse a second; none when unknown)."""
+    return set().union(*(session_dtypes(s.get("config") or {}) for s in manifest.get("sessions") or []))
 
 
 def repo_relative(value):

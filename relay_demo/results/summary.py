@@ -17,6 +17,7 @@ from .. import stats
 from ..cost import PARTS
 from . import metrics
 from .paired import keys
+from .views import DTYPE_SEP
 
 METHOD_ORDER = (
     "student",
@@ -213,8 +214,8 @@ def table(df: pd.DataFrame) -> str:
 
 def no_match(pairs: list[str], benchmarks: list[str], pair: str | None, benchmark: str | None) -> str | None:
     """Why the CLI's filters select nothing, naming what there is (``benchmarks``: those of ``pair``, or
-    of every pair); None when they select something."""
-    if pair is not None and pair not in pairs:
+    of every pair); None when they select something. A pair's name selects its rows of each dtype too."""
+    if pair is not None and not any(p == pair or p.startswith(pair + DTYPE_SEP) for p in pairs):
         return f"--pair {pair}: no results; pairs with results: {', '.join(pairs) or 'none'}"
     if benchmark is not None and benchmark not in benchmarks:
         of = f" of pair {pair}" if pair else ""
