@@ -12,6 +12,7 @@ from pathlib import Path
 
 from offline.tasks.base import Problem
 from relay_demo import ROOT
+from relay_demo.adapters import name_base
 from relay_demo.pairs import resolve
 
 
@@ -256,11 +257,9 @@ class Learner:
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)
-        spec_file = tmp / "adapter_config.json"
-        spec = json.loads(spec_file.read_text())
         init = json.loads((repo_path(self.cfg.init_adapter) / "adapter_config.json").read_text())
-        spec["base_model_name_or_path"] = init.get("base_model_name_or_path")
-        spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+        about = f"The relay student after the RL stage's round {out.name} (`python -m offline.rl_relay`)."
+        name_base(tmp, init.get("base_model_name_or_path"), about)
         torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)

@@ -58,7 +58,7 @@ from offline.rewards import RewardCfg, Rollout, case_counts, group_rewards
 from offline.rl_parts import Engines, Learner, advantages, repo_path
 from offline.tasks import load_benchmark
 from offline.tasks.base import Problem
-from relay_demo.adapters import cast_adapter
+from relay_demo.adapters import cast_adapter, name_base
 
 
 @dataclass
@@ -289,6 +289,10 @@ def export(cfg: RlCfg) -> Path:
     }
     tmp = rl_carry.staged_copy(src, out)
     cast_adapter(tmp / "adapter_model.safetensors", cfg.export_dtype)
+    about = (
+        f"The relay student after round {cfg.export_round} of the RL stage (`python -m offline.rl_relay`)."
+    )
+    name_base(tmp, json.loads((tmp / "adapter_config.json").read_text())["base_model_name_or_path"], about)
     (tmp / "training_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -34,6 +34,7 @@ from offline import config as cfglib
 from offline.common import trainer_dir
 from offline.tasks import load_benchmark
 from relay_demo import ROOT
+from relay_demo.adapters import name_base
 
 
 @dataclass
@@ -223,10 +224,8 @@ def train(cfg: LoraWarmupCfg) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    adapter_cfg = out / "adapter_config.json"
-    spec = json.loads(adapter_cfg.read_text())
-    spec["base_model_name_or_path"] = cfg.base_name
-    adapter_cfg.write_text(json.dumps(spec, indent=2) + "\n")
+    what = "The warm-up relay student" if cfg.commands else "The SFT-only control (no command)"
+    name_base(out, cfg.base_name, f"{what}: LoRA SFT on call labels (`python -m offline.warmup_lora`).")
     n_tokens = sum(len(r["input_ids"]) for r in rows)
     summary = {
         "out": cfg.out,

@@ -140,6 +140,31 @@ def _with_backend(tok, backend):
         return AutoTokenizer.from_pretrained(d)
 
 
+# -- model cards -----------------------------------------------------------------------------------------
+
+NOT_WEIGHTS = ("README.md", "training_summary.json")
+
+
+def name_base(folder: str | Path, base_name: str, about: str) -> None:
+    """Give a saved adapter its base model's hub name instead of the local folder it was trained from, in
+    ``adapter_config.json`` and in a short model card (``README.md``) that replaces peft's placeholder:
+    ``about`` says what the adapter is and how it was trained."""
+    folder = Path(folder)
+    spec_file = folder / "adapter_config.json"
+    spec = json.loads(spec_file.read_text())
+    spec["base_model_name_or_path"] = base_name
+    spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+    card = (
+        f"---\nbase_model: {base_name}\nlibrary_name: peft\npipeline_tag: text-generation\ntags:\n"
+        f"- base_model:adapter:{base_name}\n- lora\n- relayllm\n---\n\n# {folder.name}\n\n{about.strip()}\n\n"
+        "A LoRA adapter of RelayLLM Studio (token-level collaborative decoding: the student writes "
+        "`<call>N</call>` and a larger teacher writes the next N tokens). Load it through the project's pair "
+        "registry (`relay_demo.pairs.load_pair`), which merges it into the base model with the two command "
+        "tokens; `training_summary.json`, where present, holds its training run's settings and figures.\n"
+    )
+    (folder / "README.md").write_text(card, encoding="utf-8")
+
+
 # -- merged copies -----------------------------------------------------------------------------------
 
 
@@ -148,9 +173,11 @@ def _cache_root() -> Path:
 
 
 def merge_key(base: str | Path, adapter: str | Path) -> str:
+    """A hash of what the merged weights depend on: the adapter's files (not its model card or training
+    summary) and the base's config."""
     h = hashlib.sha256()
     for f in sorted(Path(adapter).iterdir()):
-        if f.is_file():
+        if f.is_file() and f.name not in NOT_WEIGHTS:
             h.update(f.name.encode())
             h.update(f.read_bytes())
     conf = Path(base) / "config.json"

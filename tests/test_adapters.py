@@ -149,6 +149,11 @@ def test_lora_warmup_trains_the_command_rows_and_the_merged_copy_matches(qwen_to
     )  # cached
     adapter_cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert not os.path.isabs(adapter_cfg["base_model_name_or_path"])  # no machine path in a committed file
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert str(tiny_student) not in card and str(tmp_path) not in card  # peft's card named the local folder
+    assert "base_model: Qwen/Qwen2.5-Coder-0.5B-Instruct" in card and "warm-up relay student" in card
+    (tmp_path / "adapter" / "README.md").write_text(card + "edited\n")  # a card is not weights: same copy
+    assert merged_student(tiny_student, tmp_path / "adapter", cache=tmp_path / "cache") == merged_dir
 
     # a further epoch starts from the trained adapter (LoRA and command rows), trainable, not from scratch
     tok = add_command_tokens(AutoTokenizer.from_pretrained(tiny_student), ROWS)

@@ -128,6 +128,7 @@ def test_update_learns_from_student_tokens_only_and_saves_a_resumable_round(tok,
     out = tmp_path / "round-001"
     learner.save(out)
     assert (out / "adapter_config.json").is_file() and (out / "optimizer.pt").is_file()
+    assert "round-001" in (out / "README.md").read_text()  # peft's placeholder card gives way to ours
     again = rl_parts.Learner(cfg, out)  # a resumed run starts from the saved weights and optimizer moments
     for n, p in again.model.named_parameters():
         if p.requires_grad:
@@ -336,8 +337,10 @@ def test_export_copies_a_chosen_round_without_its_optimizer(tmp_path):
     import safetensors.torch
     import torch
 
-    for name in ("adapter_config.json", "optimizer.pt"):
-        (one / name).write_text(name)
+    (one / "optimizer.pt").write_text("optimizer.pt")
+    (one / "adapter_config.json").write_text(
+        '{"base_model_name_or_path": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}'
+    )
     trained = {"a.lora_A.weight": torch.randn(4, 8), "steps": torch.tensor([3])}
     safetensors.torch.save_file(trained, one / "adapter_model.safetensors")
     Jsonl(tmp_path / "rl.jsonl").append(
@@ -349,10 +352,14 @@ def test_export_copies_a_chosen_round_without_its_optimizer(tmp_path):
     Jsonl(tmp_path / "dev.jsonl").append([{"round": 0, "accuracy": 0.2}, {"round": 1, "accuracy": 0.3}])
     out = rl_relay.export(cfg)
     assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",  # a model card naming the base by its hub name and the round
         "adapter_config.json",
         "adapter_model.safetensors",
         "training_summary.json",
     ]
+    card = (out / "README.md").read_text()
+    assert "base_model: Qwen/Qwen2.5-Coder-0.5B-Instruct" in card and "round 1 " in card
+    assert str(tmp_path) not in card
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["round"] == 1 and summary["rollouts"] == 64 and summary["minutes"] == 2.0
     assert summary["dev_points"] == [{"round": 1, "accuracy": 0.3}]

@@ -523,3 +523,30 @@ def test_a_pair_in_one_dtype_or_of_unknown_dtype_keeps_its_name(tmp_path):
     st = store.Store(tmp_path)
     assert st.pairs() == ["duo"]
     assert st.compare("duo", "arith", "student", "teacher").n == N
+
+
+def test_report_script_prints_the_readme_tables_from_the_store(results, capsys):
+    import runpy
+
+    report = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "report.py"))
+    argv = ["--pair", "toy", "--benchmark", "arith", "--results", str(results), "--settings", "student",
+            "relay", "confidence@0.6", "relay@2", "--compare", "relay:confidence@0.3", "relay:student",
+            "relay@2:student"]  # fmt: skip
+    assert report["main"](argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| student | 10 | 40.0% [") and lines[2].endswith(
+        "| 0.00% [0.00, 0.00] | 0.0% |"
+    )
+    # 5 of 100 tokens by the teacher; (0.6 - 0.4) / (0.8 - 0.4) of the gap
+    assert lines[3].startswith("| relay | 10 | 60.0% [") and "| 5.00% [5.00, 5.00] | 50.0%" in lines[3]
+    assert lines[4].startswith("| confidence@0.6 | 10 | 70.0% [")
+    assert lines[5] == "| relay@2 | – | not run yet | | |"
+    rows = {line.split(" | ")[0]: line for line in lines[8:]}
+    assert rows["| relay vs confidence@0.3"].endswith(
+        "| 10 | +10.0 [+0.0, +30.0] | 1 / 0 | 1 | no (within noise) |"
+    )
+    assert "| 2 / 0 |" in rows["| relay vs student"]
+    assert "not comparable yet: no setting 'relay@2'" in rows["| relay@2 vs student"]
+    with pytest.raises(SystemExit):
+        report["main"]([*argv[:6], "--settings", "relay", "--compare", "relay-student"])
+    assert "expected A:B" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""A pair's test results as the README's Markdown: settings with 95% intervals, then paired comparisons.
+
+    .venv/bin/python scripts/report.py --pair "qwen2.5-coder-0.5b-1.5b · float32" --benchmark gsm8k \\
+        --settings student teacher relay@0 relay-teacher-free sft-only relay-sft@0 \\
+        --compare relay@0:sft-only relay@0:relay-sft@0 relay@0:relay-teacher-free
+
+Everything comes from the store (``relay_demo.store``: the same numbers as ``store summary`` and ``store
+compare``), so a README table regenerated with this command matches the runs behind it. The settings table:
+n, accuracy [Wilson 95%], call ratio [bootstrap 95%], APGR (the share of the student→teacher gap recovered)
+[paired bootstrap 95%]. The comparisons table: A − B in accuracy points on the problems both ran, its 95%
+interval, the discordant counts, the exact McNemar p and whether the interval excludes zero (a *lead*). A
+setting missing from the results is listed as missing, not skipped silently, so a partial run says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
+
+
+def _ci(lo: float, hi: float, digits: int = 1) -> str:
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (lo, hi)):
+        return ""
+    return f"[{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+
+
+def _cell(value: str, interval: str) -> str:
+    return f"{value} {interval}" if interval else value
+
+
+def _split(setting: str) -> tuple[str, float | None]:
+    method, _, param = setting.partition("@")
+    return method, (float(param) if param else None)
+
+
+def settings_table(summary, settings: list[str]) -> list[str]:
+    lines = [
+        "| setting | n | accuracy [95%] | call ratio [95%] | gap recovered (APGR) [95%] |",
+        "|---|---:|---|---|---|",
+    ]
+    for s in settings:
+        method, param = _split(s)
+        sel = summary[summary["method"] == method]
+        sel = sel[sel["param"].isna()] if param is None else sel[sel["param"] == param]
+        if sel.empty:
+            lines.append(f"| {s} | – | not run yet | | |")
+            continue
+        r = sel.iloc[0]
+        cells = [
+            _cell(_pct(r["accuracy"]), _ci(r["acc_lo"], r["acc_hi"])),
+            _cell(_pct(r["call_ratio"], 2), _ci(r["call_ratio_lo"], r["call_ratio_hi"], 2)),
+            _cell(_pct(r["apgr"]), _ci(r["apgr_lo"], r["apgr_hi"])),
+        ]
+        lines.append(f"| {s} | {int(r['n'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def compare_table(store, pair: str, benchmark: str, comparisons: list[str]) -> list[str]:
+    lines = [
+        "| A vs B | n | A − B (points) [95%] | A right only / B right only | McNemar p | lead? |",
+        "|---|---:|---|---|---:|---|",
+    ]
+    for spec in comparisons:
+        a, sep, b = spec.partition(":")
+        if not sep or not a or not b:
+            raise ValueError(f"--compare {spec!r}: expected A:B, e.g. relay@0:sft-only")
+        try:
+            c = store.compare(pair, benchmark, a, b)
+        except ValueError as e:
+            lines.append(f"| {a} vs {b} | – | not comparable yet: {str(e).split(';')[0]} | | | |")
+            continue
+        d = c.diff
+        lo, hi = d.accuracy_ci
+        lead = "yes" if lo > 0 else ("B leads" if hi < 0 else "no (within noise)")
+        lines.append(
+            f"| {a} vs {b} | {d.mcnemar.n} | {100 * d.accuracy:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+            f"| {d.mcnemar.a_only} / {d.mcnemar.b_only} | {d.mcnemar.p:.2g} | {lead} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pair", required=True, help='as the store names it, e.g. "<pair> · float32"')
+    ap.add_argument("--benchmark", required=True)
+    ap.add_argument("--settings", nargs="+", required=True, metavar="METHOD[@PARAM]")
+    ap.add_argument("--compare", nargs="*", default=[], metavar="A:B")
+    ap.add_argument("--results", help="results folder (default: the repository's)")
+    args = ap.parse_args(argv)
+
+    from relay_demo import store as st
+
+    store = st.Store(args.results or st.DEFAULT_RESULTS)
+    if args.pair not in store.pairs():
+        ap.exit(2, f"{ap.prog}: error: no pair {args.pair!r}; pairs: {', '.join(store.pairs())}\n")
+    summary = store.summary(args.pair, args.benchmark)
+    summary = summary[summary["pair"] == args.pair]  # the bare name also selects its other dtypes
+    try:
+        out = settings_table(summary, args.settings)
+        if args.compare:
+            out += ["", *compare_table(store, args.pair, args.benchmark, args.compare)]
+    except ValueError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
