@@ -424,9 +424,15 @@ def test_drill_down_reaches_every_setting_of_the_real_pair():
     from relay_demo.store import DEFAULT_RESULTS
     from relay_demo.ui import drilldown as d
 
-    pair, bench = "qwen2.5-coder-0.5b-1.5b", "gsm8k"
+    # the bfloat16 run's rows: with a float32 run of the same pair, the store names each "<pair> · <dtype>"
+    pair, bench = "qwen2.5-coder-0.5b-1.5b · bfloat16", "gsm8k"
     keys = x.drill_settings(DEFAULT_RESULTS, pair, bench)
     assert {"relay-sft@0", "relay-sft@1", "sft-only", "student"} <= set(keys)
+    # the bare name (the router's run, of unknown dtype) lists only what it opens
+    bare = x.drill_settings(DEFAULT_RESULTS, "qwen2.5-coder-0.5b-1.5b", bench)
+    assert bare and all(k.startswith("router@") for k in bare)
+    for key in bare:
+        assert x.open_samples(DEFAULT_RESULTS, "qwen2.5-coder-0.5b-1.5b", bench, d.Filters(setting=key))[0]
     assert "random-query@0.5" not in keys
     for key in ("relay-sft@0", "relay-sft@1"):
         choices, first, page, note = x.open_samples(DEFAULT_RESULTS, pair, bench, d.Filters(setting=key))
