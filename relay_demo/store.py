@@ -186,8 +186,11 @@ class Store:
         where, params = _filters(pair, benchmark)
         return self.query(f"SELECT * FROM samples {where}", params)
 
-    def points(self, pair: str | None = None, benchmark: str | None = None) -> pd.DataFrame:
-        where, params = _filters(pair, benchmark)
+    def points(
+        self, pair: str | None = None, benchmark: str | None = None, *, exact: bool = False
+    ) -> pd.DataFrame:
+        """``exact``: only the rows named ``pair`` (a bare name otherwise selects each dtype's too)."""
+        where, params = _filters(pair, benchmark, exact)
         return self.query(
             f"SELECT * FROM points {where} ORDER BY pair, benchmark, method, param NULLS FIRST", params
         )
@@ -237,12 +240,14 @@ class Store:
         *,
         n_seeds: int = 1000,
         mean: bool = False,
+        exact: bool = False,
     ) -> pd.DataFrame:
         """The points with APGR, CPT, saving vs the matched random-query router and the random-query band.
 
-        ``mean``: also rows with benchmark ``"mean"`` per pair (see :func:`mean_rows`).
+        ``mean``: also rows with benchmark ``"mean"`` per pair (see :func:`mean_rows`); ``exact``: as
+        :meth:`points`.
         """
-        pts = self.points(pair, benchmark)
+        pts = self.points(pair, benchmark, exact=exact)
         out = []
         for (p, b), group in pts.groupby(["pair", "benchmark"], sort=True):
             student, teacher = self.side(p, b, "student"), self.side(p, b, "teacher")
@@ -267,10 +272,14 @@ class Store:
         return df.assign(wall_mixed=df["wall_mixed"].eq(True))
 
 
-def _filters(pair: str | None, benchmark: str | None) -> tuple[str, list]:
-    """A pair's name also selects its rows of each dtype ("<pair> · <dtype>", see SAMPLES_SQL)."""
+def _filters(pair: str | None, benchmark: str | None, exact: bool = False) -> tuple[str, list]:
+    """A pair's name also selects its rows of each dtype ("<pair> · <dtype>", see SAMPLES_SQL), unless
+    ``exact``."""
     conds, params = [], []
-    if pair is not None:
+    if pair is not None and exact:
+        conds.append("pair = ?")
+        params.append(pair)
+    elif pair is not None:
         conds.append("(pair = ? OR starts_with(pair, ?))")
         params += [pair, pair + DTYPE_SEP]
     if benchmark is not None:

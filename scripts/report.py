@@ -36,20 +36,16 @@ def _cell(value: str, interval: str) -> str:
     return f"{value} {interval}" if interval else value
 
 
-def _split(setting: str) -> tuple[str, float | None]:
-    method, _, param = setting.partition("@")
-    return method, (float(param) if param else None)
-
-
 def settings_table(summary, settings: list[str]) -> list[str]:
+    from relay_demo.results.paired import keys
+
+    named = keys(summary)  # "relay@0", as store compare names a setting
     lines = [
         "| setting | n | accuracy [95%] | call ratio [95%] | gap recovered (APGR) [95%] |",
         "|---|---:|---|---|---|",
     ]
     for s in settings:
-        method, param = _split(s)
-        sel = summary[summary["method"] == method]
-        sel = sel[sel["param"].isna()] if param is None else sel[sel["param"] == param]
+        sel = summary[named == s]
         if sel.empty:
             lines.append(f"| {s} | – | not run yet | | |")
             continue
@@ -101,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     store = st.Store(args.results or st.DEFAULT_RESULTS)
     if args.pair not in store.pairs():
         ap.exit(2, f"{ap.prog}: error: no pair {args.pair!r}; pairs: {', '.join(store.pairs())}\n")
-    summary = store.summary(args.pair, args.benchmark)
-    summary = summary[summary["pair"] == args.pair]  # the bare name also selects its other dtypes
+    summary = store.summary(args.pair, args.benchmark, exact=True)
     try:
         out = settings_table(summary, args.settings)
         if args.compare:

@@ -507,6 +507,8 @@ def test_a_pair_run_in_two_dtypes_is_two_pairs_never_mixed_or_paired(tmp_path, c
     assert sorted(df["pair"].unique()) == st.pairs()
     acc = df[df["method"] == "student"].set_index("pair")["accuracy"]
     assert (acc["duo · bfloat16"], acc["duo · float32"]) == (0.4, 0.8)
+    assert st.points("duo", exact=True).empty  # exactly "duo": no row has that name
+    assert set(st.summary("duo · float32", exact=True)["pair"]) == {"duo · float32"}
     with pytest.raises(ValueError, match="several dtypes, compared only within one: duo · bfloat16, duo · f"):
         st.compare("duo", "arith", "student", "teacher")
     c = st.compare("duo · bfloat16", "arith", "student", "teacher")

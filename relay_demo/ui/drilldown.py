@@ -56,10 +56,10 @@ class SamplePage:
 
 def settings(store: Store, pair: str, benchmark: str) -> list[str]:
     """The settings of a benchmark whose rows are answers (what can be opened and compared), in the
-    summary's order. Only ``pair``'s own: a bare name also selects its rows of each dtype in the store,
-    but the list offers what the drill-down opens, the rows named exactly ``pair``."""
-    pts = store.points(pair, benchmark)
-    pts = pts[(pts["pair"] == pair) & ~pts["method"].isin(NO_TRACE)]
+    summary's order. Only the rows named exactly ``pair``, as the drill-down opens (a bare name would also
+    select its rows of each dtype)."""
+    pts = store.points(pair, benchmark, exact=True)
+    pts = pts[~pts["method"].isin(NO_TRACE)]
     return list(dict.fromkeys(paired.keys(pts)))
 
 
