@@ -198,11 +198,19 @@ class Store:
     def runs(self) -> pd.DataFrame:
         return self.query("SELECT * FROM runs ORDER BY created_at")
 
+    def run_ids(self, pair: str) -> list[str]:
+        """The runs whose rows the store shows under exactly ``pair``, oldest first (a ``<pair> · <dtype>``
+        name is no manifest's pair)."""
+        sql = """SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM samples WHERE pair = ?)
+                 ORDER BY created_at"""
+        return self.query(sql, [pair])["run_id"].tolist()
+
     def pairs(self) -> list[str]:
         return self.query("SELECT DISTINCT pair FROM samples ORDER BY pair")["pair"].tolist()
 
-    def benchmarks(self, pair: str | None = None) -> list[str]:
-        where, params = _filters(pair, None)
+    def benchmarks(self, pair: str | None = None, *, exact: bool = False) -> list[str]:
+        """``exact``: as :meth:`points`."""
+        where, params = _filters(pair, None, exact)
         return self.query(f"SELECT DISTINCT benchmark FROM samples {where} ORDER BY benchmark", params)[
             "benchmark"
         ].tolist()

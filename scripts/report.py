@@ -8,8 +8,10 @@ Everything comes from the store (``relay_demo.store``: the same numbers as ``sto
 compare``), so a README table regenerated with this command matches the runs behind it. The settings table:
 n, accuracy [Wilson 95%], call ratio [bootstrap 95%], APGR (the share of the student→teacher gap recovered)
 [paired bootstrap 95%]. The comparisons table: A − B in accuracy points on the problems both ran, its 95%
-interval, the discordant counts, the exact McNemar p and whether the interval excludes zero (a *lead*). A
-setting missing from the results is listed as missing, not skipped silently, so a partial run says so.
+interval, the discordant counts, the exact McNemar p and whether the interval excludes zero (a *lead*).
+``--calls``: where a relay setting's calls went, by what the student and the teacher alone do on each problem
+(a problem *calls* when the teacher wrote some of its answer). A setting missing from the results is listed
+as missing, not skipped silently, so a partial run says so.
 """
 
 from __future__ import annotations
@@ -83,12 +85,53 @@ def compare_table(store, pair: str, benchmark: str, comparisons: list[str]) -> l
     return lines
 
 
+# a problem's class by what the student and the teacher alone do on it: (student right, teacher right)
+CLASSES = {(False, True): "teacher only", (False, False): "both fail", (True, True): "both solve",
+           (True, False): "student only"}  # fmt: skip
+
+
+def calls_table(rows, settings: list[str]) -> list[str]:
+    """Per setting and problem class: its problems that call, of the class's, and how many it solves.
+    ``rows``: ``Store.setting_rows`` of one pair and benchmark (the student's and teacher's rows in them)."""
+    from relay_demo.results.paired import keys
+
+    named = keys(rows)
+
+    def right(k: str):  # per problem: does setting k solve it
+        return rows[named == k].groupby("problem_id")["correct"].mean() >= 0.5
+
+    s_ok, t_ok = right("student"), right("teacher")
+    if s_ok.empty or t_ok.empty:
+        raise ValueError("--calls needs the student's and the teacher's rows")
+    alone = s_ok.to_frame("s").join(t_ok.rename("t"), how="inner")
+    lines = [
+        "| setting | problems calling | "
+        + " | ".join(f"{name}: calling / of them · solved" for name in CLASSES.values())
+        + " |",
+        "|---|---|" + "---|" * len(CLASSES),
+    ]
+    for s in settings:
+        sel = rows[named == s].groupby("problem_id")[["teacher_tokens", "correct"]].mean()
+        sel = sel.join(alone, how="inner")
+        if sel.empty:
+            lines.append(f"| {s} | not run yet |" + " |" * len(CLASSES))
+            continue
+        sel["calling"] = sel["teacher_tokens"] > 0
+        cells = []
+        for s_right, t_right in CLASSES:
+            c = sel[(sel["s"] == s_right) & (sel["t"] == t_right)]
+            cells.append(f"{int(c['calling'].sum())} / {len(c)} · {round(c['correct'].sum())}")
+        lines.append(f"| {s} | {int(sel['calling'].sum())} of {len(sel)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pair", required=True, help='as the store names it, e.g. "<pair> · float32"')
     ap.add_argument("--benchmark", required=True)
     ap.add_argument("--settings", nargs="+", required=True, metavar="METHOD[@PARAM]")
     ap.add_argument("--compare", nargs="*", default=[], metavar="A:B")
+    ap.add_argument("--calls", nargs="*", default=[], metavar="METHOD[@PARAM]", help="where their calls went")
     ap.add_argument("--results", help="results folder (default: the repository's)")
     args = ap.parse_args(argv)
 
@@ -102,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         out = settings_table(summary, args.settings)
         if args.compare:
             out += ["", *compare_table(store, args.pair, args.benchmark, args.compare)]
+        if args.calls:
+            out += ["", *calls_table(store.setting_rows(args.pair, args.benchmark), args.calls)]
     except ValueError as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     print("\n".join(out))

@@ -159,6 +159,24 @@ def test_checked_in_recipes_parse():
         assert cfg.methods and cfg.benchmarks, path
 
 
+def test_recipes_of_one_run_agree():
+    """Recipes sharing a run_id (eval-f32-verdict.yaml: the first rows of eval-f32.yaml's run) must be able to
+    resume each other's run: one identity, and each method named in both with the same policy, params, limits
+    and pair."""
+    by_run: dict[str, list] = {}
+    for path in sorted((ROOT / "offline" / "recipes").glob("*/eval*.yaml")):
+        cfg = E.parse_args(["--config", str(path)])
+        by_run.setdefault(cfg.run_id, []).append(cfg)
+    shared = {run: cfgs for run, cfgs in by_run.items() if len(cfgs) > 1}
+    assert "qwen2.5-coder-0.5b-1.5b-eval-f32" in shared
+    for run, (first, *others) in shared.items():
+        methods = {m["name"]: E._method_identity(m) for m in E.cfglib.to_dict(first)["methods"]}
+        for cfg in others:
+            assert cfg.identity() == first.identity(), run
+            for m in E.cfglib.to_dict(cfg)["methods"]:
+                assert methods.get(m["name"], E._method_identity(m)) == E._method_identity(m), (run, m)
+
+
 def test_real_relay_on_the_tiny_random_pair(tmp_path):
     """The job end to end on the engine: tiny random models built on the fly (a few seconds)."""
     recipe = _recipe(

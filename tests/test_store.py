@@ -519,6 +519,27 @@ def test_a_pair_run_in_two_dtypes_is_two_pairs_never_mixed_or_paired(tmp_path, c
     assert st.query("SELECT dtype FROM runs ORDER BY run_id")["dtype"].tolist() == ["bfloat16", "float32"]
 
 
+def test_the_explorer_shows_one_dtype_pair_and_its_own_runs(tmp_path):
+    from relay_demo.ui import explorer_data
+
+    _dtype_run(tmp_path, "bf", "bfloat16", S_OK)
+    _dtype_run(tmp_path, "f32", "float32", T_OK)
+    _dtype_run(tmp_path, "plain", None, S_OK, pair="duo")  # a run of unknown dtype keeps the bare name
+    st = store.Store(tmp_path)
+    assert st.pairs() == ["duo", "duo · bfloat16", "duo · float32"]
+    assert st.run_ids("duo · float32") == ["f32"] and st.run_ids("duo") == ["plain"]
+    f = explorer_data.filters(tmp_path, "duo · float32")
+    assert (f["pair"], f["benchmarks"], f["methods"]) == ("duo · float32", ["arith"], ["student", "teacher"])
+    view = explorer_data.explorer_view(tmp_path, "duo · float32", "arith", [])
+    assert view.table["method"].tolist() == ["student", "teacher"]  # one row each: float32's, not bf16's too
+    assert view.table["accuracy"].iloc[0] == "80.00%"
+    assert "<td>f32</td>" in view.provenance and "<td>bf</td>" not in view.provenance
+    bare = explorer_data.explorer_view(tmp_path, "duo", "arith", [])  # only the rows named "duo"
+    assert bare.table["method"].tolist() == ["student", "teacher"]
+    assert bare.table["accuracy"].iloc[0] == "40.00%" and "<td>plain</td>" in bare.provenance
+    assert "<td>f32</td>" not in bare.provenance
+
+
 def test_a_pair_in_one_dtype_or_of_unknown_dtype_keeps_its_name(tmp_path):
     _dtype_run(tmp_path, "bf", "bfloat16", S_OK)
     _dtype_run(tmp_path, "old", None, T_OK)  # `auto`, recorded before dtypes were: unknown, not a second one
@@ -549,6 +570,13 @@ def test_report_script_prints_the_readme_tables_from_the_store(results, capsys):
     )
     assert "| 2 / 0 |" in rows["| relay vs student"]
     assert "not comparable yet: no setting 'relay@2'" in rows["| relay@2 vs student"]
+    assert report["main"]([*argv[:6], "--settings", "relay", "--calls", "relay", "student", "relay@2"]) == 0
+    calls = capsys.readouterr().out.splitlines()[4:]
+    assert calls[0].startswith("| setting | problems calling | teacher only: calling / of them · solved |")
+    # the relay calls on all 10: teacher-only p4..p7 (solves p4, p5), both fail p8, p9, both solve p0..p3
+    assert calls[2] == "| relay | 10 of 10 | 4 / 4 · 2 | 2 / 2 · 0 | 4 / 4 · 4 | 0 / 0 · 0 |"
+    assert calls[3] == "| student | 0 of 10 | 0 / 4 · 0 | 0 / 2 · 0 | 0 / 4 · 4 | 0 / 0 · 0 |"
+    assert calls[4] == "| relay@2 | not run yet | | | | |"
     with pytest.raises(SystemExit):
         report["main"]([*argv[:6], "--settings", "relay", "--compare", "relay-student"])
     assert "expected A:B" in capsys.readouterr().err

@@ -48,14 +48,17 @@ def open_store(results_dir: str | Path) -> tuple[Store, list[str]]:
 
 
 def filters(results_dir: str | Path, pair: str | None = None) -> dict:
-    """Choices for the filters: pairs, the benchmarks of ``pair`` (default: the first), methods present."""
+    """Choices for the filters: pairs, the benchmarks of ``pair`` (default: the first), methods present.
+
+    Only the rows named exactly ``pair``, as the pair list names them (a bare name would also select its
+    ``<pair> · <dtype>`` rows: two student rows of two dtypes under one label)."""
     store, _ = open_store(results_dir)
     pairs = store.pairs()
     pair = pair if pair in pairs else (pairs[0] if pairs else None)
-    benchmarks = store.benchmarks(pair) if pair else []
+    benchmarks = store.benchmarks(pair, exact=True) if pair else []
     if len(benchmarks) > 1:
         benchmarks = [*benchmarks, MEAN]
-    methods = sorted(set(store.points(pair)["method"])) if pair else []
+    methods = sorted(set(store.points(pair, exact=True)["method"])) if pair else []
     return {
         "pairs": pairs,
         "pair": pair,
@@ -89,7 +92,8 @@ def explorer_view(
     if not pair or not benchmark:
         return ExplorerView(note="No results yet: run an evaluation (offline/evaluate.py) to fill results/.")
     store, skipped = open_store(results_dir)
-    summary = store.summary(pair, None if benchmark == MEAN else benchmark, mean=benchmark == MEAN)
+    one = None if benchmark == MEAN else benchmark
+    summary = store.summary(pair, one, mean=benchmark == MEAN, exact=True)
     summary = summary[summary["benchmark"] == benchmark]
     if methods:
         summary = summary[summary["method"].isin(methods)]
@@ -122,7 +126,7 @@ def explorer_view(
         table=summary_table(summary),
         na_legend=na_legend(summary) + mixed_note(summary),
         note=note,
-        provenance=provenance_html(store.manifests, pair),
+        provenance=provenance_html(store.manifests, pair, store.run_ids(pair)),
     )
     if benchmark != MEAN:
         view.samples = drilldown.sample_page(

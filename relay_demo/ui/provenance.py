@@ -1,6 +1,7 @@
 """Where a chart's numbers come from: each run of a pair, read from its ``manifest.json``, nothing typed in.
 
 html = provenance_html(store.manifests, "tiny-arith")  # recipe, commits, packages, machine, cost
+html = provenance_html(store.manifests, pair, store.run_ids(pair))  # the runs behind a "<pair> · <dtype>"
 """
 
 from __future__ import annotations
@@ -66,9 +67,14 @@ def run_facts(manifest: dict) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
-def provenance_html(manifests: list[dict], pair: str | None) -> str:
-    """A panel per run of ``pair`` (escaped text)."""
-    runs = [m for m in manifests if _obj(m.get("config")).get("pair") == pair]
+def provenance_html(manifests: list[dict], pair: str | None, run_ids: list[str] | None = None) -> str:
+    """A panel per run of ``pair`` (escaped text), or per run named in ``run_ids`` (``Store.run_ids``: the
+    runs behind a ``<pair> · <dtype>`` name, which no manifest's config names)."""
+    if run_ids is None:
+        runs = [m for m in manifests if _obj(m.get("config")).get("pair") == pair]
+    else:
+        by_id = {m.get("run_id"): m for m in manifests}
+        runs = [by_id[r] for r in run_ids if r in by_id]
     if not runs:
         return render.note_html(f"No run manifest for pair {pair!r}.", "info")
     blocks = []
