@@ -372,6 +372,10 @@ def test_provenance_comes_from_the_manifest(tmp_path):
     assert facts["recipe"] == "a.yaml" and facts["reproduce"].endswith("-m offline.evaluate --config a.yaml")
     assert "CPU-minutes" in facts["cost"] and facts["sessions"] == "1"
     assert "No run manifest" in provenance.provenance_html(store.manifests, "other")
+    # a session narrowed to a few methods (or redoing some) still names the whole recipe to reproduce the run
+    argv = ["offline/evaluate.py", "--methods", "a,b", "--config", "a.yaml", "--redo=c"]
+    narrowed = {**config, "argv": argv}
+    assert provenance.reproduce_command(narrowed).endswith("-m offline.evaluate --config a.yaml")
 
 
 def test_explorer_with_no_results(tmp_path):

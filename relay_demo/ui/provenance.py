@@ -15,10 +15,22 @@ def _obj(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+# Flags that narrow one session to part of its recipe (a few methods, rows deleted first): the run is the
+# recipe's whole, so the command that reproduces it goes without them.
+SESSION_ONLY = ("--methods", "--redo")
+
+
 def reproduce_command(config: dict) -> str:
-    """The command that (re)runs the evaluation, from the argv the job recorded (the script path dropped)."""
+    """The command that (re)runs the evaluation, from the argv the job recorded (the script path and the
+    session-only flags dropped)."""
     argv = [str(a) for a in config.get("argv") or [] if isinstance(a, str | int | float)]
-    args = argv[1:] if argv and argv[0].endswith(".py") else argv
+    args, rest = [], argv[1:] if argv and argv[0].endswith(".py") else argv
+    while rest:
+        a, *rest = rest
+        if a in SESSION_ONLY:
+            rest = rest[1:]
+        elif not a.startswith(tuple(f"{f}=" for f in SESSION_ONLY)):
+            args.append(a)
     if "--config" not in args and config.get("run_id"):
         return "(the recipe is not recorded; this run was written by a test or an old job)"
     return "OMP_NUM_THREADS=2 .venv/bin/python -m offline.evaluate " + " ".join(args)
