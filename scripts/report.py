@@ -12,12 +12,20 @@ interval, the discordant counts, the exact McNemar p and whether the interval ex
 ``--calls``: where a relay setting's calls went, by what the student and the teacher alone do on each problem
 (a problem *calls* when the teacher wrote some of its answer). A setting missing from the results is listed
 as missing, not skipped silently, so a partial run says so.
+
+``--readme README.md`` regenerates every table block of a Markdown file in place: a block is the text between
+``<!-- report ARGS -->`` and ``<!-- /report -->``, where ARGS are this script's own arguments (``--pair ...
+--benchmark ... --settings ...``), so the file says how each table was made and one command remakes them all.
+``--check`` changes nothing and exits 1 when a block differs from what the store now says (a test runs it on
+the README, so committed rows and the README's tables cannot drift apart).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -125,28 +133,75 @@ def calls_table(rows, settings: list[str]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pair", required=True, help='as the store names it, e.g. "<pair> · float32"')
-    ap.add_argument("--benchmark", required=True)
-    ap.add_argument("--settings", nargs="+", required=True, metavar="METHOD[@PARAM]")
+    ap.add_argument("--pair", help='as the store names it, e.g. "<pair> · float32"')
+    ap.add_argument("--benchmark")
+    ap.add_argument("--settings", nargs="+", default=[], metavar="METHOD[@PARAM]")
     ap.add_argument("--compare", nargs="*", default=[], metavar="A:B")
     ap.add_argument("--calls", nargs="*", default=[], metavar="METHOD[@PARAM]", help="where their calls went")
     ap.add_argument("--results", help="results folder (default: the repository's)")
+    ap.add_argument("--readme", metavar="FILE", help="regenerate the FILE's <!-- report ARGS --> blocks")
+    ap.add_argument("--check", action="store_true", help="with --readme: change nothing, exit 1 if stale")
+    return ap
+
+
+def tables(store, args: argparse.Namespace) -> list[str]:
+    """The Markdown lines for one set of arguments (ValueError: a pair, comparison or class missing)."""
+    if not args.pair or not args.benchmark or not args.settings:
+        raise ValueError("--pair, --benchmark and --settings are required")
+    if args.pair not in store.pairs():
+        raise ValueError(f"no pair {args.pair!r}; pairs: {', '.join(store.pairs())}")
+    out = settings_table(store.summary(args.pair, args.benchmark, exact=True), args.settings)
+    if args.compare:
+        out += ["", *compare_table(store, args.pair, args.benchmark, args.compare)]
+    if args.calls:
+        out += ["", *calls_table(store.setting_rows(args.pair, args.benchmark), args.calls)]
+    return out
+
+
+BLOCK = re.compile(r"(?P<open><!-- report (?P<args>.*?) -->\n)(?P<body>.*?)(?P<close><!-- /report -->)", re.S)
+
+
+def regenerate(text: str, store) -> tuple[str, list[str]]:
+    """``text`` with each block's body remade from the store, and the ARGS of the blocks that changed."""
+    blocks = len(BLOCK.findall(text))
+    if not blocks or text.count("<!-- report ") != blocks or text.count("<!-- /report -->") != blocks:
+        raise ValueError("every <!-- report ARGS --> line needs its own <!-- /report --> after it")
+    changed: list[str] = []
+
+    def remake(m: re.Match) -> str:
+        args = _parser().parse_args(shlex.split(m["args"]))
+        if args.readme or args.results:
+            raise ValueError(f"a report block names its tables only, not --readme/--results: {m['args']!r}")
+        body = "\n" + "\n".join(tables(store, args)) + "\n\n"  # blank lines: Markdown sees tables
+        if body != m["body"]:
+            changed.append(m["args"])
+        return m["open"] + body + m["close"]
+
+    return BLOCK.sub(remake, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
 
     from relay_demo import store as st
 
     store = st.Store(args.results or st.DEFAULT_RESULTS)
-    if args.pair not in store.pairs():
-        ap.exit(2, f"{ap.prog}: error: no pair {args.pair!r}; pairs: {', '.join(store.pairs())}\n")
-    summary = store.summary(args.pair, args.benchmark, exact=True)
     try:
-        out = settings_table(summary, args.settings)
-        if args.compare:
-            out += ["", *compare_table(store, args.pair, args.benchmark, args.compare)]
-        if args.calls:
-            out += ["", *calls_table(store.setting_rows(args.pair, args.benchmark), args.calls)]
+        if args.readme:
+            path = Path(args.readme)
+            text = path.read_text(encoding="utf-8")
+            new, changed = regenerate(text, store)
+            for block in changed:
+                print(f"{'stale' if args.check else 'remade'}: {block}")
+            if args.check:
+                return 1 if changed else 0
+            if changed:
+                path.write_text(new, encoding="utf-8")
+            return 0
+        out = tables(store, args)
     except ValueError as e:
         ap.exit(2, f"{ap.prog}: error: {e}\n")
     print("\n".join(out))

@@ -580,3 +580,38 @@ def test_report_script_prints_the_readme_tables_from_the_store(results, capsys):
     with pytest.raises(SystemExit):
         report["main"]([*argv[:6], "--settings", "relay", "--compare", "relay-student"])
     assert "expected A:B" in capsys.readouterr().err
+
+
+def test_report_script_remakes_the_readme_blocks_and_checks_them(results, tmp_path, capsys):
+    import runpy
+
+    report = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "report.py"))
+    block = "<!-- report --pair toy --benchmark arith --settings student relay --compare relay:student -->"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Results\n\nSome words.\n\n{block}\n| stale | table |\n<!-- /report -->\n\nAfter.\n")
+    argv = ["--results", str(results), "--readme", str(readme)]
+    assert report["main"]([*argv, "--check"]) == 1  # stale, and --check leaves the file alone
+    assert "| stale | table |" in readme.read_text() and "stale: --pair toy" in capsys.readouterr().out
+    assert report["main"](argv) == 0
+    text = readme.read_text()
+    assert text.startswith("# Results\n\nSome words.\n\n") and text.endswith("<!-- /report -->\n\nAfter.\n")
+    body = text.split(block + "\n")[1].split("<!-- /report -->")[0]
+    assert body.startswith("\n| setting | n | accuracy [95%] |") and body.endswith("|\n\n")
+    assert "| relay | 10 | 60.0% [" in body and "| relay vs student | 10 | +20.0 [" in body
+    assert "| stale | table |" not in text
+    assert report["main"]([*argv, "--check"]) == 0  # remade: now current
+    readme.write_text(f"{block}\nno end mark\n")  # an unclosed block is an error, not a file eaten to its end
+    with pytest.raises(SystemExit):
+        report["main"](argv)
+    assert "needs its own <!-- /report -->" in capsys.readouterr().err
+    assert readme.read_text() == f"{block}\nno end mark\n"
+
+
+def test_the_readme_tables_are_what_the_committed_results_say():
+    """Every <!-- report ... --> table of the README is remade from results/ by scripts/report.py: a row
+    committed without rerunning `scripts/report.py --readme README.md` fails here."""
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    report = runpy.run_path(str(root / "scripts" / "report.py"))
+    assert report["main"](["--readme", str(root / "README.md"), "--check"]) == 0
