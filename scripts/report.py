@@ -11,7 +11,8 @@ n, accuracy [Wilson 95%], call ratio [bootstrap 95%], APGR (the share of the stu
 interval, the discordant counts, the exact McNemar p and whether the interval excludes zero (a *lead*).
 ``--calls``: where a relay setting's calls went, by what the student and the teacher alone do on each problem
 (a problem *calls* when the teacher wrote some of its answer). A setting missing from the results is listed
-as missing, not skipped silently, so a partial run says so.
+as missing, not skipped silently, and one run on fewer problems than the others shows "n of N", so a partial
+run says so.
 
 ``--readme README.md`` regenerates every table block of a Markdown file in place: a block is the text between
 ``<!-- report ARGS -->`` and ``<!-- /report -->``, where ARGS are this script's own arguments (``--pair ...
@@ -50,6 +51,7 @@ def settings_table(summary, settings: list[str]) -> list[str]:
     from relay_demo.results.paired import keys
 
     named = keys(summary)  # "relay@0", as store compare names a setting
+    full = int(summary["n"].max()) if len(summary) else 0  # the most problems a setting ran here
     lines = [
         "| setting | n | accuracy [95%] | call ratio [95%] | gap recovered (APGR) [95%] |",
         "|---|---:|---|---|---|",
@@ -65,7 +67,8 @@ def settings_table(summary, settings: list[str]) -> list[str]:
             _cell(_pct(r["call_ratio"], 2), _ci(r["call_ratio_lo"], r["call_ratio_hi"], 2)),
             _cell(_pct(r["apgr"]), _ci(r["apgr_lo"], r["apgr_hi"])),
         ]
-        lines.append(f"| {s} | {int(r['n'])} | " + " | ".join(cells) + " |")
+        n = int(r["n"])
+        lines.append(f"| {s} | {n if n == full else f'{n} of {full}'} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -615,3 +615,13 @@ def test_the_readme_tables_are_what_the_committed_results_say():
     root = Path(__file__).resolve().parents[1]
     report = runpy.run_path(str(root / "scripts" / "report.py"))
     assert report["main"](["--readme", str(root / "README.md"), "--check"]) == 0
+
+
+def test_report_script_marks_a_setting_run_on_part_of_the_problems(results):
+    import runpy
+
+    report = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "report.py"))
+    summary = store.Store(results).summary("toy", "arith", exact=True)
+    summary.loc[summary["method"] == "relay", "n"] = 6  # a setting whose run was stopped part-way
+    lines = report["settings_table"](summary, ["student", "relay"])
+    assert lines[2].startswith("| student | 10 | ") and lines[3].startswith("| relay | 6 of 10 | 60.0% [")
