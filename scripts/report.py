@@ -188,6 +188,10 @@ def regenerate(text: str, store) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
+    if args.check and not args.readme:
+        ap.error("--check goes with --readme FILE")
+    if args.readme and (args.pair or args.benchmark or args.settings or args.compare or args.calls):
+        ap.error("--readme FILE takes each table's arguments from its blocks, not from the command line")
 
     from relay_demo import store as st
 
@@ -195,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.readme:
             path = Path(args.readme)
-            text = path.read_text(encoding="utf-8")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"cannot read {path}: {e}") from None
             new, changed = regenerate(text, store)
             for block in changed:
                 print(f"{'stale' if args.check else 'remade'}: {block}")

@@ -605,6 +605,12 @@ def test_report_script_remakes_the_readme_blocks_and_checks_them(results, tmp_pa
         report["main"](argv)
     assert "needs its own <!-- /report -->" in capsys.readouterr().err
     assert readme.read_text() == f"{block}\nno end mark\n"
+    for bad, why in (([*argv[:2], "--check"], "--check goes with --readme"),
+                     ([*argv, "--pair", "toy"], "takes each table's arguments from its blocks"),
+                     ([*argv[:2], "--readme", str(tmp_path / "none.md")], "cannot read")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            report["main"](bad)
+        assert why in capsys.readouterr().err
 
 
 def test_the_readme_tables_are_what_the_committed_results_say():
